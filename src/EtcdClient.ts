@@ -1,0 +1,310 @@
+/**
+ * The etcd client service: go-kit's `etcdv3.Client` surface plus the primitives
+ * the Registrar and the Subscriber are built on.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type { EtcdError, InvalidOptions, NoKey, NoValue } from "./EtcdError.js"
+import * as Etcd3 from "./internal/etcd3.js"
+import * as Memory from "./internal/memory.js"
+import type { Service } from "./Service.js"
+
+/**
+ * An etcd lease id (a 64-bit integer, kept as its decimal string).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type LeaseId = string
+
+/**
+ * A key and its value as read from etcd. `value` is the UTF-8 decoding of the
+ * stored bytes; `malformed` is true when those bytes were not valid UTF-8 (the
+ * value then holds replacement characters and should not be trusted).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface KeyValue {
+  readonly key: string
+  readonly value: string
+  readonly malformed: boolean
+  readonly createRevision: number
+  readonly modRevision: number
+  /** The lease the key is attached to, if any. */
+  readonly lease: LeaseId | undefined
+}
+
+/**
+ * The keys under a prefix and the store revision they were read at.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Listing {
+  readonly revision: number
+  readonly entries: ReadonlyArray<KeyValue>
+}
+
+/**
+ * An event of a prefix watch.
+ *
+ * - `Put` / `Delete`: a change, with the revision it happened at; in revision order.
+ * - `Disconnected`: the watch lost its connection; it reconnects by itself from the
+ *   last revision seen, following the `reconnect` schedule.
+ * - `Reconnected`: the watch is live again; `revision` is the store revision at that time.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type WatchEvent =
+  | {
+      readonly _tag: "Put"
+      readonly key: string
+      readonly value: string
+      readonly malformed: boolean
+      readonly revision: number
+      readonly lease: LeaseId | undefined
+    }
+  | { readonly _tag: "Delete"; readonly key: string; readonly revision: number }
+  | { readonly _tag: "Disconnected"; readonly error: EtcdError }
+  | { readonly _tag: "Reconnected"; readonly revision: number }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface WatchOptions {
+  /** The first revision to deliver changes of (a listing's `revision + 1`). */
+  readonly fromRevision: number
+  /**
+   * When and how often to reconnect after a transient disconnect. Defaults to a
+   * jittered exponential backoff from 100 ms capped at 2 s, forever.
+   */
+  readonly reconnect?: Schedule.Schedule<unknown, EtcdError> | undefined
+}
+
+/**
+ * The etcd client service.
+ *
+ * Every request is bounded by `headerTimeoutPerRequest`; every failure is an
+ * `EtcdError` that names the operation and the reason.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EtcdClient {
+  // ---- go-kit's Client ----
+
+  /**
+   * The values of every key under `prefix` (normalised to end with `/`).
+   */
+  readonly getEntries: (prefix: string) => Effect.Effect<ReadonlyArray<string>, EtcdError>
+  /**
+   * go-kit's `WatchPrefix`: emits once at once, then once per change under
+   * `prefix` (normalised to end with `/`). A signal only: re-read with `getEntries`.
+   */
+  readonly watchPrefix: (prefix: string) => Stream.Stream<void, EtcdError>
+  /**
+   * go-kit's `Register`: puts the key (on a fresh lease of the service's TTL when
+   * it has one) and returns the lease. Fails with `NoKey` / `NoValue` before
+   * anything is written. No heartbeats: that is the Registrar's job.
+   */
+  readonly register: (service: Service) => Effect.Effect<Option.Option<LeaseId>, NoKey | NoValue | EtcdError>
+  /**
+   * go-kit's `Deregister`: deletes the key, and revokes the lease that
+   * `register` granted for it (go-kit leaks it). Fails with `NoKey` on an empty key.
+   */
+  readonly deregister: (service: Service) => Effect.Effect<void, NoKey | EtcdError>
+
+  // ---- primitives ----
+
+  /** Grants a lease of `ttlSeconds` (a positive integer). */
+  readonly grant: (ttlSeconds: number) => Effect.Effect<LeaseId, EtcdError>
+  /** Renews a lease once; returns its TTL in seconds. Fails with `LeaseNotFound` when it is gone. */
+  readonly keepAliveOnce: (lease: LeaseId) => Effect.Effect<number, EtcdError>
+  /** Revokes a lease, deleting its keys. Fails with `LeaseNotFound` when it is gone. */
+  readonly revoke: (lease: LeaseId) => Effect.Effect<void, EtcdError>
+  /** Puts a key, optionally on a lease; returns the revision of the put. */
+  readonly put: (
+    key: string,
+    value: string,
+    options?: { readonly lease?: LeaseId | undefined }
+  ) => Effect.Effect<number, EtcdError>
+  /** Reads one key. */
+  readonly get: (key: string) => Effect.Effect<Option.Option<KeyValue>, EtcdError>
+  /** Deletes one key; returns how many keys were deleted (0 or 1) and the revision. */
+  readonly delete: (key: string) => Effect.Effect<{ readonly deleted: number; readonly revision: number }, EtcdError>
+  /** Lists every key starting with `prefix` (not normalised), with the revision read at. */
+  readonly list: (prefix: string) => Effect.Effect<Listing, EtcdError>
+  /**
+   * Watches every key starting with `prefix` (not normalised), from
+   * `options.fromRevision`. Reconnects by itself on transient disconnects,
+   * resuming after the last revision seen. Fails when etcd cancels the watch:
+   * `Compacted` (the revision is gone: list again), `Rewound` (the cluster's
+   * revision went backwards: list again), `PermissionDenied`, `Canceled`.
+   */
+  readonly watch: (prefix: string, options: WatchOptions) => Stream.Stream<WatchEvent, EtcdError>
+  /** Compacts the key-value history up to `revision`. */
+  readonly compact: (revision: number) => Effect.Effect<void, EtcdError>
+  /** The current store revision. */
+  readonly revision: Effect.Effect<number, EtcdError>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const EtcdClient: Context.Tag<EtcdClient, EtcdClient> =
+  Context.GenericTag<EtcdClient>("effect-sd-etcd/EtcdClient")
+
+/**
+ * go-kit's `ClientOptions`, plus etcd authentication.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EtcdClientOptions {
+  /** Full URLs with scheme: `http://127.0.0.1:2379`, `https://etcd-0:2379`. */
+  readonly endpoints: ReadonlyArray<string>
+  /** Client certificate file (PEM), for mutual TLS. Needs `key`. */
+  readonly cert?: string | undefined
+  /** Client private key file (PEM), for mutual TLS. Needs `cert`. */
+  readonly key?: string | undefined
+  /** CA certificate file (PEM) that signed the server certificates. */
+  readonly caCert?: string | undefined
+  /** How long building the client may take to reach a member. Default 3 s. */
+  readonly dialTimeout?: Duration.DurationInput | undefined
+  /** gRPC keep-alive ping interval. Default 3 s. */
+  readonly dialKeepAlive?: Duration.DurationInput | undefined
+  /** Deadline of every request. Default 3 s. */
+  readonly headerTimeoutPerRequest?: Duration.DurationInput | undefined
+  /** etcd user name (etcd auth). */
+  readonly username?: string | undefined
+  /** etcd password (etcd auth). */
+  readonly password?: Redacted.Redacted | undefined
+}
+
+/**
+ * Builds a client: validates the options (`InvalidOptions` before any network
+ * call), connects, and checks that a member answers within `dialTimeout`
+ * (`EtcdError` with reason `Unavailable`, `Timeout` or `AuthFailed` otherwise).
+ * The native client is closed when the scope closes.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options: EtcdClientOptions) => Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =
+  Etcd3.make
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: EtcdClientOptions): Layer.Layer<EtcdClient, InvalidOptions | EtcdError> =>
+  Layer.scoped(EtcdClient, make(options))
+
+/**
+ * Reads the options from the environment:
+ * `ETCD_ENDPOINTS` (comma-separated URLs), `ETCD_CERT`, `ETCD_KEY`, `ETCD_CACERT`,
+ * `ETCD_DIAL_TIMEOUT`, `ETCD_DIAL_KEEPALIVE`, `ETCD_REQUEST_TIMEOUT` (durations such as `3 seconds`),
+ * `ETCD_USERNAME`, `ETCD_PASSWORD`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<EtcdClientOptions> = Config.all({
+  endpoints: Config.map(Config.string("ETCD_ENDPOINTS"), (s) =>
+    s
+      .split(",")
+      .map((e) => e.trim())
+      .filter((e) => e.length > 0)
+  ),
+  cert: Config.option(Config.string("ETCD_CERT")),
+  key: Config.option(Config.string("ETCD_KEY")),
+  caCert: Config.option(Config.string("ETCD_CACERT")),
+  dialTimeout: Config.option(Config.duration("ETCD_DIAL_TIMEOUT")),
+  dialKeepAlive: Config.option(Config.duration("ETCD_DIAL_KEEPALIVE")),
+  headerTimeoutPerRequest: Config.option(Config.duration("ETCD_REQUEST_TIMEOUT")),
+  username: Config.option(Config.string("ETCD_USERNAME")),
+  password: Config.option(Config.redacted("ETCD_PASSWORD"))
+}).pipe(
+  Config.map((c) => ({
+    endpoints: c.endpoints,
+    cert: c.cert._tag === "Some" ? c.cert.value : undefined,
+    key: c.key._tag === "Some" ? c.key.value : undefined,
+    caCert: c.caCert._tag === "Some" ? c.caCert.value : undefined,
+    dialTimeout: c.dialTimeout._tag === "Some" ? c.dialTimeout.value : undefined,
+    dialKeepAlive: c.dialKeepAlive._tag === "Some" ? c.dialKeepAlive.value : undefined,
+    headerTimeoutPerRequest: c.headerTimeoutPerRequest._tag === "Some" ? c.headerTimeoutPerRequest.value : undefined,
+    username: c.username._tag === "Some" ? c.username.value : undefined,
+    password: c.password._tag === "Some" ? c.password.value : undefined
+  }))
+)
+
+/**
+ * Builds the client from `Config` (by default {@link config}: `ETCD_ENDPOINTS` and friends).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Config<EtcdClientOptions> = config
+): Layer.Layer<EtcdClient, InvalidOptions | EtcdError | import("effect/ConfigError").ConfigError> =>
+  Layer.scoped(EtcdClient, Effect.flatMap(options, make))
+
+// ---- the in-memory twin ----
+
+/**
+ * Controls of the in-memory etcd, for tests: faults, compaction, inspection.
+ *
+ * @since 0.1.0
+ * @category testing
+ */
+export interface MemoryEtcdControl {
+  /** Every request fails with `Unavailable` and every watch disconnects, until `restore`. */
+  readonly setUnavailable: Effect.Effect<void>
+  /** Ends an outage started by `setUnavailable`. */
+  readonly restore: Effect.Effect<void>
+  /** Revokes a lease as if it had expired or been revoked by someone else (its keys are deleted). */
+  readonly loseLease: (lease: LeaseId) => Effect.Effect<void>
+  /** Every lease currently alive, with its TTL in seconds. */
+  readonly leases: Effect.Effect<ReadonlyMap<LeaseId, number>>
+  /** How many keep-alive requests the store has served. */
+  readonly keepAliveCount: Effect.Effect<number>
+  /** Wipes the store: no keys, no leases, revision back to 1 (a replaced cluster). Open watches fail with `Rewound` when they reconnect. */
+  readonly wipe: Effect.Effect<void>
+  /** Direct access to the same store, bypassing faults. */
+  readonly client: EtcdClient
+}
+
+/**
+ * @since 0.1.0
+ * @category testing
+ */
+export const MemoryEtcd: Context.Tag<MemoryEtcdControl, MemoryEtcdControl> =
+  Context.GenericTag<MemoryEtcdControl>("effect-sd-etcd/MemoryEtcd")
+
+/**
+ * The same service in memory: revisions, leases that expire on the Effect
+ * `Clock` (so `TestClock` drives them), watches from a revision, compaction,
+ * and injectable faults through {@link MemoryEtcd}.
+ *
+ * @since 0.1.0
+ * @category testing
+ */
+export const layerMemory: Layer.Layer<EtcdClient | MemoryEtcdControl> = Layer.scopedContext(
+  Effect.map(Memory.make, ({ client, control }) =>
+    Context.make(EtcdClient, client).pipe(Context.add(MemoryEtcd, control))
+  )
+)

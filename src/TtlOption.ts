@@ -1,0 +1,96 @@
+/**
+ * How often a registration heartbeats and how long its lease lives without one
+ * (go-kit's `TTLOption`, made strict).
+ *
+ * @since 0.1.0
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import { InvalidOptions } from "./EtcdError.js"
+
+/**
+ * A validated TTL option. Build it with {@link make}; `ttlSeconds` is the
+ * lease TTL sent to etcd, the TTL rounded up to whole seconds.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TtlOption {
+  readonly _tag: "TtlOption"
+  readonly heartbeat: Duration.Duration
+  readonly ttl: Duration.Duration
+  readonly ttlSeconds: number
+}
+
+/**
+ * The smallest heartbeat interval accepted: 500 ms (as go-kit).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const minHeartbeat: Duration.Duration = Duration.millis(500)
+
+/**
+ * The TTL must be at least this many heartbeats, so that one lost or late
+ * heartbeat never lets the lease expire.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const minHeartbeatsPerTtl = 2
+
+/**
+ * Defaults: 3 s heartbeat, 10 s TTL.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaults = { heartbeat: Duration.seconds(3), ttl: Duration.seconds(10) } as const
+
+const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Duration.Duration, InvalidOptions> =>
+  Effect.suspend(() => {
+    const decoded = Duration.decodeUnknown(input)
+    if (decoded._tag === "None") {
+      return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
+    }
+    const d = decoded.value
+    if (!Duration.isFinite(d)) {
+      return Effect.fail(new InvalidOptions({ option, reason: "must be finite" }))
+    }
+    if (Duration.toMillis(d) <= 0 || Number.isNaN(Duration.toMillis(d))) {
+      return Effect.fail(new InvalidOptions({ option, reason: `must be positive, got ${Duration.format(d)}` }))
+    }
+    return Effect.succeed(d)
+  })
+
+/**
+ * Validates a TTL option. Rules: the heartbeat is at least 500 ms; the TTL is
+ * at least two heartbeats. Invalid values fail with `InvalidOptions`; nothing is
+ * clamped. The TTL given to etcd is rounded up to whole seconds, never down.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options?: {
+  readonly heartbeat?: Duration.DurationInput | undefined
+  readonly ttl?: Duration.DurationInput | undefined
+}): Effect.Effect<TtlOption, InvalidOptions> =>
+  Effect.gen(function* () {
+    const heartbeat = yield* decode("heartbeat", options?.heartbeat ?? defaults.heartbeat)
+    const ttl = yield* decode("ttl", options?.ttl ?? defaults.ttl)
+    if (Duration.lessThan(heartbeat, minHeartbeat)) {
+      return yield* new InvalidOptions({
+        option: "heartbeat",
+        reason: `must be at least ${Duration.format(minHeartbeat)}, got ${Duration.format(heartbeat)}`
+      })
+    }
+    if (Duration.toMillis(ttl) < minHeartbeatsPerTtl * Duration.toMillis(heartbeat)) {
+      return yield* new InvalidOptions({
+        option: "ttl",
+        reason: `must be at least ${minHeartbeatsPerTtl} heartbeats (${Duration.format(
+          Duration.times(heartbeat, minHeartbeatsPerTtl)
+        )}), got ${Duration.format(ttl)}`
+      })
+    }
+    return { _tag: "TtlOption", heartbeat, ttl, ttlSeconds: Math.ceil(Duration.toMillis(ttl) / 1000) } as const
+  })

@@ -1,0 +1,196 @@
+/**
+ * The parts of the EtcdClient that both implementations share: go-kit's
+ * surface and the self-reconnecting watch, built on a few primitives.
+ *
+ * @internal
+ */
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import type { EtcdClient, KeyValue, LeaseId, Listing, WatchEvent } from "../EtcdClient.js"
+import { EtcdError, NoKey, NoValue } from "../EtcdError.js"
+import { normalizePrefix } from "./prefix.js"
+
+/** A change or the watch-created marker, as delivered by one watch connection. */
+export type RawWatchEvent =
+  Extract<WatchEvent, { readonly _tag: "Put" | "Delete" }> | { readonly _tag: "Created"; readonly revision: number }
+
+/**
+ * What an implementation provides. `watchOnce` is one watch connection: it
+ * emits `Created` (with the store revision) first, then the changes from
+ * `fromRevision` in order; it fails with `Unavailable` when the connection is
+ * lost and with the cancel reason when etcd cancels the watch.
+ */
+export interface Primitives {
+  readonly grant: (ttlSeconds: number) => Effect.Effect<LeaseId, EtcdError>
+  readonly keepAliveOnce: (lease: LeaseId) => Effect.Effect<number, EtcdError>
+  readonly revoke: (lease: LeaseId) => Effect.Effect<void, EtcdError>
+  readonly put: (
+    key: string,
+    value: string,
+    options?: { readonly lease?: LeaseId | undefined }
+  ) => Effect.Effect<number, EtcdError>
+  readonly get: (key: string) => Effect.Effect<Option.Option<KeyValue>, EtcdError>
+  readonly delete: (key: string) => Effect.Effect<{ readonly deleted: number; readonly revision: number }, EtcdError>
+  readonly list: (prefix: string) => Effect.Effect<Listing, EtcdError>
+  readonly watchOnce: (prefix: string, fromRevision: number) => Stream.Stream<RawWatchEvent, EtcdError>
+  readonly compact: (revision: number) => Effect.Effect<void, EtcdError>
+  readonly revision: Effect.Effect<number, EtcdError>
+}
+
+/** The default reconnect schedule of a watch: jittered exponential from 100 ms, capped at 2 s, forever. */
+export const defaultReconnect: Schedule.Schedule<unknown, EtcdError> = Schedule.exponential("100 millis").pipe(
+  Schedule.either(Schedule.spaced("2 seconds")),
+  Schedule.jittered
+)
+
+/** Whether a watch failure is transient (reconnect) or terminal (the caller must list again). */
+export const isTransient = (error: EtcdError): boolean => error.reason === "Unavailable" || error.reason === "Timeout"
+
+/**
+ * A watch that reconnects by itself from the last revision seen. Emits
+ * `Disconnected` on a transient failure and `Reconnected` when live again. Fails
+ * with `Rewound` when, on (re)connecting, the store revision is behind a
+ * revision this watch has already been promised.
+ */
+export const reconnectingWatch = (
+  primitives: Primitives,
+  prefix: string,
+  fromRevision: number,
+  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
+): Stream.Stream<WatchEvent, EtcdError> =>
+  Stream.unwrap(
+    Effect.gen(function* () {
+      // the next revision to deliver
+      const next = yield* Ref.make(fromRevision)
+      const disconnected = yield* Ref.make(false)
+      const once: Stream.Stream<WatchEvent, EtcdError> = Stream.unwrap(
+        Effect.map(Ref.get(next), (from) =>
+          primitives.watchOnce(prefix, from).pipe(
+            Stream.mapChunksEffect((chunk) =>
+              Effect.gen(function* () {
+                const out: Array<WatchEvent> = []
+                let last = -1
+                for (const event of chunk) {
+                  if (event._tag === "Created") {
+                    if (event.revision < from - 1) {
+                      return yield* new EtcdError({
+                        operation: "watch",
+                        reason: "Rewound",
+                        detail: `store revision ${event.revision} is behind revision ${from - 1} already seen`
+                      })
+                    }
+                    if (yield* Ref.getAndSet(disconnected, false)) {
+                      out.push({ _tag: "Reconnected", revision: event.revision })
+                    }
+                  } else {
+                    out.push(event)
+                    last = event.revision
+                  }
+                }
+                if (last >= 0) yield* Ref.set(next, last + 1)
+                return Chunk.unsafeFromArray(out)
+              })
+            ),
+            Stream.catchAll((error) =>
+              Stream.unwrap(
+                Effect.map(Ref.getAndSet(disconnected, isTransient(error)), (already) =>
+                  // announce an outage once: every element resets the reconnect schedule
+                  isTransient(error) && !already
+                    ? Stream.concat(Stream.succeed<WatchEvent>({ _tag: "Disconnected", error }), Stream.fail(error))
+                    : Stream.fail(error)
+                )
+              )
+            )
+          )
+        )
+      )
+      return once.pipe(Stream.retry(Schedule.whileInput(reconnect, (e: EtcdError) => isTransient(e))))
+    })
+  )
+
+/** Builds the whole service from the primitives. */
+export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient> =>
+  Effect.gen(function* () {
+    // leases granted by `register`, by key: `deregister` revokes them (go-kit leaks them)
+    const registered = yield* Ref.make(new Map<string, LeaseId>())
+
+    const getEntries = (prefix: string) =>
+      Effect.map(primitives.list(normalizePrefix(prefix)), (listing) => listing.entries.map((kv) => kv.value))
+
+    const watchPrefix = (prefix: string): Stream.Stream<void, EtcdError> =>
+      Stream.unwrap(
+        Effect.map(primitives.revision, (revision) =>
+          Stream.concat(
+            Stream.succeed(undefined),
+            reconnectingWatch(primitives, normalizePrefix(prefix), revision + 1).pipe(
+              Stream.filter((e) => e._tag === "Put" || e._tag === "Delete"),
+              Stream.mapChunks(() => undefined as never)
+            )
+          )
+        )
+      )
+
+    const register: EtcdClient["register"] = (service) =>
+      Effect.gen(function* () {
+        if (service.key.length === 0) return yield* new NoKey()
+        if (service.value.length === 0) return yield* new NoValue()
+        if (service.ttl === undefined) {
+          yield* primitives.put(service.key, service.value)
+          return Option.none()
+        }
+        const lease = yield* primitives.grant(service.ttl.ttlSeconds)
+        yield* primitives
+          .put(service.key, service.value, { lease })
+          .pipe(Effect.tapError(() => Effect.ignore(primitives.revoke(lease))))
+        const previous = yield* Ref.modify(registered, (m) => {
+          const prev = m.get(service.key)
+          const copy = new Map(m)
+          copy.set(service.key, lease)
+          return [prev, copy] as const
+        })
+        if (previous !== undefined) yield* Effect.ignore(primitives.revoke(previous))
+        return Option.some(lease)
+      })
+
+    const deregister: EtcdClient["deregister"] = (service) =>
+      Effect.gen(function* () {
+        if (service.key.length === 0) return yield* new NoKey()
+        yield* primitives.delete(service.key)
+        const lease = yield* Ref.modify(registered, (m) => {
+          const l = m.get(service.key)
+          if (l === undefined) return [undefined, m] as const
+          const copy = new Map(m)
+          copy.delete(service.key)
+          return [l, copy] as const
+        })
+        if (lease !== undefined) {
+          yield* primitives.revoke(lease).pipe(
+            Effect.catchIf(
+              (e) => e.reason === "LeaseNotFound",
+              () => Effect.void
+            )
+          )
+        }
+      })
+
+    return {
+      getEntries,
+      watchPrefix,
+      register,
+      deregister,
+      grant: primitives.grant,
+      keepAliveOnce: primitives.keepAliveOnce,
+      revoke: primitives.revoke,
+      put: primitives.put,
+      get: primitives.get,
+      delete: primitives.delete,
+      list: primitives.list,
+      watch: (prefix, options) => reconnectingWatch(primitives, prefix, options.fromRevision, options.reconnect),
+      compact: primitives.compact,
+      revision: primitives.revision
+    } satisfies EtcdClient
+  })
