@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -260,7 +261,7 @@ export const config: Config.Config<EtcdClientOptions> = Config.all({
  */
 export const layerConfig = (
   options: Config.Config<EtcdClientOptions> = config
-): Layer.Layer<EtcdClient, InvalidOptions | EtcdError | import("effect/ConfigError").ConfigError> =>
+): Layer.Layer<EtcdClient, InvalidOptions | EtcdError | ConfigError.ConfigError> =>
   Layer.scoped(EtcdClient, Effect.flatMap(options, make))
 
 // ---- the in-memory twin ----
