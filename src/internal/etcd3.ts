@@ -1,12 +1,569 @@
 /**
- * The EtcdClient over the `etcd3` gRPC client (stub: being written).
+ * The EtcdClient over the `etcd3` gRPC client.
+ *
+ * Only etcd3's connection pool and raw RPC clients are used: the watch and the
+ * keep-alive are our own streams, so that cancellation, reconnection and
+ * revision tracking are ours to get right (etcd3's Watcher hangs on a wiped
+ * cluster, its issue #31, and can throw from a stream callback).
  *
  * @internal
  */
+import { isUtf8 } from "node:buffer"
+import * as Fs from "node:fs/promises"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type { EtcdClient, EtcdClientOptions } from "../EtcdClient.js"
-import type { EtcdError, InvalidOptions } from "../EtcdError.js"
+import * as Stream from "effect/Stream"
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel"
+import * as Etcd3 from "etcd3"
+import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdClient.js"
+import { EtcdError, InvalidOptions } from "../EtcdError.js"
+import type { RawWatchEvent } from "./client.js"
+import { fromPrimitives } from "./client.js"
 
-export const make = (_options: EtcdClientOptions): Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =>
-  Effect.dieMessage("not implemented yet")
+const defaultTimeout = Duration.seconds(3)
+/** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
+const minKeepAliveInterval = Duration.seconds(10)
+
+// ---- options ----
+
+const duration = (
+  option: string,
+  input: Duration.DurationInput | undefined
+): Effect.Effect<Duration.Duration, InvalidOptions> => {
+  if (input === undefined) return Effect.succeed(defaultTimeout)
+  const decoded = Duration.decodeUnknown(input)
+  if (Option.isNone(decoded)) {
+    return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
+  }
+  const millis = Duration.toMillis(decoded.value)
+  if (!(millis > 0) || !Duration.isFinite(decoded.value)) {
+    return Effect.fail(new InvalidOptions({ option, reason: `must be positive and finite, got ${String(input)}` }))
+  }
+  return Effect.succeed(decoded.value)
+}
+
+const endpoint = (url: string): Effect.Effect<{ readonly host: string; readonly secure: boolean }, InvalidOptions> => {
+  if (!/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(url)) {
+    return Effect.fail(
+      new InvalidOptions({ option: "endpoints", reason: `${url} has no scheme: write http://${url} or https://${url}` })
+    )
+  }
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch (cause) {
+    return Effect.fail(new InvalidOptions({ option: "endpoints", reason: `${url} is not a URL`, cause }))
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    return Effect.fail(
+      new InvalidOptions({ option: "endpoints", reason: `${url}: unknown scheme ${parsed.protocol} (http or https)` })
+    )
+  }
+  if (parsed.hostname === "") {
+    return Effect.fail(new InvalidOptions({ option: "endpoints", reason: `${url} has no host` }))
+  }
+  const port = parsed.port === "" ? "2379" : parsed.port
+  return Effect.succeed({
+    host: `${parsed.protocol}//${parsed.hostname}:${port}`,
+    secure: parsed.protocol === "https:"
+  })
+}
+
+const pemFile = (option: string, path: string): Effect.Effect<Buffer, InvalidOptions> =>
+  Effect.tryPromise({
+    try: () => Fs.readFile(path),
+    catch: (cause) =>
+      new InvalidOptions({ option, reason: `cannot read ${path}: ${(cause as NodeJS.ErrnoException).code}`, cause })
+  }).pipe(
+    Effect.filterOrFail(
+      (b) => b.includes("-----BEGIN "),
+      () => new InvalidOptions({ option, reason: `${path} is not a PEM file` })
+    )
+  )
+
+interface Resolved {
+  readonly hosts: ReadonlyArray<string>
+  readonly dialTimeout: Duration.Duration
+  readonly dialKeepAlive: Duration.Duration
+  readonly requestTimeout: Duration.Duration
+  readonly credentials: Etcd3.IOptions["credentials"]
+  readonly auth: Etcd3.IOptions["auth"]
+}
+
+/** Validates every option before any network call. */
+export const resolveOptions = (options: EtcdClientOptions): Effect.Effect<Resolved, InvalidOptions> =>
+  Effect.gen(function* () {
+    if (options.endpoints.length === 0) {
+      return yield* new InvalidOptions({ option: "endpoints", reason: "at least one endpoint is required" })
+    }
+    const endpoints = yield* Effect.forEach(options.endpoints, endpoint)
+    const dialTimeout = yield* duration("dialTimeout", options.dialTimeout)
+    const dialKeepAlive = yield* duration("dialKeepAlive", options.dialKeepAlive)
+    const requestTimeout = yield* duration("headerTimeoutPerRequest", options.headerTimeoutPerRequest)
+    if ((options.cert === undefined) !== (options.key === undefined)) {
+      return yield* new InvalidOptions({
+        option: options.cert === undefined ? "cert" : "key",
+        reason: "a client certificate needs both cert and key"
+      })
+    }
+    const secure = endpoints.some((e) => e.secure)
+    if (!secure && (options.cert !== undefined || options.caCert !== undefined)) {
+      return yield* new InvalidOptions({
+        option: "endpoints",
+        reason: "TLS files are given but no endpoint is https://"
+      })
+    }
+    if (secure && endpoints.some((e) => !e.secure)) {
+      return yield* new InvalidOptions({ option: "endpoints", reason: "mixing http:// and https:// endpoints" })
+    }
+    let credentials: Etcd3.IOptions["credentials"] = undefined
+    if (options.caCert !== undefined || options.cert !== undefined) {
+      const rootCertificate = options.caCert === undefined ? undefined : yield* pemFile("caCert", options.caCert)
+      const certChain = options.cert === undefined ? undefined : yield* pemFile("cert", options.cert)
+      const privateKey = options.key === undefined ? undefined : yield* pemFile("key", options.key)
+      credentials = {
+        // grpc-js takes `null` for "the system's roots"
+        rootCertificate: rootCertificate ?? (null as unknown as Buffer),
+        ...(certChain === undefined ? {} : { certChain }),
+        ...(privateKey === undefined ? {} : { privateKey })
+      }
+    }
+    if ((options.username === undefined) !== (options.password === undefined)) {
+      return yield* new InvalidOptions({
+        option: options.username === undefined ? "username" : "password",
+        reason: "etcd authentication needs both username and password"
+      })
+    }
+    if (options.username === "") {
+      return yield* new InvalidOptions({ option: "username", reason: "must not be empty" })
+    }
+    const auth =
+      options.username !== undefined && options.password !== undefined
+        ? { username: options.username, password: Redacted.value(options.password) }
+        : undefined
+    return {
+      hosts: endpoints.map((e) => e.host),
+      dialTimeout,
+      dialKeepAlive,
+      requestTimeout,
+      credentials,
+      auth
+    }
+  })
+
+// ---- errors ----
+
+const errorName = (cause: unknown): string =>
+  typeof cause === "object" && cause !== null ? ((cause as Error).constructor?.name ?? "Error") : "unknown"
+
+const errorMessage = (cause: unknown): string =>
+  typeof cause === "object" && cause !== null && "message" in cause ? String((cause as Error).message) : String(cause)
+
+/** Maps an etcd3 / gRPC error to a typed EtcdError. */
+const grpcCode = (cause: unknown): number | undefined =>
+  typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "number"
+    ? cause.code
+    : undefined
+
+export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
+  const name = errorName(cause)
+  const message = errorMessage(cause)
+  const code = grpcCode(cause)
+  const reason: EtcdError["reason"] =
+    message.includes("requested lease not found") ||
+    message.includes("permission denied") ||
+    message.includes("authentication failed") ||
+    message.includes("request is too large")
+      ? reasonOf(cause, name, message)
+      : code === 14 || code === 1
+        ? "Unavailable"
+        : code === 4
+          ? "Timeout"
+          : code === 7
+            ? "PermissionDenied"
+            : code === 16
+              ? "AuthFailed"
+              : reasonOf(cause, name, message)
+  return new EtcdError({ operation, reason, detail: message, cause })
+}
+
+const reasonOf = (cause: unknown, name: string, message: string): EtcdError["reason"] =>
+  cause instanceof Etcd3.EtcdLeaseInvalidError || message.includes("requested lease not found")
+    ? "LeaseNotFound"
+    : cause instanceof Etcd3.EtcdPermissionDeniedError || message.includes("permission denied")
+      ? "PermissionDenied"
+      : cause instanceof Etcd3.EtcdAuthenticationFailedError ||
+          cause instanceof Etcd3.EtcdInvalidAuthTokenError ||
+          cause instanceof Etcd3.GRPCUnauthenticatedError ||
+          message.includes("authentication failed") ||
+          message.includes("user name is empty") ||
+          message.includes("invalid auth token")
+        ? "AuthFailed"
+        : message.includes("request is too large") || message.includes("larger than max")
+          ? "TooLarge"
+          : message.includes("mvcc: required revision has been compacted")
+            ? "Compacted"
+            : cause instanceof Etcd3.GRPCDeadlineExceededError ||
+                message.includes("Deadline exceeded") ||
+                message.includes("request timed out")
+              ? "Timeout"
+              : cause instanceof Etcd3.GRPCUnavailableError ||
+                  cause instanceof Etcd3.GRPCCancelledError ||
+                  cause instanceof Etcd3.EtcdWatchStreamEnded ||
+                  message.includes("No connection established") ||
+                  message.includes("ECONNREFUSED") ||
+                  message.includes("no leader") ||
+                  message.includes("leader changed") ||
+                  message.includes("not capable") ||
+                  message.includes("too many requests") ||
+                  message.includes("Broken circuit") ||
+                  name === "BrokenCircuitError" ||
+                  name === "ClientClosedError"
+                ? "Unavailable"
+                : "Other"
+
+// ---- keys ----
+
+/** The end of the key range of every key starting with `prefix` (etcd's `WithPrefix`). */
+export const prefixEnd = (prefix: Buffer): Buffer => {
+  const end = Buffer.from(prefix)
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1
+      return end.subarray(0, i + 1)
+    }
+  }
+  // every byte is 0xff (or the prefix is empty): to the end of the keyspace
+  return Buffer.from([0])
+}
+
+const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
+  const key = Buffer.from(prefix, "utf8")
+  return key.length === 0 ? { key: Buffer.from([0]), range_end: Buffer.from([0]) } : { key, range_end: prefixEnd(key) }
+}
+
+const leaseOf = (lease: string | undefined): LeaseId | undefined =>
+  lease === undefined || lease === "0" || lease === "" ? undefined : lease
+
+const toKeyValue = (kv: Etcd3.IKeyValue): KeyValue => ({
+  key: kv.key.toString("utf8"),
+  value: kv.value.toString("utf8"),
+  malformed: !isUtf8(kv.value),
+  createRevision: Number(kv.create_revision),
+  modRevision: Number(kv.mod_revision),
+  lease: leaseOf(kv.lease)
+})
+
+// ---- the client ----
+
+/** The native client and its resolved options, for the parts of the library that need them. */
+export interface Native {
+  readonly etcd: Etcd3.Etcd3
+  readonly resolved: Resolved
+}
+
+/** Builds the native client (closed with the scope) after validating the options. */
+export const makeNative = (options: EtcdClientOptions): Effect.Effect<Native, InvalidOptions, Scope.Scope> =>
+  Effect.gen(function* () {
+    const resolved = yield* resolveOptions(options)
+    const requestMillis = Duration.toMillis(resolved.requestTimeout)
+    const keepAliveMillis = Duration.toMillis(resolved.dialKeepAlive)
+    const etcd = yield* Effect.acquireRelease(
+      Effect.sync(
+        () =>
+          new Etcd3.Etcd3({
+            hosts: [...resolved.hosts],
+            ...(resolved.credentials === undefined ? {} : { credentials: resolved.credentials }),
+            ...(resolved.auth === undefined
+              ? {}
+              : {
+                  auth: {
+                    ...resolved.auth,
+                    callOptions: () => ({ deadline: Date.now() + requestMillis })
+                  }
+                }),
+            dialTimeout: Duration.toMillis(resolved.dialTimeout),
+            // a fresh deadline for every attempt of every unary call; streams have none
+            defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + requestMillis }),
+            grpcOptions: {
+              "grpc.keepalive_time_ms": Math.max(keepAliveMillis, Duration.toMillis(minKeepAliveInterval)),
+              "grpc.keepalive_timeout_ms": keepAliveMillis,
+              "grpc.keepalive_permit_without_calls": 1,
+              "grpc.max_receive_message_length": -1,
+              "grpc.initial_reconnect_backoff_ms": 100,
+              "grpc.max_reconnect_backoff_ms": 2000
+            },
+            faultHandling: {
+              // a member that keeps failing is skipped for a second, then tried again
+              host: () =>
+                circuitBreaker(handleWhen(Etcd3.isRecoverableError), {
+                  halfOpenAfter: 1000,
+                  breaker: new ConsecutiveBreaker(2)
+                }),
+              // fail over to another member, at once
+              global: retry(handleWhen(Etcd3.isRecoverableError), { maxAttempts: Math.max(1, resolved.hosts.length) })
+            }
+          })
+      ),
+      (etcd) => Effect.sync(() => etcd.close())
+    )
+    return { etcd, resolved }
+  })
+
+export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { etcd, resolved } = yield* makeNative(options)
+    const requestTimeout = resolved.requestTimeout
+    // the pool tries each member once per call; bound the whole call as a safety net
+    const callTimeout = Duration.sum(Duration.times(requestTimeout, resolved.hosts.length), Duration.seconds(1))
+
+    const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, EtcdError> =>
+      Effect.tryPromise({ try: f, catch: (cause) => toEtcdError(operation, cause) }).pipe(
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () => new EtcdError({ operation, reason: "Timeout", detail: `no answer in ${callTimeout}` })
+        })
+      )
+
+    // the cluster must answer within dialTimeout (etcd3 ignores its own dialTimeout, its issue #137)
+    yield* Effect.tryPromise({
+      try: () => etcd.maintenance.status({ deadline: Date.now() + Duration.toMillis(resolved.dialTimeout) }),
+      catch: (cause) => toEtcdError("connect", cause)
+    }).pipe(
+      Effect.timeoutFail({
+        duration: resolved.dialTimeout,
+        onTimeout: () =>
+          new EtcdError({
+            operation: "connect",
+            reason: "Unavailable",
+            detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`
+          })
+      }),
+      Effect.mapError((e) =>
+        e.reason === "Timeout"
+          ? new EtcdError({
+              operation: "connect",
+              reason: "Unavailable",
+              detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`,
+              cause: e.cause
+            })
+          : e
+      )
+    )
+
+    const grant = (ttlSeconds: number) =>
+      Effect.suspend(() =>
+        Number.isInteger(ttlSeconds) && ttlSeconds > 0
+          ? call("grant", () => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds })).pipe(Effect.map((r) => r.ID))
+          : Effect.fail(
+              new EtcdError({ operation: "grant", reason: "Other", detail: `TTL must be a positive integer` })
+            )
+      )
+
+    const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
+      Effect.async<number, EtcdError>((resume) => {
+        let stream: Etcd3.IDuplexStream<Etcd3.ILeaseKeepAliveRequest, Etcd3.ILeaseKeepAliveResponse> | undefined
+        let done = false
+        const finish = (effect: Effect.Effect<number, EtcdError>) => {
+          if (done) return
+          done = true
+          stream?.end()
+          resume(effect)
+        }
+        etcd.leaseClient.leaseKeepAlive().then(
+          (s) => {
+            stream = s
+            if (done) {
+              s.cancel()
+              return
+            }
+            s.on("data", (res: Etcd3.ILeaseKeepAliveResponse) => {
+              const ttl = Number(res.TTL)
+              finish(
+                ttl > 0
+                  ? Effect.succeed(ttl)
+                  : Effect.fail(
+                      new EtcdError({ operation: "keepAlive", reason: "LeaseNotFound", detail: `lease ${lease}` })
+                    )
+              )
+            })
+            s.on("error", (cause: unknown) => finish(Effect.fail(toEtcdError("keepAlive", cause))))
+            s.on("end", () =>
+              finish(
+                Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "stream ended" }))
+              )
+            )
+            s.write({ ID: lease })
+          },
+          (cause: unknown) => finish(Effect.fail(toEtcdError("keepAlive", cause)))
+        )
+        return Effect.sync(() => {
+          done = true
+          stream?.cancel()
+        })
+      }).pipe(
+        Effect.timeoutFail({
+          duration: requestTimeout,
+          onTimeout: () =>
+            new EtcdError({
+              operation: "keepAlive",
+              reason: "Timeout",
+              detail: `no answer in ${Duration.format(requestTimeout)}`
+            })
+        })
+      )
+
+    const revoke = (lease: LeaseId) => Effect.asVoid(call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })))
+
+    const put = (key: string, value: string, options?: { readonly lease?: LeaseId | undefined }) =>
+      call("put", () =>
+        etcd.kv.put({
+          key: Buffer.from(key, "utf8"),
+          value: Buffer.from(value, "utf8"),
+          ...(options?.lease === undefined ? {} : { lease: options.lease })
+        })
+      ).pipe(Effect.map((r) => Number(r.header.revision)))
+
+    const get = (key: string) =>
+      call("get", () => etcd.kv.range({ key: Buffer.from(key, "utf8") })).pipe(
+        Effect.map((r) => (r.kvs.length === 0 ? Option.none() : Option.some(toKeyValue(r.kvs[0]!))))
+      )
+
+    const del = (key: string) =>
+      call("delete", () => etcd.kv.deleteRange({ key: Buffer.from(key, "utf8") })).pipe(
+        Effect.map((r) => ({ deleted: Number(r.deleted), revision: Number(r.header.revision) }))
+      )
+
+    const list = (prefix: string) =>
+      call("list", () => etcd.kv.range(rangeOf(prefix))).pipe(
+        Effect.map((r) => ({ revision: Number(r.header.revision), entries: r.kvs.map(toKeyValue) }))
+      )
+
+    const compact = (revision: number) =>
+      Effect.asVoid(call("compact", () => etcd.kv.compact({ revision, physical: true })))
+
+    const revision = call("status", () => etcd.kv.range({ key: Buffer.from([0]), count_only: true, limit: 1 })).pipe(
+      Effect.map((r) => Number(r.header.revision))
+    )
+
+    const watchOnce = (prefix: string, fromRevision: number): Stream.Stream<RawWatchEvent, EtcdError> =>
+      Stream.asyncPush<RawWatchEvent, EtcdError>(
+        (emit) =>
+          Effect.acquireRelease(
+            Effect.sync(() => {
+              let stream: Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse> | undefined
+              let closed = false
+              let created = false
+              const fail = (error: EtcdError) => {
+                if (closed) return
+                closed = true
+                clearTimeout(createTimer)
+                stream?.cancel()
+                emit.fail(error)
+              }
+              // a member that accepts the connection but never answers (paused, partitioned)
+              const createTimer = setTimeout(() => {
+                if (!created) {
+                  fail(
+                    new EtcdError({
+                      operation: "watch",
+                      reason: "Timeout",
+                      detail: `watch not created within ${Duration.format(requestTimeout)}`
+                    })
+                  )
+                }
+              }, Duration.toMillis(requestTimeout))
+              etcd.watchClient.watch().then(
+                (s) => {
+                  stream = s
+                  if (closed) {
+                    s.cancel()
+                    return
+                  }
+                  s.on("data", (res: Etcd3.IWatchResponse) => {
+                    if (closed) return
+                    if (res.canceled) {
+                      const compacted = res.compact_revision !== undefined && Number(res.compact_revision) > 0
+                      const reason = compacted
+                        ? "Compacted"
+                        : res.cancel_reason.includes("permission denied")
+                          ? "PermissionDenied"
+                          : res.cancel_reason.includes("compacted")
+                            ? "Compacted"
+                            : "Canceled"
+                      fail(
+                        new EtcdError({
+                          operation: "watch",
+                          reason,
+                          detail: compacted
+                            ? `revision ${fromRevision} is compacted (compact revision ${res.compact_revision})`
+                            : res.cancel_reason || "watch canceled by etcd"
+                        })
+                      )
+                      return
+                    }
+                    const batch: Array<RawWatchEvent> = []
+                    if (res.created) {
+                      created = true
+                      clearTimeout(createTimer)
+                      batch.push({ _tag: "Created", revision: Number(res.header.revision) })
+                    }
+                    for (const event of res.events) {
+                      const kv = event.kv
+                      batch.push(
+                        event.type === "Put"
+                          ? {
+                              _tag: "Put",
+                              key: kv.key.toString("utf8"),
+                              value: kv.value.toString("utf8"),
+                              malformed: !isUtf8(kv.value),
+                              revision: Number(kv.mod_revision),
+                              lease: leaseOf(kv.lease)
+                            }
+                          : { _tag: "Delete", key: kv.key.toString("utf8"), revision: Number(kv.mod_revision) }
+                      )
+                    }
+                    if (batch.length > 0) emit.array(batch)
+                  })
+                  s.on("error", (cause: unknown) => fail(toEtcdError("watch", cause)))
+                  s.on("end", () =>
+                    fail(new EtcdError({ operation: "watch", reason: "Unavailable", detail: "watch stream ended" }))
+                  )
+                  s.write({
+                    create_request: {
+                      ...rangeOf(prefix),
+                      start_revision: fromRevision
+                    }
+                  })
+                },
+                (cause: unknown) => fail(toEtcdError("watch", cause))
+              )
+              return {
+                close: () => {
+                  closed = true
+                  clearTimeout(createTimer)
+                  stream?.cancel()
+                }
+              }
+            }),
+            (handle) => Effect.sync(() => handle.close())
+          ),
+        { bufferSize: "unbounded" }
+      )
+
+    return yield* fromPrimitives({
+      grant,
+      keepAliveOnce,
+      revoke,
+      put,
+      get,
+      delete: del,
+      list,
+      watchOnce,
+      compact,
+      revision
+    })
+  })
