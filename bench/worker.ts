@@ -1,0 +1,176 @@
+/**
+ * A worker process of the benchmark, forked by bench/run.ts. Its role (the
+ * first argument) is `sub` (a subscriber), `reg` (a registrar), `writer` or
+ * `micro`; `setup` says which side (`ours`, `raw`, `floor`) it runs.
+ */
+import type { Etcd3 } from "etcd3"
+import { serve, now } from "./ipc.js"
+import type { RegistrarSide, SideOptions, SubscriberSide } from "./side.js"
+import { cpuMicros, Tracker, untilIdle } from "./view.js"
+import type { ViewSnapshot } from "./view.js"
+import type { Op } from "./writer.js"
+import { instance, keyOf } from "./keys.js"
+import { pool } from "./writer.js"
+
+type Side = "ours" | "raw" | "floor"
+
+const gc = (): void => {
+  const f = (globalThis as { gc?: () => void }).gc
+  if (f === undefined) throw new Error("run with --expose-gc")
+  f()
+  f()
+}
+
+let subscriberSide: SubscriberSide | undefined
+let registrarSide: RegistrarSide | undefined
+let writer: Etcd3 | undefined
+let tracker = new Tracker()
+let stopSubscriber: (() => Promise<void>) | undefined
+const waits = new Map<number, Promise<bigint>>()
+let nextWait = 0
+let setWait: { readonly at: Promise<bigint>; readonly cpu0: number } | undefined
+const registered: Array<string> = []
+
+const need = <A>(a: A | undefined, what: string): A => {
+  if (a === undefined) throw new Error(`no ${what} in this worker`)
+  return a
+}
+
+serve({
+  setup: async (args: { readonly side: Side; readonly options: SideOptions }) => {
+    const role = process.argv[2]
+    if (role === "sub") {
+      const m = args.side === "ours" ? await import("./oursSide.js") : await import("./rawSide.js")
+      subscriberSide = await m.subscriber(args.options)
+    } else if (role === "reg") {
+      if (args.side === "ours") registrarSide = await (await import("./oursSide.js")).registrar(args.options)
+      else if (args.side === "raw") registrarSide = await (await import("./rawSide.js")).registrar(args.options)
+      else registrarSide = await (await import("./rawSide.js")).floor(args.options)
+    } else if (role === "writer") {
+      const { rawClient } = await import("./raw.js")
+      writer = rawClient(args.options.endpoint)
+      await writer.maintenance.status()
+    }
+    return process.pid
+  },
+
+  // ---- subscriber ----
+
+  /** Starts a subscriber and waits until its view holds `n` instances; returns how long that took (ns). */
+  sync: async (args: { readonly prefix: string; readonly n: number }) => {
+    const side = need(subscriberSide, "subscriber")
+    if (stopSubscriber !== undefined) throw new Error("already subscribed")
+    tracker = new Tracker()
+    const t0 = now()
+    stopSubscriber = await side.subscribe(args.prefix, tracker)
+    const t1 = await tracker.until((v) => v.size >= args.n)
+    return t1 - t0
+  },
+  unsubscribe: async () => {
+    const stop = need(stopSubscriber, "subscription")
+    stopSubscriber = undefined
+    await stop()
+  },
+  /** Arms a wait for an instance to be present / absent; answers at once with the wait's id. */
+  arm: (args: { readonly instance: string; readonly present: boolean }) => {
+    const id = nextWait++
+    const test = args.present ? (v: ViewSnapshot) => v.has(args.instance) : (v: ViewSnapshot) => !v.has(args.instance)
+    waits.set(id, tracker.until(test))
+    return id
+  },
+  /** Waits for an armed wait; returns when the view first satisfied it. */
+  wait: async (args: { readonly id: number }) => {
+    const w = need(waits.get(args.id), `wait ${args.id}`)
+    waits.delete(args.id)
+    return w
+  },
+  /** Arms a wait for the view to equal `values`, then collects garbage and reads the CPU clock. */
+  armSet: (args: { readonly values: ReadonlyArray<string> }) => {
+    const at = tracker.untilSet(new Set(args.values))
+    gc()
+    setWait = { at, cpu0: cpuMicros() }
+    return tracker.size
+  },
+  /** When the view first equaled the armed set, and the CPU used from arming until idle again (µs). */
+  waitSet: async () => {
+    const w = need(setWait, "armed set")
+    setWait = undefined
+    const at = await w.at
+    const idle = await untilIdle()
+    return { at, cpuMicros: idle - w.cpu0, exact: tracker.verifySet() }
+  },
+  heapUsed: () => {
+    gc()
+    return process.memoryUsage().heapUsed
+  },
+
+  // ---- registrar ----
+
+  /** Registers one instance; returns the time just before. */
+  register: async (args: { readonly key: string; readonly value: string }) => {
+    const side = need(registrarSide, "registrar")
+    const t0 = now()
+    await side.register(args.key, args.value)
+    return t0
+  },
+  deregister: async (args: { readonly key: string }) => {
+    const side = need(registrarSide, "registrar")
+    const t0 = now()
+    await side.deregister(args.key)
+    return t0
+  },
+  /** Registers instances `from` .. `from + n - 1` under `prefix`, `concurrency` at a time. */
+  registerMany: async (args: {
+    readonly prefix: string
+    readonly from: number
+    readonly n: number
+    readonly concurrency: number
+  }) => {
+    const side = need(registrarSide, "registrar")
+    await pool(args.concurrency, args.n, async (i) => {
+      const value = instance(args.from + i)
+      const key = keyOf(args.prefix, value)
+      await side.register(key, value)
+      registered.push(key)
+    })
+  },
+  deregisterAll: async (args: { readonly concurrency: number }) => {
+    const side = need(registrarSide, "registrar")
+    const keys = registered.splice(0)
+    await pool(args.concurrency, keys.length, (i) => side.deregister(keys[i]!))
+  },
+  cpu: () => cpuMicros(),
+
+  // ---- writer ----
+
+  populate: async (args: { readonly prefix: string; readonly from: number; readonly n: number }) => {
+    const { populate } = await import("./writer.js")
+    await populate(need(writer, "writer"), args.prefix, args.from, args.n)
+  },
+  /** Plays a churn; returns the time just before its first request. */
+  churn: async (args: { readonly ops: ReadonlyArray<Op>; readonly inflight: number }) => {
+    const { churn } = await import("./writer.js")
+    const t0 = now()
+    await churn(need(writer, "writer"), args.ops, args.inflight)
+    return t0
+  },
+  deletePrefix: async (args: { readonly prefix: string }) => {
+    const { deletePrefix } = await import("./writer.js")
+    await deletePrefix(need(writer, "writer"), args.prefix)
+  },
+
+  // ---- micro benchmarks ----
+
+  micro: async (args: { readonly picks: number; readonly calls: number }) => {
+    const { runMicro } = await import("./micro.js")
+    return runMicro(args)
+  },
+
+  shutdown: async () => {
+    if (stopSubscriber !== undefined) await stopSubscriber().catch(() => undefined)
+    await subscriberSide?.close().catch(() => undefined)
+    await registrarSide?.close().catch(() => undefined)
+    writer?.close()
+    setImmediate(() => process.exit(0))
+  }
+})
