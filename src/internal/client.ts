@@ -128,7 +128,8 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
             Stream.succeed(undefined),
             reconnectingWatch(primitives, normalizePrefix(prefix), revision + 1).pipe(
               Stream.filter((e) => e._tag === "Put" || e._tag === "Delete"),
-              Stream.mapChunks(() => undefined as never)
+              // one signal per batch of changes (a revision, or what one watch response carried)
+              Stream.mapChunks((changes) => (Chunk.isEmpty(changes) ? Chunk.empty<void>() : Chunk.of<void>(undefined)))
             )
           )
         )
