@@ -1,0 +1,210 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Fs from "node:fs/promises"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as EtcdClient from "../src/EtcdClient.js"
+import * as EtcdAuth from "../src/testing/EtcdAuth.js"
+import * as EtcdServer from "../src/testing/EtcdServer.js"
+import { contract } from "./contract/EtcdClientContract.js"
+
+contract("EtcdClient contract: real etcd", EtcdServer.layerClient.pipe(Layer.provide(EtcdServer.layer())), {
+  advance: () => Effect.void,
+  live: true
+})
+
+/** Elapsed wall time of an effect, in milliseconds. */
+const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Effect.gen(function* () {
+    const start = performance.now()
+    const result = yield* self
+    return [result, performance.now() - start] as const
+  })
+
+describe("EtcdClient options", () => {
+  it.effect("an endpoint without scheme is an InvalidOptions error, before any network call", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: ["localhost:2379"] })))
+      expect(error._tag).toBe("InvalidOptions")
+      expect(error.message).toContain("no scheme")
+    })
+  )
+
+  it.effect("an endpoint with an unknown scheme, an empty endpoint list and a zero timeout are InvalidOptions", () =>
+    Effect.gen(function* () {
+      const unknown = yield* Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: ["ftp://127.0.0.1:2379"] })))
+      expect(unknown).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+      const none = yield* Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: [] })))
+      expect(none).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+      const zero = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["http://127.0.0.1:2379"], headerTimeoutPerRequest: 0 }))
+      )
+      expect(zero).toMatchObject({ _tag: "InvalidOptions", option: "headerTimeoutPerRequest" })
+      const negative = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["http://127.0.0.1:2379"], dialTimeout: -5 }))
+      )
+      expect(negative).toMatchObject({ _tag: "InvalidOptions", option: "dialTimeout" })
+    })
+  )
+
+  it.live("an unreachable endpoint fails with Unavailable within dialTimeout plus a small margin", () =>
+    Effect.gen(function* () {
+      // a port nobody listens on: bind one, then close it
+      const port = yield* Effect.promise(
+        () =>
+          new Promise<number>((resolve) => {
+            import("node:net").then((net) => {
+              const server = net.createServer()
+              server.listen(0, "127.0.0.1", () => {
+                const address = server.address()
+                server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
+              })
+            })
+          })
+      )
+      const [error, elapsed] = yield* timed(
+        Effect.flip(
+          Effect.scoped(EtcdClient.make({ endpoints: [`http://127.0.0.1:${port}`], dialTimeout: "1 second" }))
+        )
+      )
+      expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
+      expect(elapsed).toBeLessThan(1500)
+    })
+  )
+
+  it.live("a blackholed endpoint (accepts TCP, never answers) fails within dialTimeout", () =>
+    Effect.gen(function* () {
+      const net = yield* Effect.promise(() => import("node:net"))
+      const server = yield* Effect.acquireRelease(
+        Effect.async<import("node:net").Server>((resume) => {
+          const s = net.createServer(() => {})
+          s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+        }),
+        (s) => Effect.sync(() => s.close())
+      )
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      const [error, elapsed] = yield* timed(
+        Effect.flip(
+          Effect.scoped(EtcdClient.make({ endpoints: [`http://127.0.0.1:${port}`], dialTimeout: "1 second" }))
+        )
+      )
+      expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
+      expect(elapsed).toBeLessThan(1500)
+    }).pipe(Effect.scoped)
+  )
+
+  it.effect("a missing or non-PEM certificate file is an InvalidOptions error that names the option", () =>
+    Effect.gen(function* () {
+      const dir = yield* Effect.acquireRelease(
+        Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
+        (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
+      )
+      const garbage = Path.join(dir, "garbage.pem")
+      yield* Effect.promise(() => Fs.writeFile(garbage, "not a certificate"))
+      const missing = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["https://127.0.0.1:2379"], caCert: Path.join(dir, "nope.pem") }))
+      )
+      expect(missing).toMatchObject({ _tag: "InvalidOptions", option: "caCert" })
+      expect(missing.message).toContain("ENOENT")
+      const notPem = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["https://127.0.0.1:2379"], caCert: garbage }))
+      )
+      expect(notPem).toMatchObject({ _tag: "InvalidOptions", option: "caCert" })
+      const half = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["https://127.0.0.1:2379"], cert: garbage }))
+      )
+      expect(half).toMatchObject({ _tag: "InvalidOptions", option: "key" })
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("layerConfig reads ETCD_ENDPOINTS and fails on a value without scheme", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Layer.build(EtcdClient.layerConfig()).pipe(
+          Effect.scoped,
+          Effect.withConfigProvider(
+            (yield* Effect.promise(() => import("effect/ConfigProvider"))).fromMap(
+              new Map([["ETCD_ENDPOINTS", "127.0.0.1:2379, http://127.0.0.1:2380"]])
+            )
+          )
+        )
+      )
+      expect(error).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+    })
+  )
+})
+
+describe("EtcdClient over TLS (client-certificate auth)", () => {
+  it.layer(EtcdServer.layer({ tls: true }), { timeout: "60 seconds" })((it) => {
+    it.scoped("with the kit's CA and client certificate, put and get work", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        expect(server.clientUrls[0]).toMatch(/^https:\/\//)
+        const client = yield* EtcdClient.make(server.clientOptions)
+        yield* client.put("/tls/a", "1")
+        expect(Option.map(yield* client.get("/tls/a"), (kv) => kv.value)).toEqual(Option.some("1"))
+      })
+    )
+
+    it.scoped("without the client certificate the connection is refused with a typed error", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const error = yield* Effect.flip(
+          EtcdClient.make({ endpoints: server.clientUrls, caCert: server.tls!.caCert, dialTimeout: "2 seconds" })
+        )
+        expect(error._tag).toBe("EtcdError")
+        expect(["Unavailable", "AuthFailed"]).toContain(error._tag === "EtcdError" ? error.reason : "")
+      })
+    )
+  })
+})
+
+describe("EtcdClient with etcd auth", () => {
+  const rootPassword = Redacted.make("root-secret")
+  it.layer(EtcdServer.layer(), { timeout: "60 seconds" })((it) => {
+    it.scoped("a wrong password fails with AuthFailed; the right one works", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        yield* EtcdAuth.enable(server, rootPassword)
+        const error = yield* Effect.flip(
+          EtcdClient.make({
+            endpoints: server.clientUrls,
+            username: "root",
+            password: Redacted.make("wrong"),
+            dialTimeout: "2 seconds"
+          })
+        )
+        expect(error).toMatchObject({ _tag: "EtcdError", reason: "AuthFailed" })
+        expect(error.message).not.toContain("wrong")
+        const client = yield* EtcdClient.make({
+          endpoints: server.clientUrls,
+          username: "root",
+          password: rootPassword
+        })
+        yield* client.put("/auth/a", "1")
+        expect((yield* client.list("/auth/")).entries.map((kv) => kv.value)).toEqual(["1"])
+      })
+    )
+  })
+})
+
+describe("EtcdClient timeouts", () => {
+  it.layer(EtcdServer.layer(), { timeout: "60 seconds" })((it) => {
+    it.scoped("a request to a paused member fails with Timeout after headerTimeoutPerRequest", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* EtcdClient.make({ ...server.clientOptions, headerTimeoutPerRequest: "500 millis" })
+        yield* client.put("/timeout/a", "1")
+        yield* Effect.acquireRelease(server.pause, () => server.resume)
+        const [error, elapsed] = yield* timed(Effect.flip(client.get("/timeout/a")))
+        expect(error).toMatchObject({ _tag: "EtcdError", reason: "Timeout" })
+        expect(elapsed).toBeLessThan(Duration.toMillis("3 seconds"))
+      })
+    )
+  })
+})
