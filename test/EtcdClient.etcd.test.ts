@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Fs from "node:fs/promises"
+import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as EtcdClient from "../src/EtcdClient.js"
@@ -57,12 +59,10 @@ describe("EtcdClient options", () => {
       const port = yield* Effect.promise(
         () =>
           new Promise<number>((resolve) => {
-            import("node:net").then((net) => {
-              const server = net.createServer()
-              server.listen(0, "127.0.0.1", () => {
-                const address = server.address()
-                server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-              })
+            const server = Net.createServer()
+            server.listen(0, "127.0.0.1", () => {
+              const address = server.address()
+              server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
             })
           })
       )
@@ -78,10 +78,9 @@ describe("EtcdClient options", () => {
 
   it.live("a blackholed endpoint (accepts TCP, never answers) fails within dialTimeout", () =>
     Effect.gen(function* () {
-      const net = yield* Effect.promise(() => import("node:net"))
       const server = yield* Effect.acquireRelease(
-        Effect.async<import("node:net").Server>((resume) => {
-          const s = net.createServer(() => {})
+        Effect.async<Net.Server>((resume) => {
+          const s = Net.createServer(() => {})
           s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
         }),
         (s) => Effect.sync(() => s.close())
@@ -128,9 +127,7 @@ describe("EtcdClient options", () => {
         Layer.build(EtcdClient.layerConfig()).pipe(
           Effect.scoped,
           Effect.withConfigProvider(
-            (yield* Effect.promise(() => import("effect/ConfigProvider"))).fromMap(
-              new Map([["ETCD_ENDPOINTS", "127.0.0.1:2379, http://127.0.0.1:2380"]])
-            )
+            ConfigProvider.fromMap(new Map([["ETCD_ENDPOINTS", "127.0.0.1:2379, http://127.0.0.1:2380"]]))
           )
         )
       )
