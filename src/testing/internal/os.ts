@@ -1,0 +1,234 @@
+/**
+ * What the test kit needs from the operating system: the etcd binary, free
+ * loopback ports, temporary directories, child commands and small HTTP requests.
+ *
+ * @internal
+ */
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as FsP from "node:fs/promises"
+import * as Http from "node:http"
+import * as Https from "node:https"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { EtcdBinaryNotFound, EtcdTestError } from "../EtcdTestError.js"
+
+const liveClock = Clock.make()
+
+/**
+ * Runs `self` on the real clock, also inside tests that run on `TestClock`:
+ * processes and sockets live in real time, so the kit's timeouts and polls must too.
+ */
+export const live = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => Effect.withClock(self, liveClock)
+
+const isExecutableFile = (file: string): Effect.Effect<boolean> =>
+  Effect.promise(() =>
+    FsP.stat(file).then(
+      (stat) =>
+        stat.isFile() &&
+        FsP.access(file, Fs.constants.X_OK).then(
+          () => true,
+          () => false
+        ),
+      () => false
+    )
+  )
+
+/** The etcd binary: `explicit`, else `ETCD_BIN`, else `etcd` on `PATH`. */
+export const resolveBinary = (explicit: string | undefined): Effect.Effect<string, EtcdBinaryNotFound> =>
+  Effect.gen(function* () {
+    const fromEnv = yield* Config.option(Config.nonEmptyString("ETCD_BIN")).pipe(Effect.orDie)
+    const named: { readonly binary: string; readonly source: "option" | "ETCD_BIN" } | undefined =
+      explicit !== undefined
+        ? { binary: explicit, source: "option" }
+        : Option.isSome(fromEnv)
+          ? { binary: fromEnv.value, source: "ETCD_BIN" }
+          : undefined
+    if (named !== undefined && named.binary.includes("/")) {
+      const file = Path.resolve(named.binary)
+      return (yield* isExecutableFile(file)) ? file : yield* new EtcdBinaryNotFound(named)
+    }
+    const name = named?.binary ?? "etcd"
+    const path = yield* Config.string("PATH").pipe(Config.withDefault(""), Effect.orDie)
+    for (const dir of path.split(Path.delimiter)) {
+      if (dir.length === 0) continue
+      const file = Path.join(dir, name)
+      if (yield* isExecutableFile(file)) return file
+    }
+    return yield* new EtcdBinaryNotFound({ binary: name, source: named?.source ?? "PATH" })
+  })
+
+/** `count` distinct free TCP ports on 127.0.0.1 (bound to port 0 together, then released). */
+export const freePorts = (count: number): Effect.Effect<ReadonlyArray<number>, EtcdTestError> =>
+  Effect.tryPromise({
+    try: async () => {
+      const servers: Array<Net.Server> = []
+      try {
+        const ports: Array<number> = []
+        for (let i = 0; i < count; i++) {
+          const server = Net.createServer()
+          servers.push(server)
+          await new Promise<void>((resolve, reject) => {
+            server.once("error", reject)
+            server.listen(0, "127.0.0.1", () => resolve())
+          })
+          const address = server.address()
+          if (address === null || typeof address === "string") throw new Error("no TCP address")
+          ports.push(address.port)
+        }
+        return ports
+      } finally {
+        await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))))
+      }
+    },
+    catch: (cause) =>
+      new EtcdTestError({ operation: "ports", reason: "Failed", detail: "could not find free ports", cause })
+  })
+
+/** A fresh directory under `parent` (default: the OS temp dir), removed with everything in it when the scope closes. */
+export const tempDirectory = (parent: string | undefined): Effect.Effect<string, EtcdTestError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => FsP.mkdtemp(Path.join(parent ?? Os.tmpdir(), "effect-sd-etcd-")),
+      catch: (cause) =>
+        new EtcdTestError({ operation: "mkdtemp", reason: "Failed", detail: "could not create a temp dir", cause })
+    }),
+    (dir) =>
+      Effect.tryPromise(() => FsP.rm(dir, { recursive: true, force: true, maxRetries: 3 })).pipe(
+        Effect.catchAll((cause) => Effect.logWarning("could not remove the etcd temp dir", cause)),
+        Effect.annotateLogs("dir", dir)
+      )
+  )
+
+/** Removes a directory and everything in it. */
+export const removeDirectory = (dir: string): Effect.Effect<void, EtcdTestError> =>
+  Effect.tryPromise({
+    try: () => FsP.rm(dir, { recursive: true, force: true, maxRetries: 3 }),
+    catch: (cause) => new EtcdTestError({ operation: "rm", reason: "Failed", detail: `could not remove ${dir}`, cause })
+  })
+
+/** Writes a file. */
+export const writeFile = (file: string, content: string): Effect.Effect<void, EtcdTestError> =>
+  Effect.tryPromise({
+    try: () => FsP.writeFile(file, content, { mode: 0o600 }),
+    catch: (cause) =>
+      new EtcdTestError({ operation: "write", reason: "Failed", detail: `could not write ${file}`, cause })
+  })
+
+/** Reads a file. */
+export const readFile = (file: string, operation: string): Effect.Effect<Buffer, EtcdTestError> =>
+  Effect.tryPromise({
+    try: () => FsP.readFile(file),
+    catch: (cause) => new EtcdTestError({ operation, reason: "Failed", detail: `could not read ${file}`, cause })
+  })
+
+/** The size of a file, 0 when it does not exist. */
+export const fileSize = (file: string): Effect.Effect<number> =>
+  Effect.promise(() =>
+    FsP.stat(file).then(
+      (stat) => stat.size,
+      () => 0
+    )
+  )
+
+/** At most the last `bytes` bytes of a (log) file from offset `from` on, or "" when it cannot be read. */
+export const fileTail = (file: string, from: number, bytes = 4096): Effect.Effect<string> =>
+  Effect.promise(async () => {
+    try {
+      const content = await FsP.readFile(file)
+      return content.subarray(Math.max(from, content.length - bytes)).toString("utf8")
+    } catch {
+      return ""
+    }
+  })
+
+/** Runs a short command to completion (killed if interrupted); fails with its stderr. */
+export const run = (
+  command: string,
+  args: ReadonlyArray<string>,
+  options: { readonly cwd: string; readonly operation: string }
+): Effect.Effect<void, EtcdTestError> =>
+  Effect.async<void, EtcdTestError>((resume, signal) => {
+    ChildProcess.execFile(command, args, { cwd: options.cwd, signal }, (error, _stdout, stderr) => {
+      if (error === null) return resume(Effect.void)
+      const missing = "code" in error && error.code === "ENOENT"
+      resume(
+        Effect.fail(
+          new EtcdTestError({
+            operation: options.operation,
+            reason: "Failed",
+            detail: missing ? `${command} not found on PATH` : `${command} ${args.join(" ")}: ${stderr.trim()}`,
+            cause: error
+          })
+        )
+      )
+    })
+  })
+
+/** TLS material for talking to an https member. */
+export interface ClientTls {
+  readonly ca: Buffer
+  readonly cert: Buffer
+  readonly key: Buffer
+}
+
+/** A small HTTP(S) request to a member (no connection reuse), bounded by `timeout`. */
+export const request = (
+  url: string,
+  options: {
+    readonly method: "GET" | "POST"
+    readonly body?: string | undefined
+    readonly tls: ClientTls | undefined
+    readonly timeout: Duration.DurationInput
+  }
+): Effect.Effect<{ readonly status: number; readonly body: string }, EtcdTestError> =>
+  Effect.async<{ readonly status: number; readonly body: string }, EtcdTestError>((resume, signal) => {
+    let done = false
+    const finish = (effect: Effect.Effect<{ readonly status: number; readonly body: string }, EtcdTestError>) => {
+      if (done) return
+      done = true
+      resume(effect)
+    }
+    const fail = (cause: unknown) =>
+      finish(Effect.fail(new EtcdTestError({ operation: "request", reason: "Failed", detail: url, cause })))
+    const target = new URL(url)
+    const requestOptions: Https.RequestOptions = {
+      method: options.method,
+      agent: false,
+      signal,
+      headers: options.body === undefined ? {} : { "content-type": "application/json" },
+      ...(options.tls === undefined ? {} : { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key })
+    }
+    const onResponse = (response: Http.IncomingMessage) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (chunk: Buffer) => chunks.push(chunk))
+      response.on("error", fail)
+      response.on("end", () =>
+        finish(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }))
+      )
+    }
+    const req =
+      target.protocol === "https:"
+        ? Https.request(target, requestOptions, onResponse)
+        : Http.request(target, requestOptions, onResponse)
+    req.on("error", fail)
+    req.end(options.body)
+  }).pipe(
+    Effect.timeoutFail({
+      duration: options.timeout,
+      onTimeout: () =>
+        new EtcdTestError({
+          operation: "request",
+          reason: "Timeout",
+          detail: `${url} did not answer within ${Duration.format(options.timeout)}`
+        })
+    }),
+    live
+  )

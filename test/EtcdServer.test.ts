@@ -1,0 +1,302 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import { EtcdPermissionDeniedError } from "etcd3"
+import * as Fs from "node:fs"
+import * as Https from "node:https"
+import { EtcdAuth, EtcdServer } from "../src/testing/index.js"
+import {
+  call,
+  entries,
+  etcd3,
+  get,
+  parentDirectory,
+  processesMentioning,
+  processExists,
+  put
+} from "./testing-helpers.js"
+
+const pidOf = (server: EtcdServer.EtcdServer) =>
+  Effect.flatMap(
+    server.pid,
+    Effect.orDieWith(() => "no pid")
+  )
+
+/** Everything a finished server leaves to check: its last pid and its dirs. */
+const leftovers = (pid: number, server: EtcdServer.EtcdServer) =>
+  Effect.gen(function* () {
+    expect(processExists(pid)).toBe(false)
+    expect(Fs.existsSync(server.dataDir)).toBe(false)
+    expect(Fs.existsSync(server.directory)).toBe(false)
+    expect(yield* processesMentioning(server.directory)).toEqual([])
+  })
+
+describe("EtcdServer", () => {
+  it.layer(EtcdServer.layer())("a running server", (it) => {
+    it.scoped("serves puts and gets on its 127.0.0.1 client URL", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        expect(server.clientUrls).toEqual([server.clientUrl])
+        expect(server.clientUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+        expect(server.peerUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+        expect(server.clientOptions).toEqual({ endpoints: [server.clientUrl] })
+        expect(yield* server.state).toBe("Running")
+        expect(processExists(yield* pidOf(server))).toBe(true)
+        const client = yield* etcd3(server.clientUrls)
+        yield* put(client, "/kit/hello", "world")
+        expect(yield* get(client, "/kit/hello")).toBe("world")
+      })
+    )
+
+    it.scoped("stop then start serves the same data on the same URL", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* etcd3(server.clientUrls)
+        yield* put(client, "/kit/kept", "across a restart")
+        const before = yield* pidOf(server)
+        yield* server.stop
+        expect(processExists(before)).toBe(false)
+        expect(yield* server.state).toBe("Stopped")
+        expect(yield* server.pid).toEqual(Option.none())
+        expect(yield* server.isHealthy).toBe(false)
+        yield* server.start
+        const after = yield* pidOf(server)
+        expect(after).not.toBe(before)
+        expect(yield* server.isHealthy).toBe(true)
+        const fresh = yield* etcd3(server.clientUrls)
+        expect(yield* get(fresh, "/kit/kept")).toBe("across a restart")
+      })
+    )
+
+    it.scoped("kill (SIGKILL) then start keeps the data too", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* etcd3(server.clientUrls)
+        yield* put(client, "/kit/survivor", "yes")
+        const before = yield* pidOf(server)
+        yield* server.kill
+        expect(processExists(before)).toBe(false)
+        expect(yield* server.state).toBe("Stopped")
+        yield* server.restart
+        expect(yield* server.state).toBe("Running")
+        const fresh = yield* etcd3(server.clientUrls)
+        expect(yield* get(fresh, "/kit/survivor")).toBe("yes")
+      })
+    )
+
+    it.effect("a paused server does not answer until it is resumed", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const pid = yield* pidOf(server)
+        yield* server.pause
+        expect(yield* server.state).toBe("Paused")
+        expect(processExists(pid)).toBe(true)
+        expect(yield* server.isHealthy).toBe(false)
+        yield* server.resume
+        expect(yield* server.state).toBe("Running")
+        expect(yield* server.isHealthy).toBe(true)
+        expect(yield* pidOf(server)).toBe(pid)
+      })
+    )
+
+    it.scoped("wipe empties the store and takes the revision back to 1, on the same ports", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* etcd3(server.clientUrls)
+        for (let i = 0; i < 5; i++) yield* put(client, `/kit/wiped/${i}`, "x")
+        expect((yield* server.status).revision).toBeGreaterThan(5)
+        const url = server.clientUrl
+        yield* server.wipe
+        expect(server.clientUrl).toBe(url)
+        expect((yield* server.status).revision).toBe(1)
+        const fresh = yield* etcd3(server.clientUrls)
+        expect(yield* get(fresh, "/kit/wiped/0")).toBeNull()
+      })
+    )
+  })
+
+  describe("leaves no process and no temp dir behind", () => {
+    it.effect("when its scope closes normally", () =>
+      Effect.gen(function* () {
+        const { pid, server } = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* EtcdServer.make()
+            expect(Fs.existsSync(server.dataDir)).toBe(true)
+            return { pid: yield* pidOf(server), server }
+          })
+        )
+        yield* leftovers(pid, server)
+      })
+    )
+
+    it.effect("when the effect in its scope fails, even with the server paused", () =>
+      Effect.gen(function* () {
+        const seen = yield* Deferred.make<{ readonly pid: number; readonly server: EtcdServer.EtcdServer }>()
+        const error = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* EtcdServer.make()
+            yield* server.pause
+            yield* Deferred.succeed(seen, { pid: yield* pidOf(server), server })
+            return yield* Effect.fail("boom" as const)
+          })
+        ).pipe(Effect.flip)
+        expect(error).toBe("boom")
+        const { pid, server } = yield* Deferred.await(seen)
+        yield* leftovers(pid, server)
+      })
+    )
+
+    it.effect("when the fiber using it is interrupted", () =>
+      Effect.gen(function* () {
+        const seen = yield* Deferred.make<{ readonly pid: number; readonly server: EtcdServer.EtcdServer }>()
+        const fiber = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* EtcdServer.make()
+            yield* Deferred.succeed(seen, { pid: yield* pidOf(server), server })
+            return yield* Effect.never
+          })
+        ).pipe(Effect.fork)
+        const { pid, server } = yield* Deferred.await(seen)
+        yield* Fiber.interrupt(fiber)
+        yield* leftovers(pid, server)
+      })
+    )
+
+    it.scoped("when it does not become healthy in time (a typed Timeout)", () =>
+      Effect.gen(function* () {
+        const parent = yield* parentDirectory
+        const error = yield* EtcdServer.make({ directory: parent, startTimeout: "1 millis" }).pipe(
+          Effect.scoped,
+          Effect.flip
+        )
+        expect(error._tag).toBe("EtcdTestError")
+        expect(error._tag === "EtcdTestError" && error.reason).toBe("Timeout")
+        expect(yield* entries(parent)).toEqual([])
+        expect(yield* processesMentioning(parent)).toEqual([])
+      })
+    )
+  })
+
+  describe("without an etcd binary", () => {
+    it.scoped("ETCD_BIN=/nonexistent fails with EtcdBinaryNotFound, naming ETCD_BIN and etcd-server", () =>
+      Effect.gen(function* () {
+        const parent = yield* parentDirectory
+        const error = yield* EtcdServer.make({ directory: parent }).pipe(
+          Effect.scoped,
+          Effect.flip,
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["ETCD_BIN", "/nonexistent"]])))
+        )
+        expect(error._tag).toBe("EtcdBinaryNotFound")
+        expect(error.message).toContain("ETCD_BIN")
+        expect(error.message).toContain("/nonexistent")
+        expect(error.message).toContain("apt-get install etcd-server")
+        expect(yield* entries(parent)).toEqual([])
+      })
+    )
+
+    it.effect("no etcd on PATH fails with EtcdBinaryNotFound", () =>
+      Effect.gen(function* () {
+        const error = yield* EtcdServer.make().pipe(
+          Effect.scoped,
+          Effect.flip,
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["PATH", "/nonexistent"]])))
+        )
+        expect(error._tag).toBe("EtcdBinaryNotFound")
+        expect(error._tag === "EtcdBinaryNotFound" && error.source).toBe("PATH")
+        expect(error.message).toContain("etcd-server")
+      })
+    )
+  })
+
+  it.scoped("passes extra flags to etcd (a tiny --max-request-bytes refuses a big put)", () =>
+    Effect.gen(function* () {
+      const server = yield* EtcdServer.make({ extraArgs: ["--max-request-bytes", "1024"] })
+      const client = yield* etcd3(server.clientUrls)
+      yield* put(client, "/kit/small", "x")
+      const error = yield* put(client, "/kit/big", "x".repeat(4096)).pipe(Effect.flip)
+      expect(String(error)).toMatch(/too large/i)
+    })
+  )
+
+  it.layer(EtcdServer.layer({ tls: true }))("in TLS mode", (it) => {
+    it.scoped("serves https to a client with the CA and the client certificate", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        expect(server.clientUrl).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/)
+        const tls = yield* Effect.fromNullable(server.tls)
+        expect(server.clientOptions).toEqual({ endpoints: [server.clientUrl], ...tls })
+        for (const file of [tls.caCert, tls.cert, tls.key]) expect(Fs.existsSync(file)).toBe(true)
+        const client = yield* etcd3(server.clientUrls, { tls })
+        yield* put(client, "/kit/tls", "secure")
+        expect(yield* get(client, "/kit/tls")).toBe("secure")
+      })
+    )
+
+    it.effect("refuses a client without a certificate", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const tls = yield* Effect.fromNullable(server.tls)
+        const ca = Fs.readFileSync(tls.caCert)
+        const outcome = yield* Effect.async<string>((resume) => {
+          const request = Https.get(`${server.clientUrl}/health`, { ca, agent: false }, (response) => {
+            response.resume()
+            resume(Effect.succeed(`answered ${response.statusCode}`))
+          })
+          request.on("error", (error) => resume(Effect.succeed(`refused: ${error.message}`)))
+        })
+        expect(outcome).toMatch(/^refused/)
+      })
+    )
+  })
+
+  it.layer(EtcdServer.layer())("with auth", (it) => {
+    const rootPassword = Redacted.make("root-secret")
+    const appPassword = Redacted.make("app-secret")
+
+    it.scoped("root enables auth; a user may write in its prefix and is denied outside it", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        yield* EtcdAuth.enable(server, rootPassword)
+        yield* EtcdAuth.createRole(server, {
+          rootPassword,
+          role: "app",
+          permissions: [
+            { prefix: "/app/", permission: "ReadWrite" },
+            { prefix: "/shared/", permission: "Read" }
+          ]
+        })
+        yield* EtcdAuth.createUser(server, { rootPassword, user: "app", password: appPassword, roles: ["app"] })
+
+        const root = yield* etcd3(server.clientUrls, { user: { name: "root", password: rootPassword } })
+        yield* put(root, "/shared/config", "v1")
+
+        const app = yield* etcd3(server.clientUrls, { user: { name: "app", password: appPassword } })
+        yield* put(app, "/app/instance", "10.0.0.1:8080")
+        expect(yield* get(app, "/app/instance")).toBe("10.0.0.1:8080")
+        expect(yield* get(app, "/shared/config")).toBe("v1")
+        expect(yield* put(app, "/shared/config", "v2").pipe(Effect.flip)).toBeInstanceOf(EtcdPermissionDeniedError)
+        expect(yield* put(app, "/other/key", "x").pipe(Effect.flip)).toBeInstanceOf(EtcdPermissionDeniedError)
+        expect(yield* get(app, "/other/key").pipe(Effect.flip)).toBeInstanceOf(EtcdPermissionDeniedError)
+
+        const anonymous = yield* etcd3(server.clientUrls)
+        expect(yield* get(anonymous, "/app/instance").pipe(Effect.flip)).toBeDefined()
+      })
+    )
+
+    it.scoped("a server with auth enabled restarts healthy, credentials intact", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        yield* server.restart
+        const app = yield* etcd3(server.clientUrls, { user: { name: "app", password: appPassword } })
+        expect(yield* get(app, "/app/instance")).toBe("10.0.0.1:8080")
+        yield* EtcdAuth.disable(server, rootPassword)
+        const anonymous = yield* etcd3(server.clientUrls)
+        expect(yield* call(() => anonymous.get("/app/instance").string())).toBe("10.0.0.1:8080")
+      })
+    )
+  })
+})
