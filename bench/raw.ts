@@ -43,8 +43,6 @@ export const rawSubscribe = async (
   watcher.on("data", (res) => {
     for (const ev of res.events) {
       const key = ev.kv.key.toString()
-      const previous = map.get(key)
-      if (previous !== undefined) tracker.removed(previous)
       if (ev.type === "Put") {
         const value = ev.kv.value.toString()
         map.set(key, value)

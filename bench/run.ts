@@ -5,11 +5,13 @@
  *
  * Sizes come from the environment (defaults are the issue's sizes):
  * BENCH_SAMPLES (200), BENCH_CHURN_N (1000,10000), BENCH_CHURN_OPS (500),
- * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (5), BENCH_SYNC_N
+ * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (10), BENCH_SYNC_N
  * (10000,100000), BENCH_SYNC_ROUNDS (5), BENCH_MEM_N (100000),
  * BENCH_MEM_ROUNDS (2), BENCH_KEEPALIVE_N (1000), BENCH_KEEPALIVE_SECONDS (30),
- * BENCH_MICRO_PICKS (2000000), BENCH_MICRO_CALLS (200000),
- * BENCH_ONLY (scenario numbers, e.g. `1,3`), BENCH_OUT (results file).
+ * BENCH_MICRO_PICKS (1000000), BENCH_MICRO_CALLS (20000),
+ * BENCH_ONLY (scenario numbers, e.g. `1,3`), BENCH_OUT (results file),
+ * BENCH_CPU_PROF (worker names such as `sub-ours,reg-ours`, or `all`: run them
+ * with `--cpu-prof`, profiles in bench/results/profiles/).
  */
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -42,15 +44,15 @@ const config = {
   churnSizes: ints("BENCH_CHURN_N", [1000, 10000]),
   churnOps: int("BENCH_CHURN_OPS", 500),
   churnInflight: int("BENCH_CHURN_INFLIGHT", 16),
-  churnRounds: int("BENCH_CHURN_ROUNDS", 5),
+  churnRounds: int("BENCH_CHURN_ROUNDS", 10),
   syncSizes: ints("BENCH_SYNC_N", [10000, 100000]),
   syncRounds: int("BENCH_SYNC_ROUNDS", 5),
   memN: int("BENCH_MEM_N", 100000),
   memRounds: int("BENCH_MEM_ROUNDS", 2),
   keepAliveN: int("BENCH_KEEPALIVE_N", 1000),
   keepAliveSeconds: int("BENCH_KEEPALIVE_SECONDS", 30),
-  microPicks: int("BENCH_MICRO_PICKS", 2_000_000),
-  microCalls: int("BENCH_MICRO_CALLS", 200_000),
+  microPicks: int("BENCH_MICRO_PICKS", 1_000_000),
+  microCalls: int("BENCH_MICRO_CALLS", 20_000),
   ttlSeconds: 10,
   heartbeatMillis: 3000
 }
@@ -71,15 +73,22 @@ const record = (r: Row) => {
   )
 }
 
+const profiled = new Set((process.env["BENCH_CPU_PROF"] ?? "").split(",").filter((s) => s.length > 0))
+const profileDir = Path.join(Path.dirname(out), "profiles")
+/** `--cpu-prof` for the workers named in BENCH_CPU_PROF (`all` for every one). */
+const execArgv = (name: string): ReadonlyArray<string> =>
+  profiled.has(name) || profiled.has("all") ? ["--cpu-prof", `--cpu-prof-dir=${Path.join(profileDir, name)}`] : []
+
 const workers = new Set<Worker>()
 const startWorker = async (name: string, role: string, side: string, options: SideOptions): Promise<Worker> => {
-  const w = await Worker.start(name, role, { side, options })
+  const w = await Worker.start(name, role, { side, options }, execArgv(name))
   workers.add(w)
   return w
 }
 const stopWorker = async (w: Worker) => {
   workers.delete(w)
-  await w.stop()
+  // writing a profile takes a while
+  await w.stop(execArgv(w.name).length > 0 ? 60_000 : 5000)
 }
 
 const ms = (ns: bigint | number): number => Number(ns) / 1e6
@@ -117,6 +126,9 @@ const registration = async (options: SideOptions, writer: Worker) => {
   }
   const up = new Map<string, Array<number>>(variants.map((v) => [v, []]))
   const down = new Map<string, Array<number>>(variants.map((v) => [v, []]))
+  // how long the register / deregister call itself took, to tell the registrar's share from the subscriber's
+  const upCall = new Map<string, Array<number>>(variants.map((v) => [v, []]))
+  const downCall = new Map<string, Array<number>>(variants.map((v) => [v, []]))
   for (let i = 0; i < config.warmup + config.samples; i++) {
     for (const v of order(variants, i)) {
       const sub = subs.get(v)!
@@ -124,20 +136,22 @@ const registration = async (options: SideOptions, writer: Worker) => {
       const value = instance(i)
       const key = keyOf(prefix(v), value)
       const seen = await sub.call<number>("arm", { instance: value, present: true })
-      const t0 = await reg.call<bigint>("register", { key, value })
+      const [t0, t0done] = await reg.call<[bigint, bigint]>("register", { key, value })
       const t1 = await sub.call<bigint>("wait", { id: seen })
       const gone = await sub.call<number>("arm", { instance: value, present: false })
-      const t2 = await reg.call<bigint>("deregister", { key })
+      const [t2, t2done] = await reg.call<[bigint, bigint]>("deregister", { key })
       const t3 = await sub.call<bigint>("wait", { id: gone })
       if (i >= config.warmup) {
         up.get(v)!.push(ms(t1 - t0))
         down.get(v)!.push(ms(t3 - t2))
+        upCall.get(v)!.push(ms(t0done - t0))
+        downCall.get(v)!.push(ms(t2done - t2))
       }
     }
   }
-  for (const [n, what, data] of [
-    [1, "register → visible", up],
-    [2, "deregister → gone", down]
+  for (const [n, what, data, calls] of [
+    [1, "register → visible", up, upCall],
+    [2, "deregister → gone", down, downCall]
   ] as const) {
     for (const [p, bar] of [
       [50, 1.15],
@@ -154,7 +168,9 @@ const registration = async (options: SideOptions, writer: Worker) => {
           extra: {
             floor: percentile(data.get("floor")!, p),
             oursOverFloor: percentile(data.get("ours")!, p) / percentile(data.get("floor")!, p),
-            rawOverFloor: percentile(data.get("raw")!, p) / percentile(data.get("floor")!, p)
+            rawOverFloor: percentile(data.get("raw")!, p) / percentile(data.get("floor")!, p),
+            oursCall: percentile(calls.get("ours")!, p),
+            rawCall: percentile(calls.get("raw")!, p)
           }
         })
       )
@@ -204,7 +220,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
       for (const s of order(sides, round)) {
         const sub = subs.get(s)!
         const ops: Array<Op> = plan.map((p) => ({ put: p.put, key: keyOf(prefix(s), p.value), value: p.value }))
-        await sub.call("armSet", { values: current })
+        await sub.call("armSet", { values: current, newcomers: plan.filter((p) => p.put).map((p) => p.value) })
         const t0 = await writer.call<bigint>("churn", { ops, inflight: config.churnInflight })
         const r = await sub.call<{ at: bigint; cpuMicros: number; exact: boolean }>("waitSet")
         if (!r.exact) throw new Error(`churn N=${n} ${s}: the final view is not the final set`)
@@ -327,15 +343,20 @@ const memory = async (options: SideOptions, writer: Worker) => {
 /** 6: balancer pick and retry overhead, in one process. */
 const micro = async () => {
   console.log(`\n6. balancer: ${config.microPicks} picks, ${config.microCalls} retried calls`)
-  const w = await Worker.start("micro", "micro", { side: "ours", options: {} })
+  const w = await Worker.start("micro", "micro", { side: "ours", options: {} }, execArgv("micro"))
   workers.add(w)
   const r = await w.call<{
     readonly pickNs: number
+    readonly arrayPickNs: number
+    readonly syncPickNs: number
+    readonly timeoutOverheadNs: number
     readonly plainPickNs: number
-    readonly retryOverheadNs: number
-    readonly plainRetryOverheadNs: number
     readonly callNs: number
     readonly retriedCallNs: number
+    readonly retryOverheadNs: number
+    readonly plainCallNs: number
+    readonly plainRetriedNs: number
+    readonly plainRetryOverheadNs: number
   }>("micro", { picks: config.microPicks, calls: config.microCalls })
   await stopWorker(w)
   record(
@@ -345,7 +366,8 @@ const micro = async () => {
       raw: r.plainPickNs,
       unit: "ns",
       bar: 150,
-      barOn: "ours"
+      barOn: "ours",
+      extra: { oursOverArrayEffectNs: r.arrayPickNs, effectSyncPickFloorNs: r.syncPickNs }
     })
   )
   record(
@@ -356,7 +378,13 @@ const micro = async () => {
       unit: "ns",
       bar: 2000,
       barOn: "ours",
-      extra: { oursCallNs: r.callNs, oursRetriedCallNs: r.retriedCallNs }
+      extra: {
+        oursCallNs: r.callNs,
+        oursRetriedCallNs: r.retriedCallNs,
+        plainCallNs: r.plainCallNs,
+        plainRetriedCallNs: r.plainRetriedNs,
+        effectTimeoutOverheadNs: r.timeoutOverheadNs
+      }
     })
   )
 }
@@ -443,7 +471,7 @@ const main = async () => {
       .join(" ")}`
   )
   const etcd = await startEtcd()
-  console.log(`etcd ${etcd.version} at ${etcd.endpoint} (pid ${etcd.pid})`)
+  console.log(`etcd ${etcd.version} at ${etcd.endpoint} (pid ${etcd.pid}, data in ${etcd.directory})`)
   const options: SideOptions = {
     endpoint: etcd.endpoint,
     ttlSeconds: config.ttlSeconds,

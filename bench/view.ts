@@ -4,10 +4,10 @@
  * instances, exactly a given set), each stamped with the monotonic clock at
  * the moment the subscriber's view first satisfies it.
  *
- * Both implementations feed the same tracker: ours from the endpoint factory,
- * its finalizer and the endpoints SubscriptionRef, the raw baseline from its
- * Map. Per change the tracker does O(1) work, so it costs both sides the same
- * and never grows with N.
+ * Both implementations feed the same tracker: ours from the endpoint factory
+ * and the endpoints SubscriptionRef, the raw baseline from its Map. Per change
+ * the tracker does O(1) work, so it costs both sides the same and never grows
+ * with N.
  */
 import { now } from "./ipc.js"
 
@@ -23,29 +23,29 @@ interface Waiter {
   readonly resolve: (at: bigint) => void
 }
 
+/**
+ * Feeds: `added(instance)` when an instance enters the subscriber's state
+ * (ours: the endpoint factory ran; raw: a Map entry was set), `changed(view)`
+ * when the subscriber publishes a view (ours: the endpoints ref changed; raw: a
+ * watch batch was applied).
+ *
+ * The set wait is O(1) per change: a churn only adds new instances and deletes
+ * present ones, so the view equals the expected set exactly when every
+ * expected newcomer has been added and the view has the expected size. The
+ * full comparison (`verifySet`) runs once, after the measurement.
+ */
 export class Tracker {
   private view: ViewSnapshot = { size: 0, has: () => false, values: () => [] }
   private readonly waiters = new Set<Waiter>()
+  private newcomers: Set<string> | undefined
+  private expectedSize = 0
   private expected: ReadonlySet<string> | undefined
-  /** |view \ expected| + |expected \ view|, kept up to date by `added` / `removed` while a set is armed. */
-  private mismatch = 0
-  private setWaiter: { readonly resolve: (at: bigint) => void } | undefined
+  private setWaiter: ((at: bigint) => void) | undefined
 
-  /** An instance entered the subscriber's state (ours: the factory ran; raw: a Map entry was set). */
   added(value: string): void {
-    if (this.expected === undefined) return
-    this.mismatch += this.expected.has(value) ? -1 : 1
-    if (this.mismatch === 0) this.checkSet()
+    if (this.newcomers !== undefined && this.newcomers.delete(value) && this.newcomers.size === 0) this.checkSet()
   }
 
-  /** An instance left the subscriber's state (ours: its endpoint's scope closed; raw: a Map entry was deleted). */
-  removed(value: string): void {
-    if (this.expected === undefined) return
-    this.mismatch += this.expected.has(value) ? 1 : -1
-    if (this.mismatch === 0) this.checkSet()
-  }
-
-  /** The subscriber published a new view (ours: the endpoints ref changed; raw: a watch batch was applied). */
   changed(view: ViewSnapshot): void {
     this.view = view
     if (this.waiters.size > 0) {
@@ -56,14 +56,14 @@ export class Tracker {
         }
       }
     }
-    if (this.mismatch === 0) this.checkSet()
+    if (this.newcomers !== undefined && this.newcomers.size === 0) this.checkSet()
   }
 
   private checkSet(): void {
-    if (this.setWaiter !== undefined && this.expected !== undefined && this.view.size === this.expected.size) {
-      const w = this.setWaiter
+    if (this.setWaiter !== undefined && this.view.size === this.expectedSize) {
+      const resolve = this.setWaiter
       this.setWaiter = undefined
-      w.resolve(now())
+      resolve(now())
     }
   }
 
@@ -74,21 +74,16 @@ export class Tracker {
   }
 
   /**
-   * Arms a wait for the view to equal `expected`: O(N) here, O(1) per change
-   * afterwards. Resolves with the time the view first equals it.
+   * Arms a wait for the view to equal `expected` (the present instances minus
+   * some, plus `newcomers`). Resolves with the time the view first equals it.
    */
-  untilSet(expected: ReadonlySet<string>): Promise<bigint> {
+  untilSet(expected: ReadonlySet<string>, newcomers: ReadonlyArray<string>): Promise<bigint> {
     this.expected = expected
-    let mismatch = 0
-    let inView = 0
-    for (const v of this.view.values()) {
-      if (expected.has(v)) inView++
-      else mismatch++
-    }
-    this.mismatch = mismatch + (expected.size - inView)
+    this.expectedSize = expected.size
+    this.newcomers = new Set(newcomers)
     return new Promise((resolve) => {
-      this.setWaiter = { resolve }
-      if (this.mismatch === 0) this.checkSet()
+      this.setWaiter = resolve
+      if (this.newcomers?.size === 0) this.checkSet()
     })
   }
 
@@ -96,6 +91,7 @@ export class Tracker {
   verifySet(): boolean {
     const expected = this.expected
     this.expected = undefined
+    this.newcomers = undefined
     this.setWaiter = undefined
     if (expected === undefined) return false
     let n = 0

@@ -84,9 +84,9 @@ serve({
     waits.delete(args.id)
     return w
   },
-  /** Arms a wait for the view to equal `values`, then collects garbage and reads the CPU clock. */
-  armSet: (args: { readonly values: ReadonlyArray<string> }) => {
-    const at = tracker.untilSet(new Set(args.values))
+  /** Arms a wait for the view to equal `values` (`newcomers` among them), then collects garbage and reads the CPU clock. */
+  armSet: (args: { readonly values: ReadonlyArray<string>; readonly newcomers: ReadonlyArray<string> }) => {
+    const at = tracker.untilSet(new Set(args.values), args.newcomers)
     gc()
     setWait = { at, cpu0: cpuMicros() }
     return tracker.size
@@ -106,18 +106,18 @@ serve({
 
   // ---- registrar ----
 
-  /** Registers one instance; returns the time just before. */
+  /** Registers one instance; returns the times just before and just after. */
   register: async (args: { readonly key: string; readonly value: string }) => {
     const side = need(registrarSide, "registrar")
     const t0 = now()
     await side.register(args.key, args.value)
-    return t0
+    return [t0, now()]
   },
   deregister: async (args: { readonly key: string }) => {
     const side = need(registrarSide, "registrar")
     const t0 = now()
     await side.deregister(args.key)
-    return t0
+    return [t0, now()]
   },
   /** Registers instances `from` .. `from + n - 1` under `prefix`, `concurrency` at a time. */
   registerMany: async (args: {
