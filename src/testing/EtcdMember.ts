@@ -59,7 +59,11 @@ export interface EtcdMember {
   readonly state: Effect.Effect<State>
   /** One `GET /health` probe: true when the member answers healthy within a second. */
   readonly isHealthy: Effect.Effect<boolean>
-  /** The member's Maintenance status (fails when it does not answer within a second). */
+  /**
+   * The member's Maintenance status through etcd's JSON gateway (fails when it
+   * does not answer within a second). etcd 3.4 refuses it once auth is enabled
+   * in TLS mode; `EtcdCluster.leader` does not depend on it.
+   */
   readonly status: Effect.Effect<Status, EtcdTestError>
   /**
    * Starts the process again, same data dir and ports, and waits until it is
