@@ -1,0 +1,111 @@
+/**
+ * An endpoint factory for HTTP instances, on @effect/platform's `HttpClient`:
+ * the instance string `http://10.0.0.1:8080` becomes an endpoint that sends
+ * requests relative to that base URL.
+ *
+ * @since 0.1.0
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import type { Endpoint, Factory } from "./Endpoint.js"
+
+/**
+ * An instance string that is not an http(s) base URL. The subscriber logs it
+ * and skips the instance.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidInstance extends Schema.TaggedError<InvalidInstance>()("InvalidInstance", {
+  instance: Schema.String,
+  reason: Schema.String
+}) {
+  /** @since 0.1.0 */
+  override get message(): string {
+    return `invalid instance ${JSON.stringify(this.instance)}: ${this.reason}`
+  }
+}
+
+/**
+ * An HTTP endpoint: an `HttpClientRequest` with a URL relative to the instance
+ * (`/hello`, `hello?x=1`) in, the `HttpClientResponse` out. Transport failures
+ * (and, with `filterStatusOk`, non-2xx statuses) are `HttpClientError`s.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type HttpEndpoint = Endpoint<
+  HttpClientRequest.HttpClientRequest,
+  HttpClientResponse.HttpClientResponse,
+  HttpClientError.HttpClientError
+>
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status. Default false. */
+  readonly filterStatusOk?: boolean | undefined
+}
+
+/**
+ * Parses an instance string into a base URL (no trailing slash). Only `http:`
+ * and `https:` URLs with a host are accepted.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseInstance = (instance: string): Effect.Effect<string, InvalidInstance> =>
+  Effect.suspend(() => {
+    let url: URL
+    try {
+      url = new URL(instance)
+    } catch {
+      return Effect.fail(new InvalidInstance({ instance, reason: "not a URL (expected e.g. http://10.0.0.1:8080)" }))
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      return Effect.fail(new InvalidInstance({ instance, reason: `scheme ${url.protocol} is not http: or https:` }))
+    }
+    if (url.hostname === "") {
+      return Effect.fail(new InvalidInstance({ instance, reason: "no host" }))
+    }
+    const base = `${url.origin}${url.pathname}`.replace(/\/+$/, "")
+    return Effect.succeed(base)
+  })
+
+/**
+ * The factory: makes an endpoint per instance from the `HttpClient` in the
+ * context. Request URLs are resolved against the instance's base URL.
+ *
+ * @example
+ * ```ts
+ * Subscriber.make({ prefix: "/services/greeter/", factory: HttpEndpoint.factory() })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const factory = (
+  options: Options = {}
+): Factory<
+  HttpClientRequest.HttpClientRequest,
+  HttpClientResponse.HttpClientResponse,
+  HttpClientError.HttpClientError,
+  InvalidInstance,
+  HttpClient.HttpClient
+> =>
+  Effect.fn("HttpEndpoint.factory")(function* (instance: string) {
+    const base = yield* parseInstance(instance)
+    const http = yield* HttpClient.HttpClient
+    const prefixed = HttpClient.mapRequest(http, (request) =>
+      HttpClientRequest.prependUrl(request, request.url.startsWith("/") || request.url === "" ? base : `${base}/`)
+    )
+    const client = options.filterStatusOk === true ? HttpClient.filterStatusOk(prefixed) : prefixed
+    const endpoint: HttpEndpoint = (request) => client.execute(request)
+    return endpoint
+  })

@@ -1,0 +1,92 @@
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Net from "node:net"
+import { createServer } from "node:http"
+import * as HttpEndpoint from "../src/HttpEndpoint.js"
+
+const App = HttpRouter.empty.pipe(
+  HttpRouter.get("/hello", HttpServerResponse.text("hello")),
+  HttpRouter.get("/api/v1/echo", HttpServerResponse.text("echo")),
+  HttpRouter.get("/teapot", HttpServerResponse.text("no", { status: 418 })),
+  HttpServer.serve()
+)
+const ServerLive = NodeHttpServer.layer(createServer, { port: 0, host: "127.0.0.1" })
+const TestLive = Layer.mergeAll(Layer.provide(App, ServerLive), ServerLive, NodeHttpClient.layerUndici)
+
+const baseUrl = Effect.map(HttpServer.HttpServer, (server) =>
+  server.address._tag === "TcpAddress" ? `http://127.0.0.1:${server.address.port}` : ""
+)
+
+describe("HttpEndpoint.parseInstance", () => {
+  it.effect("accepts http(s) URLs and rejects anything else with InvalidInstance", () =>
+    Effect.gen(function* () {
+      expect(yield* HttpEndpoint.parseInstance("http://10.0.0.1:8080/")).toBe("http://10.0.0.1:8080")
+      expect(yield* HttpEndpoint.parseInstance("https://svc.example/api/")).toBe("https://svc.example/api")
+      for (const bad of ["10.0.0.1:8080", "", "ftp://10.0.0.1", "not a url"]) {
+        const error = yield* Effect.flip(HttpEndpoint.parseInstance(bad))
+        expect(error._tag).toBe("InvalidInstance")
+        expect(error.instance).toBe(bad)
+      }
+    })
+  )
+})
+
+describe("HttpEndpoint.factory", () => {
+  it.layer(TestLive)((it) => {
+    it.scoped("sends requests relative to the instance's base URL and returns the response", () =>
+      Effect.gen(function* () {
+        const base = yield* baseUrl
+        const endpoint = yield* HttpEndpoint.factory()(base)
+        const response = yield* endpoint(HttpClientRequest.get("/hello"))
+        expect(response.status).toBe(200)
+        expect(yield* response.text).toBe("hello")
+        const withPath = yield* HttpEndpoint.factory()(`${base}/api/v1/`)
+        expect(yield* Effect.flatMap(withPath(HttpClientRequest.get("echo")), (r) => r.text)).toBe("echo")
+      })
+    )
+
+    it.scoped("non-2xx statuses pass through by default, and fail with a StatusCode error with filterStatusOk", () =>
+      Effect.gen(function* () {
+        const base = yield* baseUrl
+        const lenient = yield* HttpEndpoint.factory()(base)
+        expect((yield* lenient(HttpClientRequest.get("/teapot"))).status).toBe(418)
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(base)
+        const error = yield* Effect.flip(strict(HttpClientRequest.get("/teapot")))
+        expect(error._tag).toBe("ResponseError")
+        expect(error.reason).toBe("StatusCode")
+      })
+    )
+
+    it.scoped("a dead instance fails with a typed transport error", () =>
+      Effect.gen(function* () {
+        const port = yield* Effect.async<number>((resume) => {
+          const server = Net.createServer()
+          server.listen(0, "127.0.0.1", () => {
+            const address = server.address()
+            server.close(() =>
+              resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : 0))
+            )
+          })
+        })
+        const endpoint = yield* HttpEndpoint.factory()(`http://127.0.0.1:${port}`)
+        const error = yield* Effect.flip(endpoint(HttpClientRequest.get("/hello")))
+        expect(error._tag).toBe("RequestError")
+        expect(error.reason).toBe("Transport")
+      })
+    )
+
+    it.scoped("an instance that is not an http(s) URL fails the factory with InvalidInstance", () =>
+      Effect.gen(function* () {
+        const error = yield* Effect.flip(HttpEndpoint.factory()("127.0.0.1:8080"))
+        expect(error).toMatchObject({ _tag: "InvalidInstance", instance: "127.0.0.1:8080" })
+      })
+    )
+  })
+})
