@@ -1,0 +1,113 @@
+/**
+ * Load balancers: pick one endpoint out of a subscriber's (go-kit's `sd/lb`
+ * `RoundRobin` and `Random`).
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
+import type { Endpoint } from "./Endpoint.js"
+import type { EtcdError } from "./EtcdError.js"
+import * as internal from "./internal/subscriber.js"
+import type { EndpointSet, Subscriber } from "./Subscriber.js"
+
+/**
+ * There was no endpoint to pick (go-kit's `lb.ErrNoEndpoints`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class NoEndpoints extends Schema.TaggedError<NoEndpoints>()("NoEndpoints", {
+  /** The subscriber's prefix, when the endpoints came from a subscriber. */
+  prefix: Schema.optional(Schema.String)
+}) {
+  /** @since 0.1.0 */
+  override get message(): string {
+    return this.prefix === undefined ? "no endpoints available" : `no endpoints available under ${this.prefix}`
+  }
+}
+
+/**
+ * A balancer: every run picks one endpoint. Fails with {@link NoEndpoints} when
+ * there is none, or with the source's error (`EtcdError` for an invalidated
+ * subscriber).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Balancer<Req, Res, E = never, BE = never> = Effect.Effect<Endpoint<Req, Res, E>, NoEndpoints | BE>
+
+/**
+ * Where a balancer takes its endpoints from: a subscriber, or any effect that
+ * yields the current endpoints.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Source<Req, Res, E = never, SE = never> =
+  Subscriber<Req, Res, E> | Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>
+
+/**
+ * Builds a balancer from a picking function over a non-empty array.
+ * Reads the subscriber's endpoints straight from its ref, without copying.
+ */
+const fromSource = <Req, Res, E, SE>(
+  source: Source<Req, Res, E, SE>,
+  pick: (endpoints: ReadonlyArray<Endpoint<Req, Res, E>>) => Effect.Effect<Endpoint<Req, Res, E>>
+): Balancer<Req, Res, E, SE | EtcdError> => {
+  if (internal.isSubscriber(source)) {
+    const subscriber = source as Subscriber<Req, Res, E>
+    const prefix = subscriber.prefix
+    return Effect.flatMap(
+      subscriber.endpointSet.get,
+      (set: EndpointSet<Req, Res, E>): Balancer<Req, Res, E, EtcdError> =>
+        set.error._tag === "Some"
+          ? Effect.fail(set.error.value)
+          : set.endpoints.length === 0
+            ? Effect.fail(new NoEndpoints({ prefix }))
+            : pick(set.endpoints)
+    )
+  }
+  return Effect.flatMap(
+    source as Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>,
+    (endpoints): Balancer<Req, Res, E, SE> =>
+      endpoints.length === 0 ? Effect.fail(new NoEndpoints()) : pick(endpoints)
+  )
+}
+
+/**
+ * go-kit's `NewRoundRobin`: the endpoints in turn, from a counter shared by every
+ * run of the returned balancer. When the set changes, the turn goes on from the
+ * same counter over the new set. A subscriber's endpoints are read from its ref
+ * without copying; an invalidated subscriber fails with its `EtcdError`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const roundRobin: {
+  <Req, Res, E>(subscriber: Subscriber<Req, Res, E>): Balancer<Req, Res, E, EtcdError>
+  <Req, Res, E, SE>(endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>): Balancer<Req, Res, E, SE>
+} = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> => {
+  let counter = 0
+  return fromSource(source, (endpoints) => {
+    const endpoint = endpoints[counter % endpoints.length]!
+    counter = counter === 0x3fffffff ? 0 : counter + 1
+    return Effect.succeed(endpoint)
+  })
+}
+
+/**
+ * go-kit's `NewRandom`: an endpoint drawn uniformly from Effect's `Random`
+ * service, so a test can make the sequence reproducible with
+ * `Effect.withRandom(Random.make(seed))`. An invalidated subscriber fails with
+ * its `EtcdError`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const random: {
+  <Req, Res, E>(subscriber: Subscriber<Req, Res, E>): Balancer<Req, Res, E, EtcdError>
+  <Req, Res, E, SE>(endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>): Balancer<Req, Res, E, SE>
+} = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> =>
+  fromSource(source, (endpoints) => Effect.map(Random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!))

@@ -1,0 +1,253 @@
+/**
+ * Retries a call through a balancer (go-kit's `lb.Retry` and
+ * `lb.RetryWithCallback`), built on `Effect.retry`: a fresh endpoint for every
+ * attempt, a timeout for the whole call, and every attempt's error kept.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import type { Endpoint } from "./Endpoint.js"
+import { InvalidOptions } from "./EtcdError.js"
+
+/**
+ * A retried call failed: the callback (or `max`) said stop, or the timeout
+ * passed. `errors` holds every attempt's error in order (a balancer failure such
+ * as `NoEndpoints` counts as an attempt); `final` is the error that ended the
+ * call: the last attempt's (or the callback's replacement for it), or a
+ * `TimeoutException` when `timedOut` is true.
+ *
+ * See {@link RetryErrorOf} for the same error with typed fields.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RetryError extends Schema.TaggedError<RetryError>()("RetryError", {
+  errors: Schema.Array(Schema.Defect),
+  final: Schema.Defect,
+  timedOut: Schema.Boolean
+}) {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const final = this.final
+    const reason =
+      typeof final === "object" && final !== null && "message" in final ? String(final.message) : String(final)
+    return `${this.timedOut ? "timed out" : "failed"} after ${this.errors.length} attempt${
+      this.errors.length === 1 ? "" : "s"
+    }: ${reason}`
+  }
+}
+
+/**
+ * A {@link RetryError} whose attempt errors are `E` and whose final error is `F`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export interface RetryErrorOf<E, F = E> extends RetryError {
+  readonly errors: ReadonlyArray<E>
+  readonly final: F
+}
+
+/**
+ * What a {@link Callback} decides after a failed attempt: go on or stop, and
+ * optionally an error to report instead of the one received (when stopping,
+ * it becomes the `final` error).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Decision<E2 = never> {
+  readonly keepTrying: boolean
+  readonly replacement?: E2 | undefined
+}
+
+/**
+ * go-kit's `lb.Callback`: called after every failed attempt with its number
+ * (from 1) and its error.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Callback<E, E2 = never> = (attempt: number, error: E) => Decision<E2>
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<E, E2 = never> {
+  /** How many attempts in all, at least 1. */
+  readonly max: number
+  /** The deadline of the whole call, attempts and waits included. `Duration.infinity` for none. */
+  readonly timeout: Duration.DurationInput
+  /** Called after every failed attempt: may stop before `max` and replace the error. */
+  readonly callback?: Callback<E, E2> | undefined
+  /** How long to wait before each further attempt (fed with the attempt's error). No wait by default. */
+  readonly schedule?: Schedule.Schedule<unknown, E> | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallbackOptions<E, E2 = never> {
+  /** The deadline of the whole call, attempts and waits included. `Duration.infinity` for none. */
+  readonly timeout: Duration.DurationInput
+  /** Called after every failed attempt: decides whether to go on, and may replace the error. */
+  readonly callback: Callback<E, E2>
+  /** How long to wait before each further attempt (fed with the attempt's error). No wait by default. */
+  readonly schedule?: Schedule.Schedule<unknown, E> | undefined
+}
+
+/**
+ * The failure of a retried call whose attempts fail with `E` and whose callback
+ * replaces errors with `E2`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type Failure<E, E2 = never> = RetryErrorOf<E, E | E2 | Cause.TimeoutException>
+
+/** What a failed attempt tells `Effect.retry`. */
+interface Verdict<E> {
+  readonly keepTrying: boolean
+  readonly error: E
+  readonly final: unknown
+}
+
+const decodeTimeout = (
+  input: Duration.DurationInput
+): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> =>
+  Effect.suspend(() => {
+    const decoded = Duration.decodeUnknown(input)
+    if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
+      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `not a duration: ${String(input)}` }))
+    }
+    if (Duration.toMillis(decoded.value) <= 0) {
+      return Effect.fail(new InvalidOptions({ option: "timeout", reason: "must be positive" }))
+    }
+    return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
+  })
+
+const make = <Req, Res, E, BE, E2>(
+  balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
+  timeout: Option.Option<Duration.Duration>,
+  callback: Callback<E | BE, E2>,
+  schedule: Schedule.Schedule<unknown, E | BE> | undefined
+): Endpoint<Req, Res, Failure<E | BE, E2>> => {
+  const policy: Schedule.Schedule<unknown, Verdict<E | BE>> = schedule === undefined
+    ? Schedule.recurWhile((verdict: Verdict<E | BE>) => verdict.keepTrying)
+    : Schedule.whileInput(
+        Schedule.mapInput(schedule, (verdict: Verdict<E | BE>) => verdict.error),
+        (verdict: Verdict<E | BE>) => verdict.keepTrying
+      )
+  // the fields are typed by construction: `errors` holds attempt errors, `final` one of
+  // them, a callback replacement or a TimeoutException
+  const failure = (errors: ReadonlyArray<E | BE>, final: unknown, timedOut: boolean) =>
+    new RetryError({ errors: errors.slice(), final, timedOut }) as Failure<E | BE, E2>
+
+  // After the first attempt failed, `Effect.retry` drives the next ones. Its first run
+  // replays that failure, so the schedule (if any) waits before the second attempt as
+  // before every later one. Only failed calls get here: the successful ones stay cheap.
+  const retrying = (
+    request: Req,
+    errors: Array<E | BE>,
+    firstError: E | BE
+  ): Effect.Effect<Res, Failure<E | BE, E2>> => {
+    const judge = (error: E | BE): Verdict<E | BE> => {
+      errors.push(error)
+      const decision = callback(errors.length, error)
+      return {
+        keepTrying: decision.keepTrying,
+        error,
+        final: decision.replacement === undefined ? error : decision.replacement
+      }
+    }
+    const stop = (verdict: Verdict<E | BE>) => Effect.fail(failure(errors, verdict.final, false))
+    const first = judge(firstError)
+    if (!first.keepTrying) return stop(first)
+    const attempt = Effect.mapError(
+      Effect.flatMap(balancer, (endpoint) => endpoint(request)),
+      judge
+    )
+    let replayed = false
+    const next = Effect.suspend(() => {
+      if (replayed) return attempt
+      replayed = true
+      return Effect.fail(first)
+    })
+    return Effect.catchAll(Effect.retry(next, policy), stop)
+  }
+
+  // the hot path allocates no named closures: they cost a lot under keep-names transpilers
+  if (Option.isNone(timeout)) {
+    return (request) =>
+      Effect.catchAll(
+        Effect.flatMap(balancer, (endpoint) => endpoint(request)),
+        (error) => retrying(request, [], error)
+      )
+  }
+  const duration = timeout.value
+  const timeoutMessage = `retry timed out after ${Duration.format(duration)}`
+  return (request) =>
+    Effect.suspend(() => {
+      const errors: Array<E | BE> = []
+      return Effect.timeoutFail(
+        Effect.catchAll(
+          Effect.flatMap(balancer, (endpoint) => endpoint(request)),
+          (error) => retrying(request, errors, error)
+        ),
+        { duration, onTimeout: () => failure(errors, new Cause.TimeoutException(timeoutMessage), true) }
+      )
+    })
+}
+
+/**
+ * go-kit's `lb.Retry(max, timeout, balancer)`: calls an endpoint from the
+ * balancer, and on failure a fresh one, up to `max` attempts in all, within
+ * `timeout` for the whole call. The optional `callback` may stop earlier and
+ * replace the error; the optional `schedule` waits between attempts.
+ *
+ * Failures are a {@link RetryError} that holds every attempt's error and the
+ * final one, after a timeout too (go-kit drops them). Defects and interruptions
+ * are not retried. Fails with `InvalidOptions` when `max` is not a positive
+ * integer or `timeout` is not a positive duration.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const retry = <Req, Res, E, BE, E2 = never>(
+  balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
+  options: Options<E | BE, E2>
+): Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> =>
+  Effect.gen(function* () {
+    const max = options.max
+    if (!Number.isSafeInteger(max) || max < 1) {
+      return yield* new InvalidOptions({ option: "max", reason: `must be a positive integer, got ${String(max)}` })
+    }
+    const timeout = yield* decodeTimeout(options.timeout)
+    const user = options.callback
+    const callback: Callback<E | BE, E2> = (attempt, error) => {
+      if (user === undefined) return { keepTrying: attempt < max }
+      const decision = user(attempt, error)
+      return attempt < max ? decision : { keepTrying: false, replacement: decision.replacement }
+    }
+    return make(balancer, timeout, callback, options.schedule)
+  })
+
+/**
+ * go-kit's `lb.RetryWithCallback(timeout, balancer, callback)`: like
+ * {@link retry}, but the callback alone decides when to stop.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const retryWithCallback = <Req, Res, E, BE, E2 = never>(
+  balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
+  options: CallbackOptions<E | BE, E2>
+): Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> =>
+  Effect.map(decodeTimeout(options.timeout), (timeout) => make(balancer, timeout, options.callback, options.schedule))

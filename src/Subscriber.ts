@@ -1,0 +1,212 @@
+/**
+ * Watches a key prefix in etcd and keeps one endpoint per instance under it
+ * (go-kit's `etcdv3.Instancer` + `sd.Endpointer`, without their gaps).
+ *
+ * The subscriber lists the prefix once, then applies the watch's changes from
+ * the listed revision on: nothing is missed between the list and the watch, and
+ * an event costs no request to etcd. When etcd cancels the watch (compaction, a
+ * wiped cluster, anything else) it lists again and applies the difference. The
+ * watch reconnects by itself on a `Schedule`, resuming from the last revision
+ * seen; failed lists are retried on a `Schedule`, forever. Every failure is
+ * logged and visible in {@link Subscriber.state}.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
+import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import type * as Subscribable from "effect/Subscribable"
+import type { Endpoint, Factory } from "./Endpoint.js"
+import type { EtcdClient } from "./EtcdClient.js"
+import type { EtcdError, InvalidOptions } from "./EtcdError.js"
+import * as internal from "./internal/subscriber.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: typeof internal.TypeId = internal.TypeId
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * The endpoints of a subscriber, one per instance whose factory succeeded, in
+ * the order of their keys. `keys[i]` is the key of `endpoints[i]`.
+ *
+ * `error` is set when `invalidateOnError` is on and etcd has been failing for
+ * longer than its timeout: taking endpoints then fails with that error (the last
+ * good `endpoints` stay here for inspection). It clears at the next good update.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EndpointSet<Req, Res, E = never> {
+  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
+  readonly keys: ReadonlyArray<string>
+  readonly error: Option.Option<EtcdError>
+}
+
+/**
+ * How the subscription is doing.
+ *
+ * - `Starting`: the first listing has not finished yet.
+ * - `Live`: the instance set follows etcd.
+ * - `Failing`: etcd cannot be reached (the watch is disconnected, or listing
+ *   fails); `error` is the latest failure, `since` the time the failures began
+ *   (epoch milliseconds on the Effect `Clock`). The subscriber keeps retrying.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type State =
+  | { readonly _tag: "Starting" }
+  | { readonly _tag: "Live" }
+  | { readonly _tag: "Failing"; readonly error: EtcdError; readonly since: number }
+
+/**
+ * A subscription to the instances under a prefix, and their endpoints.
+ * Stop it by closing the scope it was made in: its fibers are interrupted and
+ * every endpoint's scope is closed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Subscriber<Req, Res, E = never> {
+  readonly [TypeId]: TypeId
+  /** The watched prefix, normalised to end with `/`. */
+  readonly prefix: string
+  /**
+   * The instances: key → instance string (the value in etcd), in key order.
+   * Values that are not valid UTF-8 are left out. `changes` streams every update.
+   */
+  readonly instances: Subscribable.Subscribable<ReadonlyMap<string, string>>
+  /** The endpoints and the invalidation error, as one value; `changes` streams every update. */
+  readonly endpointSet: Subscribable.Subscribable<EndpointSet<Req, Res, E>>
+  /**
+   * The current endpoints, in key order. Fails with the etcd error once
+   * `invalidateOnError`'s timeout has passed (see {@link EndpointSet}).
+   */
+  readonly endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, EtcdError>
+  /** How the subscription is doing; `changes` streams every transition. */
+  readonly state: Subscribable.Subscribable<State>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<Req, Res, E = never, FE = never, R = never> {
+  /** The prefix to watch; normalised to end with `/`, so `/services/bar` never sees `/services/barsvc2/...`. */
+  readonly prefix: string
+  /** Makes an endpoint from an instance string, in a scope closed when the instance leaves or changes. */
+  readonly factory: Factory<Req, Res, E, FE, R>
+  /**
+   * go-kit's `InvalidateOnError(timeout)`. Without it (the default) the last good
+   * endpoints keep being served while etcd is unreachable. With it, once failures
+   * (a disconnected watch, failing lists) have lasted `timeout`, taking endpoints
+   * fails with the etcd error until the next good update.
+   */
+  readonly invalidateOnError?: Duration.DurationInput | undefined
+  /**
+   * When to reconnect a disconnected watch. Defaults to a jittered exponential
+   * backoff from 100 ms capped at 2 s, forever.
+   */
+  readonly reconnect?: Schedule.Schedule<unknown, EtcdError> | undefined
+  /**
+   * When to list again after a failed list, or after the watch failed for a
+   * reason a new list does not fix at once (`PermissionDenied`, ...). Defaults
+   * to the same backoff as `reconnect`. Retries go on forever: a schedule that
+   * ends is started over.
+   */
+  readonly retryList?: Schedule.Schedule<unknown, EtcdError> | undefined
+}
+
+/**
+ * Whether a value is a {@link Subscriber}.
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isSubscriber: (u: unknown) => u is Subscriber<unknown, unknown, unknown> = internal.isSubscriber
+
+/**
+ * Starts a subscriber in the current scope. Returns once the first listing has
+ * been applied, or has failed (the subscriber then keeps retrying in the
+ * background and reports `Failing` in its state). Fails with `InvalidOptions`
+ * on an empty prefix or a negative `invalidateOnError`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <Req, Res, E = never, FE = never, R = never>(
+  options: Options<Req, Res, E, FE, R>
+): Effect.Effect<Subscriber<Req, Res, E>, InvalidOptions, EtcdClient | Scope.Scope | Exclude<R, Scope.Scope>> =>
+  internal.make(options).pipe(Effect.withSpan("Subscriber.make", { attributes: { prefix: options.prefix } }))
+
+/**
+ * Makes a `Context.Tag` class for one upstream service's subscriber, so that a
+ * program can depend on several:
+ *
+ * ```ts
+ * class Users extends Subscriber.Tag<Users, GetUser, User, HttpError>()("app/Users") {}
+ * class Orders extends Subscriber.Tag<Orders, GetOrders, Orders, HttpError>()("app/Orders") {}
+ * ```
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export const Tag =
+  <Self, Req, Res, E = never>() =>
+  <const Id extends string>(id: Id): Context.TagClass<Self, Id, Subscriber<Req, Res, E>> =>
+    Context.Tag(id)<Self, Subscriber<Req, Res, E>>()
+
+/**
+ * Provides a subscriber under `tag`; it stops when the layer is released.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = <Self, Req, Res, E = never, FE = never, R = never>(
+  tag: Context.Tag<Self, Subscriber<Req, Res, E>>,
+  options: Options<Req, Res, E, FE, R>
+): Layer.Layer<Self, InvalidOptions, EtcdClient | Exclude<R, Scope.Scope>> => Layer.scoped(tag, make(options))
+
+/**
+ * The options of a subscriber that can come from configuration.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export interface SubscriberConfig {
+  readonly prefix: string
+  readonly invalidateOnError?: Duration.DurationInput | undefined
+}
+
+/**
+ * Like {@link layer}, with the prefix (and optionally `invalidateOnError`) read
+ * from `Config`, e.g. `{ prefix: Config.string("USERS_PREFIX") }`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = <Self, Req, Res, E = never, FE = never, R = never>(
+  tag: Context.Tag<Self, Subscriber<Req, Res, E>>,
+  config: Config.Config.Wrap<SubscriberConfig>,
+  options: Omit<Options<Req, Res, E, FE, R>, "prefix" | "invalidateOnError">
+): Layer.Layer<Self, InvalidOptions | ConfigError.ConfigError, EtcdClient | Exclude<R, Scope.Scope>> =>
+  Layer.scoped(
+    tag,
+    Effect.flatMap(Config.unwrap(config), (c) =>
+      make({ ...options, prefix: c.prefix, invalidateOnError: c.invalidateOnError })
+    )
+  )

@@ -1,0 +1,209 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as TestClock from "effect/TestClock"
+import * as Balancer from "../src/Balancer.js"
+import type { Endpoint } from "../src/Endpoint.js"
+import * as Retry from "../src/Retry.js"
+
+class Boom {
+  readonly _tag = "Boom"
+  constructor(readonly n: number) {}
+}
+
+/** One endpoint that fails its first `failures` calls (with Boom(call number)), then answers "ok". */
+const flaky = (failures: number) =>
+  Effect.map(Ref.make(0), (calls) => {
+    const endpoint: Endpoint<string, string, Boom> = (request) =>
+      Effect.flatMap(
+        Ref.updateAndGet(calls, (n) => n + 1),
+        (n) => (n <= failures ? Effect.fail(new Boom(n)) : Effect.succeed(`ok ${request}`))
+      )
+    return { endpoint, calls: Ref.get(calls) }
+  })
+
+describe("Retry", () => {
+  it.effect("succeeds on the 3rd attempt with max 3", () =>
+    Effect.gen(function* () {
+      const { calls, endpoint } = yield* flaky(2)
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        max: 3,
+        timeout: "1 second"
+      })
+      expect(yield* call("hi")).toBe("ok hi")
+      expect(yield* calls).toBe(3)
+    })
+  )
+
+  it.effect("fails after 3 attempts with a RetryError holding the 3 errors", () =>
+    Effect.gen(function* () {
+      const { calls, endpoint } = yield* flaky(10)
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        max: 3,
+        timeout: "1 second"
+      })
+      const error = yield* Effect.flip(call("hi"))
+      expect(error._tag).toBe("RetryError")
+      expect(error.timedOut).toBe(false)
+      expect(error.errors).toEqual([new Boom(1), new Boom(2), new Boom(3)])
+      expect(error.final).toEqual(new Boom(3))
+      expect(yield* calls).toBe(3)
+      // the error can be handled by tag
+      const message = yield* call("again").pipe(Effect.catchTag("RetryError", (e) => Effect.succeed(e.message)))
+      expect(message).toContain("after 3 attempts")
+    })
+  )
+
+  it.effect("a timeout yields a RetryError with the errors so far", () =>
+    Effect.gen(function* () {
+      const attempts = yield* Ref.make(0)
+      const thirdStarted = yield* Deferred.make<void>()
+      // fails twice, then hangs
+      const endpoint: Endpoint<string, string, Boom> = () =>
+        Effect.flatMap(
+          Ref.updateAndGet(attempts, (n) => n + 1),
+          (n) =>
+            n <= 2 ? Effect.fail(new Boom(n)) : Effect.zipRight(Deferred.succeed(thirdStarted, undefined), Effect.never)
+        )
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        max: 5,
+        timeout: "3 seconds"
+      })
+      const fiber = yield* Effect.fork(Effect.flip(call("hi")))
+      yield* Deferred.await(thirdStarted)
+      yield* TestClock.adjust("3 seconds")
+      const error = yield* Fiber.join(fiber)
+      expect(error.timedOut).toBe(true)
+      expect(error.errors).toEqual([new Boom(1), new Boom(2)])
+      expect(error.final).toBeInstanceOf(Cause.TimeoutException)
+      expect(yield* Ref.get(attempts)).toBe(3)
+    })
+  )
+
+  it.effect("the callback stops early and replaces the error", () =>
+    Effect.gen(function* () {
+      const { calls, endpoint } = yield* flaky(10)
+      const seen: Array<readonly [number, number]> = []
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        max: 5,
+        timeout: "1 second",
+        callback: (attempt, error) => {
+          seen.push([attempt, error._tag === "Boom" ? error.n : -1])
+          return attempt < 2 ? { keepTrying: true } : { keepTrying: false, replacement: "gave up" as const }
+        }
+      })
+      const error = yield* Effect.flip(call("hi"))
+      expect(seen).toEqual([
+        [1, 1],
+        [2, 2]
+      ])
+      expect(error.errors).toEqual([new Boom(1), new Boom(2)])
+      expect(error.final).toBe("gave up")
+      expect(yield* calls).toBe(2)
+    })
+  )
+
+  it.effect("retryWithCallback: the callback alone decides when to stop", () =>
+    Effect.gen(function* () {
+      const { calls, endpoint } = yield* flaky(10)
+      const call = yield* Retry.retryWithCallback(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        timeout: "1 second",
+        callback: (attempt) => ({ keepTrying: attempt < 7 })
+      })
+      const error = yield* Effect.flip(call("hi"))
+      expect(error.errors.length).toBe(7)
+      expect(yield* calls).toBe(7)
+    })
+  )
+
+  it.effect("with 3 endpoints of which one always fails, retry(3) never fails", () =>
+    Effect.gen(function* () {
+      const good: Endpoint<number, number, Boom> = (n) => Effect.succeed(n)
+      const bad: Endpoint<number, number, Boom> = (n) => Effect.fail(new Boom(n))
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([good, bad, good])), {
+        max: 3,
+        timeout: "1 second"
+      })
+      const results = yield* Effect.forEach(
+        Array.from({ length: 100 }, (_, i) => i),
+        call
+      )
+      expect(results).toEqual(Array.from({ length: 100 }, (_, i) => i))
+    })
+  )
+
+  it.effect("a backoff schedule waits between attempts, and a fresh endpoint serves each attempt", () =>
+    Effect.gen(function* () {
+      const picked: Array<string> = []
+      const firstPicked = yield* Deferred.make<void>()
+      const make =
+        (name: string): Endpoint<string, string, Boom> =>
+        () => {
+          picked.push(name)
+          if (name === "a") Deferred.unsafeDone(firstPicked, Effect.void)
+          return name === "c" ? Effect.succeed("c answered") : Effect.fail(new Boom(picked.length))
+        }
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed(["a", "b", "c"].map(make))), {
+        max: 3,
+        timeout: "1 minute",
+        schedule: Schedule.spaced("10 seconds")
+      })
+      const fiber = yield* Effect.fork(call("hi"))
+      yield* Deferred.await(firstPicked)
+      yield* TestClock.adjust("9 seconds")
+      expect(picked).toEqual(["a"])
+      yield* TestClock.adjust("1 second")
+      expect(picked).toEqual(["a", "b"])
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* Fiber.join(fiber)).toBe("c answered")
+      expect(picked).toEqual(["a", "b", "c"])
+    })
+  )
+
+  it.effect("NoEndpoints counts as a failed attempt", () =>
+    Effect.gen(function* () {
+      const call = yield* Retry.retry(
+        Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([])),
+        {
+          max: 2,
+          timeout: "1 second"
+        }
+      )
+      const error = yield* Effect.flip(call("hi"))
+      expect(error.errors.map((e) => e._tag)).toEqual(["NoEndpoints", "NoEndpoints"])
+    })
+  )
+
+  it.effect("invalid options are a typed InvalidOptions error", () =>
+    Effect.gen(function* () {
+      const balancer = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+      const zero = yield* Effect.flip(Retry.retry(balancer, { max: 0, timeout: "1 second" }))
+      expect(zero._tag).toBe("InvalidOptions")
+      expect(zero.option).toBe("max")
+      const fraction = yield* Effect.flip(Retry.retry(balancer, { max: 1.5, timeout: "1 second" }))
+      expect(fraction.option).toBe("max")
+      const noTime = yield* Effect.flip(Retry.retry(balancer, { max: 3, timeout: Duration.zero }))
+      expect(noTime.option).toBe("timeout")
+    })
+  )
+
+  it.effect("defects are not retried", () =>
+    Effect.gen(function* () {
+      const calls = yield* Ref.make(0)
+      const dying: Endpoint<string, string> = () =>
+        Effect.zipRight(
+          Ref.update(calls, (n) => n + 1),
+          Effect.die("bug")
+        )
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([dying])), { max: 3, timeout: "1 second" })
+      const exit = yield* Effect.exit(call("hi"))
+      expect(exit._tag === "Failure" && Cause.isDie(exit.cause)).toBe(true)
+      expect(yield* Ref.get(calls)).toBe(1)
+    })
+  )
+})

@@ -1,0 +1,435 @@
+/**
+ * The Subscriber against the in-memory etcd, time driven by TestClock.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as HashMap from "effect/HashMap"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Subscribable from "effect/Subscribable"
+import * as TestClock from "effect/TestClock"
+import * as TestServices from "effect/TestServices"
+import * as Balancer from "../src/Balancer.js"
+import type { Factory } from "../src/Endpoint.js"
+import * as EtcdClient from "../src/EtcdClient.js"
+import type { EtcdError } from "../src/EtcdError.js"
+import * as Retry from "../src/Retry.js"
+import * as Subscriber from "../src/Subscriber.js"
+
+// ---- helpers ----
+
+/** Waits (on the subscribable's changes, never on a sleep) until `predicate` holds; 10 s of real time at most. */
+const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean, what: string) =>
+  TestServices.provideWithLive(
+    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
+      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage(`changes ended before ${what}`)
+    ),
+    (effect) =>
+      Effect.timeoutFail(effect, {
+        duration: "10 seconds",
+        onTimeout: () => new Error(`timed out waiting for ${what}`)
+      }).pipe(Effect.orDie)
+  )
+
+const instancesOf = (subscriber: Subscriber.Subscriber<string, string>) =>
+  Effect.map(subscriber.instances.get, (m) => Object.fromEntries(m))
+
+const waitForInstances = (subscriber: Subscriber.Subscriber<string, string>, expected: Record<string, string>) =>
+  waitFor(
+    subscriber.instances,
+    (m) => JSON.stringify(Object.fromEntries(m)) === JSON.stringify(expected),
+    `instances ${JSON.stringify(expected)}`
+  )
+
+/** Calls every current endpoint with "ping": what a user of the endpoints sees. */
+const callAll = (subscriber: Subscriber.Subscriber<string, string>) =>
+  Effect.flatMap(subscriber.endpoints, (endpoints) => Effect.forEach(endpoints, (endpoint) => endpoint("ping")))
+
+/** A factory that records every endpoint made and every endpoint scope closed. */
+const recordingFactory = Effect.gen(function* () {
+  const made = yield* Ref.make<ReadonlyArray<string>>([])
+  const closed = yield* Ref.make<ReadonlyArray<string>>([])
+  const factory: Factory<string, string> = (instance) =>
+    Effect.gen(function* () {
+      yield* Ref.update(made, (xs) => [...xs, instance])
+      yield* Effect.addFinalizer(() => Ref.update(closed, (xs) => [...xs, instance]))
+      return (request: string) => Effect.succeed(`${instance} got ${request}`)
+    })
+  return { factory, made: Ref.get(made), closed: Ref.get(closed) }
+})
+
+/** Runs a test body on a fresh in-memory etcd; the body's scope closes before the store's. */
+const onMemory = <A, E>(
+  body: Effect.Effect<A, E, EtcdClient.EtcdClient | EtcdClient.MemoryEtcdControl | Scope.Scope>
+) => Effect.scoped(body).pipe(Effect.provide(EtcdClient.layerMemory))
+
+const put = (key: string, value: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.put(key, value))
+const del = (key: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.delete(key))
+
+const spaced10s = Schedule.spaced("10 seconds")
+
+describe("Subscriber (in-memory etcd)", () => {
+  it.effect("lists the instances, then follows puts and deletes; endpoints come in key order", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/b", "http://b")
+        yield* put("/svc/a", "http://a")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+        expect(subscriber.prefix).toBe("/svc/")
+        expect(yield* instancesOf(subscriber)).toEqual({ "/svc/a": "http://a", "/svc/b": "http://b" })
+        expect(yield* callAll(subscriber)).toEqual(["http://a got ping", "http://b got ping"])
+        expect((yield* subscriber.state.get)._tag).toBe("Live")
+
+        yield* put("/svc/c", "http://c")
+        yield* del("/svc/a")
+        yield* waitForInstances(subscriber, { "/svc/b": "http://b", "/svc/c": "http://c" })
+        expect(yield* callAll(subscriber)).toEqual(["http://b got ping", "http://c got ping"])
+        expect((yield* subscriber.endpointSet.get).keys).toEqual(["/svc/b", "/svc/c"])
+      })
+    )
+  )
+
+  it.effect("the prefix is normalised: /services/bar never sees /services/barsvc2/...", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/services/bar/1", "bar-1")
+        yield* put("/services/barsvc2/1", "barsvc2-1")
+        yield* put("/services/bar", "the prefix key itself")
+        const { factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/services/bar", factory })
+        yield* put("/services/barsvc2/2", "barsvc2-2")
+        yield* put("/services/bar/2", "bar-2")
+        yield* waitForInstances(subscriber, { "/services/bar/1": "bar-1", "/services/bar/2": "bar-2" })
+        expect(yield* made).toEqual(["bar-1", "bar-2"])
+      })
+    )
+  )
+
+  it.effect("an endpoint is made once per instance; its scope closes once when it leaves or its value changes", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/1", "v1")
+        yield* put("/svc/2", "v2")
+        const { closed, factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+        yield* put("/svc/2", "v2") // same value again: nothing to do
+        yield* put("/svc/1", "v1-new")
+        yield* del("/svc/2")
+        yield* waitForInstances(subscriber, { "/svc/1": "v1-new" })
+        expect(yield* made).toEqual(["v1", "v2", "v1-new"])
+        expect(yield* closed).toEqual(["v1", "v2"])
+        expect(yield* callAll(subscriber)).toEqual(["v1-new got ping"])
+      })
+    )
+  )
+
+  it.effect("a failing factory (typed failure or defect) logs and skips that instance", () =>
+    Effect.gen(function* () {
+      const logs: Array<{ readonly message: unknown; readonly key: unknown; readonly level: string }> = []
+      const logger = Logger.make(({ annotations, logLevel, message }) => {
+        logs.push({
+          message: Array.isArray(message) ? message[0] : message,
+          key: Option.getOrUndefined(HashMap.get(annotations, "key")),
+          level: logLevel.label
+        })
+      })
+      yield* onMemory(
+        Effect.gen(function* () {
+          yield* put("/svc/good", "good")
+          yield* put("/svc/typed", "typed")
+          yield* put("/svc/defect", "defect")
+          const factory: Factory<string, string, never, string> = (instance) =>
+            instance === "typed"
+              ? Effect.fail("cannot reach it")
+              : instance === "defect"
+                ? Effect.die(new Error("bug in the factory"))
+                : Effect.succeed((request: string) => Effect.succeed(`${instance} got ${request}`))
+          const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+          expect(yield* callAll(subscriber)).toEqual(["good got ping"])
+          // the instances are there; only their endpoints are missing
+          expect(Object.keys(yield* instancesOf(subscriber))).toEqual(["/svc/defect", "/svc/good", "/svc/typed"])
+        })
+      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      const failures = logs.filter((l) => l.message === "endpoint factory failed; instance skipped")
+      expect(failures.map((l) => [l.level, l.key])).toEqual([
+        ["WARN", "/svc/defect"],
+        ["WARN", "/svc/typed"]
+      ])
+    })
+  )
+
+  it.effect("values that are not valid UTF-8 are logged and skipped", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/ok", "ok")
+        // etcd hands back a value whose bytes are not UTF-8 (the memory store only holds strings)
+        const withMalformed: EtcdClient.EtcdClient = {
+          ...memory.client,
+          list: (prefix) =>
+            Effect.map(memory.client.list(prefix), (listing) => ({
+              ...listing,
+              entries: [
+                ...listing.entries,
+                {
+                  key: "/svc/zz-bad",
+                  value: "\uFFFD\uFFFD",
+                  malformed: true,
+                  createRevision: 1,
+                  modRevision: 1,
+                  lease: undefined
+                }
+              ]
+            }))
+        }
+        const { factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+          Effect.provideService(EtcdClient.EtcdClient, withMalformed)
+        )
+        expect(yield* instancesOf(subscriber)).toEqual({ "/svc/ok": "ok" })
+        expect(yield* made).toEqual(["ok"])
+      })
+    )
+  )
+
+  it.effect("by default the last good set is served while etcd is unreachable", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/a", "a")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory, reconnect: spaced10s })
+        yield* memory.setUnavailable
+        const failing = yield* waitFor(subscriber.state, (s) => s._tag === "Failing", "Failing")
+        expect(failing._tag === "Failing" && failing.error.reason).toBe("Unavailable")
+        yield* TestClock.adjust("5 minutes")
+        expect(yield* callAll(subscriber)).toEqual(["a got ping"])
+      })
+    )
+  )
+
+  it.effect("invalidateOnError keeps the last set before the timeout, fails after it, and recovers", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({
+          prefix: "/svc/",
+          factory,
+          invalidateOnError: "30 seconds",
+          reconnect: spaced10s
+        })
+        const balancer = Balancer.roundRobin(subscriber)
+        yield* memory.setUnavailable
+        yield* waitFor(subscriber.state, (s) => s._tag === "Failing", "Failing")
+
+        yield* TestClock.adjust("29 seconds")
+        expect(yield* callAll(subscriber)).toEqual(["a got ping", "b got ping"])
+        expect(yield* Effect.flatMap(balancer, (endpoint) => endpoint("x"))).toMatch(/got x$/)
+
+        yield* TestClock.adjust("1 second")
+        yield* waitFor(subscriber.endpointSet, (s) => Option.isSome(s.error), "invalidation")
+        const error: EtcdError = yield* Effect.flip(subscriber.endpoints)
+        expect(error._tag).toBe("EtcdError")
+        expect(error.reason).toBe("Unavailable")
+        const picked = yield* Effect.flip(balancer)
+        expect(picked._tag).toBe("EtcdError")
+
+        // the next good update ends it
+        yield* memory.restore
+        yield* TestClock.adjust("10 seconds")
+        yield* waitFor(subscriber.state, (s) => s._tag === "Live", "Live")
+        expect(yield* callAll(subscriber)).toEqual(["a got ping", "b got ping"])
+      })
+    )
+  )
+
+  it.effect("a disconnected watch reconnects on its schedule, resuming from the last revision", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/a", "a")
+        const { factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory, reconnect: spaced10s })
+        yield* memory.setUnavailable
+        yield* waitFor(subscriber.state, (s) => s._tag === "Failing", "Failing")
+        // changes made while the subscriber cannot see them
+        yield* put("/svc/b", "b")
+        yield* del("/svc/a")
+
+        yield* TestClock.adjust("10 seconds") // first attempt: still down
+        yield* memory.restore
+        yield* TestClock.adjust("9 seconds")
+        expect((yield* subscriber.state.get)._tag).toBe("Failing")
+        expect(yield* instancesOf(subscriber)).toEqual({ "/svc/a": "a" })
+
+        yield* TestClock.adjust("1 second") // second attempt, on schedule: up
+        yield* waitFor(subscriber.state, (s) => s._tag === "Live", "Live")
+        yield* waitForInstances(subscriber, { "/svc/b": "b" })
+        expect(yield* made).toEqual(["a", "b"])
+      })
+    )
+  )
+
+  it.effect("a failing list is retried on its schedule, forever, visible in the state", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/a", "a")
+        yield* memory.setUnavailable
+        const { factory } = yield* recordingFactory
+        // returns after the first attempt, which failed
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory, retryList: Schedule.spaced("1 minute") })
+        const state = yield* subscriber.state.get
+        expect(state._tag).toBe("Failing")
+        expect(yield* subscriber.endpoints).toEqual([])
+        const since = state._tag === "Failing" ? state.since : -1
+
+        yield* TestClock.adjust("10 minutes")
+        const later = yield* subscriber.state.get
+        expect(later._tag === "Failing" && later.since).toBe(since)
+
+        yield* memory.restore
+        yield* TestClock.adjust("1 minute")
+        yield* waitFor(subscriber.state, (s) => s._tag === "Live", "Live")
+        expect(yield* callAll(subscriber)).toEqual(["a got ping"])
+      })
+    )
+  )
+
+  it.effect("a watch behind a compaction lists again and applies the difference; unchanged endpoints are kept", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/stays", "stays")
+        yield* put("/svc/leaves", "leaves")
+        yield* put("/svc/changes", "old")
+        // hold the subscriber's first watch until the history it needs is compacted away
+        const gate = yield* Deferred.make<void>()
+        const watches = yield* Ref.make(0)
+        const gated: EtcdClient.EtcdClient = {
+          ...memory.client,
+          watch: (prefix, options) =>
+            Stream.unwrap(
+              Effect.map(
+                Ref.getAndUpdate(watches, (n) => n + 1),
+                (n) =>
+                  n === 0
+                    ? Stream.unwrap(Effect.as(Deferred.await(gate), memory.client.watch(prefix, options)))
+                    : memory.client.watch(prefix, options)
+              )
+            )
+        }
+        const { closed, factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+          Effect.provideService(EtcdClient.EtcdClient, gated)
+        )
+        yield* del("/svc/leaves")
+        yield* put("/svc/changes", "new")
+        const revision = yield* put("/svc/arrives", "arrives")
+        yield* memory.client.compact(revision)
+        yield* Deferred.succeed(gate, undefined)
+
+        yield* waitForInstances(subscriber, { "/svc/arrives": "arrives", "/svc/changes": "new", "/svc/stays": "stays" })
+        expect(yield* Ref.get(watches)).toBe(2)
+        expect([...(yield* made)].sort()).toEqual(["arrives", "leaves", "new", "old", "stays"])
+        expect([...(yield* closed)].sort()).toEqual(["leaves", "old"])
+        expect((yield* subscriber.state.get)._tag).toBe("Live")
+      })
+    )
+  )
+
+  it.effect("a wiped cluster (revision gone backwards) is listed again and the set converges", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        for (let i = 0; i < 5; i++) yield* put(`/svc/old-${i}`, `old-${i}`)
+        const { closed, factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory, reconnect: spaced10s })
+        yield* memory.wipe
+        yield* put("/svc/new", "new")
+        yield* TestClock.adjust("10 seconds")
+        yield* waitForInstances(subscriber, { "/svc/new": "new" })
+        expect([...(yield* closed)].sort()).toEqual(["old-0", "old-1", "old-2", "old-3", "old-4"])
+        expect((yield* subscriber.state.get)._tag).toBe("Live")
+      })
+    )
+  )
+
+  it.effect("closing the subscriber's scope closes every endpoint scope once and stops following etcd", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        const { closed, factory, made } = yield* recordingFactory
+        const seen = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+            return yield* instancesOf(subscriber)
+          })
+        )
+        expect(seen).toEqual({ "/svc/a": "a", "/svc/b": "b" })
+        expect([...(yield* closed)].sort()).toEqual(["a", "b"])
+        yield* put("/svc/c", "c")
+        yield* TestClock.adjust("1 minute")
+        expect(yield* made).toEqual(["a", "b"])
+        expect([...(yield* closed)].sort()).toEqual(["a", "b"])
+      })
+    )
+  )
+
+  it.effect("invalid options are a typed InvalidOptions error", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const { factory } = yield* recordingFactory
+        const rejected = (options: Subscriber.Options<string, string>) =>
+          Effect.map(Effect.exit(Subscriber.make(options)), (exit) =>
+            exit._tag === "Failure" ? Cause.failureOption(exit.cause).pipe(Option.map((e) => e.option)) : "accepted"
+          )
+        expect(yield* rejected({ prefix: "", factory })).toEqual(Option.some("prefix"))
+        expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: -1 })).toEqual(
+          Option.some("invalidateOnError")
+        )
+        // a string from outside the type system, as configuration could hand over
+        const soon = "soon" as Duration.DurationInput
+        expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: soon })).toEqual(
+          Option.some("invalidateOnError")
+        )
+      })
+    )
+  )
+
+  it.effect("several upstream services: one Tag and one Layer each, called through retry(roundRobin)", () => {
+    class Users extends Subscriber.Tag<Users, string, string>()("test/Users") {}
+    class Orders extends Subscriber.Tag<Orders, string, string>()("test/Orders") {}
+    const factory: Factory<string, string> = (instance) =>
+      Effect.succeed((request: string) => Effect.succeed(`${instance}: ${request}`))
+    const program = Effect.gen(function* () {
+      const users = yield* Retry.retry(Balancer.roundRobin(yield* Users), { max: 3, timeout: "1 second" })
+      const orders = yield* Retry.retry(Balancer.roundRobin(yield* Orders), { max: 3, timeout: "1 second" })
+      return [yield* users("get"), yield* users("get"), yield* orders("list")]
+    })
+    const setup = Layer.effectDiscard(
+      Effect.all([put("/users/1", "users-1"), put("/users/2", "users-2"), put("/orders/1", "orders-1")])
+    )
+    const subscribers = Layer.merge(
+      Subscriber.layer(Users, { prefix: "/users", factory }),
+      Subscriber.layer(Orders, { prefix: "/orders", factory })
+    )
+    return program.pipe(
+      Effect.provide(subscribers.pipe(Layer.provide(setup), Layer.provideMerge(EtcdClient.layerMemory))),
+      Effect.map((results) => expect(results).toEqual(["users-1: get", "users-2: get", "orders-1: list"]))
+    )
+  })
+})
