@@ -152,8 +152,9 @@ export interface EtcdClient {
    * Watches every key starting with `prefix` (not normalised), from
    * `options.fromRevision`. Reconnects by itself on transient disconnects,
    * resuming after the last revision seen. Fails when etcd cancels the watch:
-   * `Compacted` (the revision is gone: list again), `Rewound` (the cluster's
-   * revision went backwards: list again), `PermissionDenied`, `Canceled`.
+   * `Compacted` (the revision is gone: list again), `Rewound` (the cluster was
+   * wiped or replaced, or its revision went backwards: list again),
+   * `PermissionDenied`, `Canceled`. A member that merely lags behind is not `Rewound`.
    */
   readonly watch: (prefix: string, options: WatchOptions) => Stream.Stream<WatchEvent, EtcdError>
   /** Compacts the key-value history up to `revision`. */

@@ -16,11 +16,18 @@ import { normalizePrefix } from "./prefix.js"
 
 /** A change or the watch-created marker, as delivered by one watch connection. */
 export type RawWatchEvent =
-  Extract<WatchEvent, { readonly _tag: "Put" | "Delete" }> | { readonly _tag: "Created"; readonly revision: number }
+  | Extract<WatchEvent, { readonly _tag: "Put" | "Delete" }>
+  | {
+      readonly _tag: "Created"
+      /** The store revision of the member that answered. */
+      readonly revision: number
+      /** The id of the cluster that answered: a wiped or replaced cluster has a new one. */
+      readonly cluster: string
+    }
 
 /**
  * What an implementation provides. `watchOnce` is one watch connection: it
- * emits `Created` (with the store revision) first, then the changes from
+ * emits `Created` (with the store revision and the cluster id) first, then the changes from
  * `fromRevision` in order; it fails with `Unavailable` when the connection is
  * lost and with the cancel reason when etcd cancels the watch.
  */
@@ -53,8 +60,12 @@ export const isTransient = (error: EtcdError): boolean => error.reason === "Unav
 /**
  * A watch that reconnects by itself from the last revision seen. Emits
  * `Disconnected` on a transient failure and `Reconnected` when live again. Fails
- * with `Rewound` when, on (re)connecting, the store revision is behind a
- * revision this watch has already been promised.
+ * with `Rewound` when, on reconnecting, the cluster is another one (a wiped or
+ * replaced cluster has a new cluster id, whatever its revision has reached by
+ * then), or when the store revision is behind a revision this watch has already
+ * been promised. A member that merely lags behind answers with its own older
+ * revision: a linearizable read of the revision tells it apart from a store
+ * that went back.
  */
 export const reconnectingWatch = (
   primitives: Primitives,
@@ -67,6 +78,8 @@ export const reconnectingWatch = (
       // the next revision to deliver
       const next = yield* Ref.make(fromRevision)
       const disconnected = yield* Ref.make(false)
+      // the cluster this watch is following, from its first connection on
+      const cluster = yield* Ref.make<string | undefined>(undefined)
       const once: Stream.Stream<WatchEvent, EtcdError> = Stream.unwrap(
         Effect.map(Ref.get(next), (from) =>
           primitives.watchOnce(prefix, from).pipe(
@@ -76,12 +89,23 @@ export const reconnectingWatch = (
                 let last = -1
                 for (const event of chunk) {
                   if (event._tag === "Created") {
-                    if (event.revision < from - 1) {
+                    const known = yield* Ref.getAndSet(cluster, event.cluster)
+                    if (known !== undefined && known !== event.cluster) {
                       return yield* new EtcdError({
                         operation: "watch",
                         reason: "Rewound",
-                        detail: `store revision ${event.revision} is behind revision ${from - 1} already seen`
+                        detail: `the cluster was replaced (cluster id ${event.cluster}, was ${known}); revision ${from - 1} already seen`
                       })
+                    }
+                    if (event.revision < from - 1) {
+                      const current = yield* primitives.revision
+                      if (current < from - 1) {
+                        return yield* new EtcdError({
+                          operation: "watch",
+                          reason: "Rewound",
+                          detail: `store revision ${current} is behind revision ${from - 1} already seen`
+                        })
+                      }
                     }
                     if (yield* Ref.getAndSet(disconnected, false)) {
                       out.push({ _tag: "Reconnected", revision: event.revision })

@@ -519,7 +519,11 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                     if (res.created) {
                       created = true
                       clearTimeout(createTimer)
-                      batch.push({ _tag: "Created", revision: Number(res.header.revision) })
+                      batch.push({
+                        _tag: "Created",
+                        revision: Number(res.header.revision),
+                        cluster: String(res.header.cluster_id)
+                      })
                     }
                     for (const event of res.events) {
                       const kv = event.kv

@@ -25,9 +25,9 @@
  *   restarted etcd (or a new leader) refreshes every lease it recovers. Simulate a
  *   lease that did expire with `loseLease`.
  * - `wipe` drops every key, lease and revision (a replaced cluster, at revision 1,
- *   nothing compacted) and fails every open watch with `Unavailable`, so that
- *   reconnecting watches see the store behind them and fail with `Rewound`. The
- *   `keepAliveCount` is not reset.
+ *   nothing compacted, with a new cluster id) and fails every open watch with
+ *   `Unavailable`, so that reconnecting watches see another cluster and fail with
+ *   `Rewound`. The `keepAliveCount` is not reset.
  *
  * @internal
  */
@@ -138,6 +138,8 @@ export const make: Effect.Effect<
   // ---- state: only ever touched inside synchronous blocks, so every operation is atomic ----
   let revision = 1
   let compacted = 0
+  /** The cluster id: a wiped store is another cluster. */
+  let cluster = 1
   const values = new Map<string, StoredValue>()
   let sortedKeys: Array<string> = []
   const leases = new Map<LeaseId, Lease>()
@@ -255,7 +257,7 @@ export const make: Effect.Effect<
       return fail(error("watch", "Unavailable", "the in-memory etcd is unavailable (MemoryEtcd.setUnavailable)"))
     }
     expireDue(clock.unsafeCurrentTimeMillis())
-    queue.unsafeOffer({ _tag: "Events", events: Chunk.of({ _tag: "Created", revision }) })
+    queue.unsafeOffer({ _tag: "Events", events: Chunk.of({ _tag: "Created", revision, cluster: String(cluster) }) })
     // etcd: a watch from below the compacted revision is canceled; revision 0 means "from now"
     if (fromRevision > 0 && fromRevision < compacted) {
       return fail(
@@ -461,6 +463,7 @@ export const make: Effect.Effect<
     }),
     keepAliveCount: Effect.sync(() => keepAlives),
     wipe: Effect.sync(() => {
+      cluster += 1
       revision = 1
       compacted = 0
       values.clear()
