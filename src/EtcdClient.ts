@@ -187,9 +187,15 @@ export interface EtcdClientOptions {
   readonly caCert?: string | undefined
   /** How long building the client may take to reach a member. Default 3 s. */
   readonly dialTimeout?: Duration.DurationInput | undefined
-  /** gRPC keep-alive ping interval. Default 3 s. */
+  /**
+   * gRPC keep-alive ping interval (at least 10 s on the wire: etcd refuses faster
+   * pings), and how long a watch may stay silent before it asks its member for a
+   * progress report: a member that does not answer within
+   * `headerTimeoutPerRequest` is taken for hung and the watch moves to another.
+   * Default 3 s.
+   */
   readonly dialKeepAlive?: Duration.DurationInput | undefined
-  /** Deadline of every request. Default 3 s. */
+  /** Deadline of every request, and of each attempt on one member (keep-alives included). Default 3 s. */
   readonly headerTimeoutPerRequest?: Duration.DurationInput | undefined
   /** etcd user name (etcd auth). */
   readonly username?: string | undefined

@@ -18,10 +18,11 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel"
 import * as Etcd3 from "etcd3"
+import type { ConnectionPool } from "etcd3/lib/connection-pool.js"
 import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdClient.js"
 import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { RawWatchEvent } from "./client.js"
-import { fromPrimitives } from "./client.js"
+import { fromPrimitives, isTransient } from "./client.js"
 
 const defaultTimeout = Duration.seconds(3)
 /** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
@@ -269,6 +270,24 @@ const abort = (stream: { end: () => void; cancel: () => void }): void => {
   stream.cancel()
 }
 
+/** What a keep-alive needs of the raw gRPC Lease client etcd3's pool hands out. */
+interface KeepAliveCall {
+  readonly write: (request: Etcd3.ILeaseKeepAliveRequest) => boolean
+  readonly end: () => void
+  readonly cancel: () => void
+  readonly on: (event: string, listener: (...args: Array<never>) => void) => unknown
+}
+interface LeaseService {
+  readonly leaseKeepAlive: (metadata: unknown, options: { readonly deadline: number }) => KeepAliveCall
+}
+
+/**
+ * etcd3's connection pool. etcd3 keeps it protected, but a keep-alive needs its
+ * `withConnection` to fail over the way a unary call does (see `keepAliveOnce`).
+ */
+const poolOf = (etcd: Etcd3.Etcd3): Pick<ConnectionPool, "withConnection"> =>
+  (etcd as unknown as { readonly pool: ConnectionPool }).pool
+
 /** The native client and its resolved options, for the parts of the library that need them. */
 export interface Native {
   readonly etcd: Etcd3.Etcd3
@@ -327,6 +346,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
   Effect.gen(function* () {
     const { etcd, resolved } = yield* makeNative(options)
     const requestTimeout = resolved.requestTimeout
+    const requestMillis = Duration.toMillis(requestTimeout)
+    const keepAliveMillis = Duration.toMillis(resolved.dialKeepAlive)
     // the pool tries each member once per call; bound the whole call as a safety net
     const callTimeout = Duration.sum(Duration.times(requestTimeout, resolved.hosts.length), Duration.seconds(1))
 
@@ -373,50 +394,65 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             )
       )
 
-    const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
+    /**
+     * One keep-alive attempt on one member, with its own deadline. It runs inside
+     * the pool's `withConnection` and settles only when the member answers, so the
+     * member's circuit breaker counts a hung member as a failure (a stream that
+     * merely opened would count as a success, and every keep-alive would go back
+     * to the hung member).
+     */
+    const keepAliveAttempt = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
       Effect.async<number, EtcdError>((resume) => {
-        let stream: Etcd3.IDuplexStream<Etcd3.ILeaseKeepAliveRequest, Etcd3.ILeaseKeepAliveResponse> | undefined
+        let call: KeepAliveCall | undefined
         let done = false
-        const finish = (effect: Effect.Effect<number, EtcdError>) => {
-          if (done) return
-          done = true
-          stream?.end()
-          resume(effect)
-        }
-        etcd.leaseClient.leaseKeepAlive().then(
-          (s) => {
-            stream = s
-            if (done) {
-              abort(s)
-              return
-            }
-            s.on("data", (res: Etcd3.ILeaseKeepAliveResponse) => {
+        poolOf(etcd)
+          .withConnection(
+            "Lease",
+            ({ client, metadata }) =>
+              new Promise<Etcd3.ILeaseKeepAliveResponse | undefined>((resolve, reject) => {
+                if (done) return resolve(undefined)
+                const s = (client as unknown as LeaseService).leaseKeepAlive(metadata, {
+                  deadline: Date.now() + requestMillis
+                })
+                call = s
+                s.on("data", (res: Etcd3.ILeaseKeepAliveResponse) => {
+                  resolve(res)
+                  s.end()
+                })
+                // closed by us (interrupted): not the member's fault, nothing for its breaker
+                s.on("error", (cause: Error) => (done ? resolve(undefined) : reject(Etcd3.castGrpcError(cause))))
+                s.on("end", () => reject(new Etcd3.GRPCUnavailableError("keep-alive stream ended")))
+                s.write({ ID: lease })
+              })
+          )
+          .then(
+            (res) => {
+              if (done || res === undefined) return
+              done = true
               const ttl = Number(res.TTL)
-              finish(
+              resume(
                 ttl > 0
                   ? Effect.succeed(ttl)
                   : Effect.fail(
                       new EtcdError({ operation: "keepAlive", reason: "LeaseNotFound", detail: `lease ${lease}` })
                     )
               )
-            })
-            s.on("error", (cause: unknown) => finish(Effect.fail(toEtcdError("keepAlive", cause))))
-            s.on("end", () =>
-              finish(
-                Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "stream ended" }))
-              )
-            )
-            s.write({ ID: lease })
-          },
-          (cause: unknown) => finish(Effect.fail(toEtcdError("keepAlive", cause)))
-        )
+            },
+            (cause: unknown) => {
+              if (done) return
+              done = true
+              resume(Effect.fail(toEtcdError("keepAlive", cause)))
+            }
+          )
         return Effect.sync(() => {
+          if (done) return
           done = true
-          if (stream !== undefined) abort(stream)
+          if (call !== undefined) abort(call)
         })
       }).pipe(
+        // a safety net: the call's own deadline ends a normal attempt first
         Effect.timeoutFail({
-          duration: requestTimeout,
+          duration: Duration.sum(requestTimeout, Duration.millis(500)),
           onTimeout: () =>
             new EtcdError({
               operation: "keepAlive",
@@ -424,6 +460,12 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               detail: `no answer in ${Duration.format(requestTimeout)}`
             })
         })
+      )
+
+    /** A keep-alive that fails over to another member like a unary call: one attempt per member at most. */
+    const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
+      keepAliveAttempt(lease).pipe(
+        Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
       )
 
     const revoke = (lease: LeaseId) => Effect.asVoid(call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })))
@@ -466,26 +508,52 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             Effect.sync(() => {
               let stream: Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse> | undefined
               let closed = false
-              let created = false
-              const fail = (error: EtcdError) => {
+              /**
+               * A member that accepts the connection but does not answer (paused,
+               * partitioned) is found out by one timer: the watch must be created
+               * within `requestTimeout`; after `dialKeepAlive` without a message it
+               * asks for a progress report, which must come within `requestTimeout`.
+               */
+              let phase: "creating" | "idle" | "probing" = "creating"
+              const fail = (error: EtcdError, options?: { readonly hung: boolean }) => {
                 if (closed) return
                 closed = true
-                clearTimeout(createTimer)
-                if (stream !== undefined) abort(stream)
+                clearTimeout(timer)
+                if (stream !== undefined) {
+                  // a hung member: cancelling a writable stream makes etcd3 count it against
+                  // the member's circuit breaker, so that reconnecting goes to another member
+                  if (options?.hung === true) stream.cancel()
+                  else abort(stream)
+                }
                 emit.fail(error)
               }
-              // a member that accepts the connection but never answers (paused, partitioned)
-              const createTimer = setTimeout(() => {
-                if (!created) {
-                  fail(
-                    new EtcdError({
-                      operation: "watch",
-                      reason: "Timeout",
-                      detail: `watch not created within ${Duration.format(requestTimeout)}`
-                    })
-                  )
+              const onTimer = () => {
+                if (closed) return
+                if (phase === "idle" && stream !== undefined) {
+                  phase = "probing"
+                  stream.write({ progress_request: {} })
+                  timer = setTimeout(onTimer, requestMillis)
+                  return
                 }
-              }, Duration.toMillis(requestTimeout))
+                fail(
+                  new EtcdError({
+                    operation: "watch",
+                    reason: "Timeout",
+                    detail:
+                      phase === "creating"
+                        ? `watch not created within ${Duration.format(requestTimeout)}`
+                        : `no answer to a progress request within ${Duration.format(requestTimeout)}`
+                  }),
+                  { hung: true }
+                )
+              }
+              let timer = setTimeout(onTimer, requestMillis)
+              /** Any message: the member is alive. */
+              const heard = () => {
+                phase = "idle"
+                clearTimeout(timer)
+                timer = setTimeout(onTimer, keepAliveMillis)
+              }
               etcd.watchClient.watch().then(
                 (s) => {
                   stream = s
@@ -515,10 +583,9 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                       )
                       return
                     }
+                    if (res.created || phase !== "creating") heard()
                     const batch: Array<RawWatchEvent> = []
                     if (res.created) {
-                      created = true
-                      clearTimeout(createTimer)
                       batch.push({
                         _tag: "Created",
                         revision: Number(res.header.revision),
@@ -558,7 +625,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               return {
                 close: () => {
                   closed = true
-                  clearTimeout(createTimer)
+                  clearTimeout(timer)
                   if (stream !== undefined) abort(stream)
                 }
               }
