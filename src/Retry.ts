@@ -220,24 +220,29 @@ const make = <Req, Res, E, BE, E2>(
  * @since 0.1.0
  * @category constructors
  */
-export const retry = <Req, Res, E, BE, E2 = never>(
+export const retry: <Req, Res, E, BE, E2 = never>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
   options: Options<E | BE, E2>
-): Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> =>
-  Effect.gen(function* () {
-    const max = options.max
-    if (!Number.isSafeInteger(max) || max < 1) {
-      return yield* new InvalidOptions({ option: "max", reason: `must be a positive integer, got ${String(max)}` })
-    }
-    const timeout = yield* decodeTimeout(options.timeout)
-    const user = options.callback
-    const callback: Callback<E | BE, E2> = (attempt, error) => {
-      if (user === undefined) return { keepTrying: attempt < max }
-      const decision = user(attempt, error)
-      return attempt < max ? decision : { keepTrying: false, replacement: decision.replacement }
-    }
-    return make(balancer, timeout, callback, options.schedule)
-  })
+) => Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> = Effect.fn("Retry.retry")(function* <
+  Req,
+  Res,
+  E,
+  BE,
+  E2 = never
+>(balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>, options: Options<E | BE, E2>) {
+  const max = options.max
+  if (!Number.isSafeInteger(max) || max < 1) {
+    return yield* new InvalidOptions({ option: "max", reason: `must be a positive integer, got ${String(max)}` })
+  }
+  const timeout = yield* decodeTimeout(options.timeout)
+  const user = options.callback
+  const callback: Callback<E | BE, E2> = (attempt, error) => {
+    if (user === undefined) return { keepTrying: attempt < max }
+    const decision = user(attempt, error)
+    return attempt < max ? decision : { keepTrying: false, replacement: decision.replacement }
+  }
+  return make(balancer, timeout, callback, options.schedule)
+})
 
 /**
  * go-kit's `lb.RetryWithCallback(timeout, balancer, callback)`: like
@@ -246,8 +251,15 @@ export const retry = <Req, Res, E, BE, E2 = never>(
  * @since 0.1.0
  * @category constructors
  */
-export const retryWithCallback = <Req, Res, E, BE, E2 = never>(
+export const retryWithCallback: <Req, Res, E, BE, E2 = never>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
   options: CallbackOptions<E | BE, E2>
-): Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> =>
-  Effect.map(decodeTimeout(options.timeout), (timeout) => make(balancer, timeout, options.callback, options.schedule))
+) => Effect.Effect<Endpoint<Req, Res, Failure<E | BE, E2>>, InvalidOptions> = Effect.fn("Retry.retryWithCallback")(
+  function* <Req, Res, E, BE, E2 = never>(
+    balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
+    options: CallbackOptions<E | BE, E2>
+  ) {
+    const timeout = yield* decodeTimeout(options.timeout)
+    return make(balancer, timeout, options.callback, options.schedule)
+  }
+)

@@ -148,10 +148,13 @@ export const isSubscriber: (u: unknown) => u is Subscriber<unknown, unknown, unk
  * @since 0.1.0
  * @category constructors
  */
-export const make = <Req, Res, E = never, FE = never, R = never>(
+export const make: <Req, Res, E = never, FE = never, R = never>(
   options: Options<Req, Res, E, FE, R>
-): Effect.Effect<Subscriber<Req, Res, E>, InvalidOptions, EtcdClient | Scope.Scope | Exclude<R, Scope.Scope>> =>
-  internal.make(options).pipe(Effect.withSpan("Subscriber.make", { attributes: { prefix: options.prefix } }))
+) => Effect.Effect<Subscriber<Req, Res, E>, InvalidOptions, EtcdClient | Scope.Scope | Exclude<R, Scope.Scope>> =
+  Effect.fn("Subscriber.make")(function* <Req, Res, E, FE, R>(options: Options<Req, Res, E, FE, R>) {
+    yield* Effect.annotateCurrentSpan("prefix", options.prefix)
+    return yield* internal.make(options)
+  })
 
 /**
  * Makes a `Context.Tag` class for one upstream service's subscriber, so that a

@@ -177,6 +177,56 @@ describe("Subscriber against a real etcd", () => {
       })
     )
 
+    it.scoped("a consumer paused while etcd writes and compacts: once it resumes the set is right", () =>
+      Effect.gen(function* () {
+        const client = yield* connect
+        const writer = yield* connect
+        const prefix = `/sub-${run}/paused/`
+        yield* writer.put(`${prefix}stays`, "stays")
+        yield* writer.put(`${prefix}leaves`, "leaves")
+        yield* writer.put(`${prefix}changes`, "old")
+        // while `held` is set, the subscriber's watch consumer waits before taking the next event
+        const held = yield* Ref.make<Option.Option<Deferred.Deferred<void>>>(Option.none())
+        const firstHeld = yield* Deferred.make<void>()
+        const pausable: EtcdClient.EtcdClient = {
+          ...client,
+          watch: (prefix, options) =>
+            client
+              .watch(prefix, options)
+              .pipe(
+                Stream.tap(() =>
+                  Effect.flatMap(Ref.get(held), (gate) =>
+                    Option.isSome(gate)
+                      ? Effect.zipRight(Deferred.succeed(firstHeld, undefined), Deferred.await(gate.value))
+                      : Effect.void
+                  )
+                )
+              )
+        }
+        const { closed, factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix, factory }).pipe(
+          Effect.provideService(EtcdClient.EtcdClient, pausable)
+        )
+        const gate = yield* Deferred.make<void>()
+        yield* Ref.set(held, Option.some(gate))
+        yield* writer.delete(`${prefix}leaves`)
+        yield* Deferred.await(firstHeld)
+        yield* writer.put(`${prefix}changes`, "new")
+        const revision = yield* writer.put(`${prefix}arrives`, "arrives")
+        yield* writer.compact(revision)
+        yield* Ref.set(held, Option.none())
+        yield* Deferred.succeed(gate, undefined)
+
+        yield* waitForInstances(subscriber, {
+          [`${prefix}arrives`]: "arrives",
+          [`${prefix}changes`]: "new",
+          [`${prefix}stays`]: "stays"
+        })
+        expect([...(yield* made)].sort()).toEqual(["arrives", "leaves", "new", "old", "stays"])
+        expect([...(yield* closed)].sort()).toEqual(["leaves", "old"])
+      })
+    )
+
     it.scoped("500 random puts and deletes from other clients, interleaved: the final set equals etcd's keys", () =>
       Effect.gen(function* () {
         const client = yield* connect

@@ -66,6 +66,19 @@ const recordingFactory = Effect.gen(function* () {
   return { factory, made: Ref.get(made), closed: Ref.get(closed) }
 })
 
+/** A logger that keeps what is logged (first message part, `key` annotation, level). */
+const capturingLogger = () => {
+  const logs: Array<{ readonly message: unknown; readonly key: unknown; readonly level: string }> = []
+  const logger = Logger.make(({ annotations, logLevel, message }) => {
+    logs.push({
+      message: Array.isArray(message) ? message[0] : message,
+      key: Option.getOrUndefined(HashMap.get(annotations, "key")),
+      level: logLevel.label
+    })
+  })
+  return { logs, layer: Logger.replace(Logger.defaultLogger, logger) }
+}
+
 /** Runs a test body on a fresh in-memory etcd; the body's scope closes before the store's. */
 const onMemory = <A, E>(
   body: Effect.Effect<A, E, EtcdClient.EtcdClient | EtcdClient.MemoryEtcdControl | Scope.Scope>
@@ -134,14 +147,7 @@ describe("Subscriber (in-memory etcd)", () => {
 
   it.effect("a failing factory (typed failure or defect) logs and skips that instance", () =>
     Effect.gen(function* () {
-      const logs: Array<{ readonly message: unknown; readonly key: unknown; readonly level: string }> = []
-      const logger = Logger.make(({ annotations, logLevel, message }) => {
-        logs.push({
-          message: Array.isArray(message) ? message[0] : message,
-          key: Option.getOrUndefined(HashMap.get(annotations, "key")),
-          level: logLevel.label
-        })
-      })
+      const { layer, logs } = capturingLogger()
       yield* onMemory(
         Effect.gen(function* () {
           yield* put("/svc/good", "good")
@@ -158,7 +164,7 @@ describe("Subscriber (in-memory etcd)", () => {
           // the instances are there; only their endpoints are missing
           expect(Object.keys(yield* instancesOf(subscriber))).toEqual(["/svc/defect", "/svc/good", "/svc/typed"])
         })
-      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      ).pipe(Effect.provide(layer))
       const failures = logs.filter((l) => l.message === "endpoint factory failed; instance skipped")
       expect(failures.map((l) => [l.level, l.key])).toEqual([
         ["WARN", "/svc/defect"],
@@ -349,6 +355,37 @@ describe("Subscriber (in-memory etcd)", () => {
       })
     )
   )
+
+  it.effect("disconnected while etcd writes and compacts: on reconnect it lists again and converges", () => {
+    const { layer, logs } = capturingLogger()
+    return onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        yield* put("/svc/stays", "stays")
+        yield* put("/svc/leaves", "leaves")
+        yield* put("/svc/changes", "old")
+        const { closed, factory, made } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory, reconnect: spaced10s })
+        // the consumer is cut off; meanwhile etcd changes and compacts the history it would resume from
+        yield* memory.setUnavailable
+        yield* waitFor(subscriber.state, (s) => s._tag === "Failing", "Failing")
+        yield* del("/svc/leaves")
+        yield* put("/svc/changes", "new")
+        const revision = yield* put("/svc/arrives", "arrives")
+        yield* memory.client.compact(revision)
+        yield* memory.restore
+        yield* TestClock.adjust("10 seconds")
+
+        yield* waitForInstances(subscriber, { "/svc/arrives": "arrives", "/svc/changes": "new", "/svc/stays": "stays" })
+        yield* waitFor(subscriber.state, (s) => s._tag === "Live", "Live")
+        expect([...(yield* made)].sort()).toEqual(["arrives", "leaves", "new", "old", "stays"])
+        expect([...(yield* closed)].sort()).toEqual(["leaves", "old"])
+        // it got there by listing again: the resumed watch was refused with Compacted
+        const relisted = logs.filter((l) => String(l.message).startsWith("watch canceled; listing again"))
+        expect(relisted.map((l) => String(l.message).includes("(Compacted)"))).toEqual([true])
+      })
+    ).pipe(Effect.provide(layer))
+  })
 
   it.effect("a wiped cluster (revision gone backwards) is listed again and the set converges", () =>
     onMemory(
