@@ -3,6 +3,8 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -173,14 +175,20 @@ describe("Subscriber (in-memory etcd)", () => {
     })
   )
 
-  it.effect("values that are not valid UTF-8 are logged and skipped", () =>
-    onMemory(
+  it.effect("values that are not valid UTF-8 are logged and skipped", () => {
+    const { layer, logs } = capturingLogger()
+    return onMemory(
       Effect.gen(function* () {
         const memory = yield* EtcdClient.MemoryEtcd
         yield* put("/svc/ok", "ok")
-        // etcd hands back a value whose bytes are not UTF-8 (the memory store only holds strings)
+        // etcd hands back values whose bytes are not UTF-8 (the memory store only holds strings):
+        // one in the listing, and every put of "BAD" in the watch
         const withMalformed: EtcdClient.EtcdClient = {
           ...memory.client,
+          watch: (prefix, options) =>
+            Stream.map(memory.client.watch(prefix, options), (event) =>
+              event._tag === "Put" && event.value === "BAD" ? { ...event, value: "\uFFFD", malformed: true } : event
+            ),
           list: (prefix) =>
             Effect.map(memory.client.list(prefix), (listing) => ({
               ...listing,
@@ -197,15 +205,26 @@ describe("Subscriber (in-memory etcd)", () => {
               ]
             }))
         }
-        const { factory, made } = yield* recordingFactory
+        const { closed, factory, made } = yield* recordingFactory
         const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
           Effect.provideService(EtcdClient.EtcdClient, withMalformed)
         )
         expect(yield* instancesOf(subscriber)).toEqual({ "/svc/ok": "ok" })
         expect(yield* made).toEqual(["ok"])
+        // a known instance whose value turns malformed leaves: its endpoint is closed
+        yield* put("/svc/other", "other")
+        yield* put("/svc/ok", "BAD")
+        yield* waitForInstances(subscriber, { "/svc/other": "other" })
+        expect(yield* made).toEqual(["ok", "other"])
+        expect(yield* closed).toEqual(["ok"])
+        const warned = logs.filter((l) => l.message === "value is not valid UTF-8; instance skipped")
+        expect(warned.map((l) => [l.level, l.key])).toEqual([
+          ["WARN", "/svc/zz-bad"],
+          ["WARN", "/svc/ok"]
+        ])
       })
-    )
-  )
+    ).pipe(Effect.provide(layer))
+  })
 
   it.effect("by default the last good set is served while etcd is unreachable", () =>
     onMemory(
@@ -467,6 +486,34 @@ describe("Subscriber (in-memory etcd)", () => {
     return program.pipe(
       Effect.provide(subscribers.pipe(Layer.provide(setup), Layer.provideMerge(EtcdClient.layerMemory))),
       Effect.map((results) => expect(results).toEqual(["users-1: get", "users-2: get", "orders-1: list"]))
+    )
+  })
+
+  it.effect("layerConfig reads the prefix and invalidateOnError from Config", () => {
+    class Users extends Subscriber.Tag<Users, string, string>()("test/ConfiguredUsers") {}
+    const factory: Factory<string, string> = (instance) =>
+      Effect.succeed((request: string) => Effect.succeed(`${instance}: ${request}`))
+    const users = Subscriber.layerConfig(
+      Users,
+      { prefix: Config.string("USERS_PREFIX"), invalidateOnError: Config.duration("USERS_INVALIDATE") },
+      { factory }
+    )
+    return Effect.gen(function* () {
+      yield* put("/users/1", "users-1")
+      yield* put("/usersvc2/1", "not a user")
+      const subscriber = yield* Users
+      expect(subscriber.prefix).toBe("/users/")
+      yield* waitForInstances(subscriber, { "/users/1": "users-1" })
+    }).pipe(
+      Effect.provide(users.pipe(Layer.provideMerge(EtcdClient.layerMemory))),
+      Effect.withConfigProvider(
+        ConfigProvider.fromMap(
+          new Map([
+            ["USERS_PREFIX", "/users"],
+            ["USERS_INVALIDATE", "30 seconds"]
+          ])
+        )
+      )
     )
   })
 })
