@@ -123,7 +123,13 @@ export const make = <Req, Res, E, FE, R>(
     const makeEntry = (key: string, value: string) =>
       Effect.gen(function* () {
         const endpointScope = yield* Scope.fork(endpointScopes, ExecutionStrategy.sequential)
-        const exit = yield* Effect.exit(Scope.extend(options.factory(value), endpointScope))
+        // suspended: a factory that throws instead of returning an Effect is a defect like any other
+        const exit = yield* Effect.exit(
+          Scope.extend(
+            Effect.suspend(() => options.factory(value)),
+            endpointScope
+          )
+        )
         if (Exit.isSuccess(exit)) {
           const entry: Entry<Req, Res, E> = { value, endpoint: exit.value, scope: endpointScope }
           return entry
