@@ -288,6 +288,15 @@ interface LeaseService {
 const poolOf = (etcd: Etcd3.Etcd3): Pick<ConnectionPool, "withConnection"> =>
   (etcd as unknown as { readonly pool: ConnectionPool }).pool
 
+/**
+ * Whether an error says something about the member (retry elsewhere, count it
+ * against the member's circuit breaker). A request over gRPC's message size
+ * limit comes back as RESOURCE_EXHAUSTED, which etcd3 takes for recoverable: it
+ * is the request's fault, and retrying it only trips every member's breaker.
+ */
+const isMemberFailure = (error: Error): boolean =>
+  Etcd3.isRecoverableError(error) && !errorMessage(error).includes("larger than max")
+
 /** The native client and its resolved options, for the parts of the library that need them. */
 export interface Native {
   readonly etcd: Etcd3.Etcd3
@@ -328,12 +337,12 @@ export const makeNative = (options: EtcdClientOptions): Effect.Effect<Native, In
             faultHandling: {
               // a member that keeps failing is skipped for a second, then tried again
               host: () =>
-                circuitBreaker(handleWhen(Etcd3.isRecoverableError), {
+                circuitBreaker(handleWhen(isMemberFailure), {
                   halfOpenAfter: 1000,
                   breaker: new ConsecutiveBreaker(2)
                 }),
               // fail over to another member, at once
-              global: retry(handleWhen(Etcd3.isRecoverableError), { maxAttempts: Math.max(1, resolved.hosts.length) })
+              global: retry(handleWhen(isMemberFailure), { maxAttempts: Math.max(1, resolved.hosts.length) })
             }
           })
       ),
