@@ -83,6 +83,48 @@ const search = (sorted: ReadonlyArray<string>, key: string): number => {
   return lo
 }
 
+/**
+ * The published instances: a read-only map over a copy of the sorted keys and
+ * values, in key order. Publishing one copies two arrays (a memcpy) instead of
+ * hashing every instance into a new Map, so a change costs O(1) hashing
+ * whatever the number of instances.
+ */
+class SortedInstances implements ReadonlyMap<string, string> {
+  constructor(
+    private readonly sortedKeys: ReadonlyArray<string>,
+    private readonly sortedValues: ReadonlyArray<string>
+  ) {}
+  get size(): number {
+    return this.sortedKeys.length
+  }
+  get(key: string): string | undefined {
+    const i = search(this.sortedKeys, key)
+    return this.sortedKeys[i] === key ? this.sortedValues[i] : undefined
+  }
+  has(key: string): boolean {
+    return this.sortedKeys[search(this.sortedKeys, key)] === key
+  }
+  forEach(callback: (value: string, key: string, map: ReadonlyMap<string, string>) => void, thisArg?: unknown): void {
+    for (let i = 0; i < this.sortedKeys.length; i++) {
+      callback.call(thisArg, this.sortedValues[i]!, this.sortedKeys[i]!, this)
+    }
+  }
+  entries(): MapIterator<[string, string]> {
+    const keys = this.sortedKeys
+    const values = this.sortedValues
+    return keys.map((key, i): [string, string] => [key, values[i]!])[Symbol.iterator]()
+  }
+  keys(): MapIterator<string> {
+    return this.sortedKeys[Symbol.iterator]()
+  }
+  values(): MapIterator<string> {
+    return this.sortedValues[Symbol.iterator]()
+  }
+  [Symbol.iterator](): MapIterator<[string, string]> {
+    return this.entries()
+  }
+}
+
 /** @internal */
 export const make = <Req, Res, E, FE, R>(
   options: Options<Req, Res, E, FE, R>
@@ -106,7 +148,12 @@ export const make = <Req, Res, E, FE, R>(
 
     // ---- state owned by the engine fiber ----
     const entries = new Map<string, Entry<Req, Res, E>>()
+    // every known key in order, with its value and endpoint at the same index
     const sortedKeys: Array<string> = []
+    const sortedValues: Array<string> = []
+    const sortedEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
+    // how many of sortedEndpoints are undefined (a factory failed, or is running)
+    let missing = 0
     let instancesDirty = false
     let endpointsDirty = false
     let toClose: Array<readonly [string, Scope.CloseableScope]> = []
@@ -147,13 +194,22 @@ export const make = <Req, Res, E, FE, R>(
         const current = entries.get(key)
         if (current !== undefined && current.value === value && current.endpoint !== undefined) return
         if (current === undefined) {
-          sortedKeys.splice(search(sortedKeys, key), 0, key)
+          const i = search(sortedKeys, key)
+          sortedKeys.splice(i, 0, key)
+          sortedValues.splice(i, 0, value)
+          sortedEndpoints.splice(i, 0, undefined)
+          missing++
           instancesDirty = true
         } else if (current.value !== value) {
+          sortedValues[search(sortedKeys, key)] = value
           instancesDirty = true
         }
         const entry = yield* makeEntry(key, value)
         entries.set(key, entry)
+        const i = search(sortedKeys, key)
+        if (sortedEndpoints[i] === undefined) missing--
+        sortedEndpoints[i] = entry.endpoint
+        if (entry.endpoint === undefined) missing++
         if (current?.scope !== undefined) toClose.push([key, current.scope])
         if (current?.endpoint !== undefined || entry.endpoint !== undefined) endpointsDirty = true
       })
@@ -162,29 +218,44 @@ export const make = <Req, Res, E, FE, R>(
       const current = entries.get(key)
       if (current === undefined) return
       entries.delete(key)
-      sortedKeys.splice(search(sortedKeys, key), 1)
+      const i = search(sortedKeys, key)
+      if (sortedEndpoints[i] === undefined) missing--
+      sortedKeys.splice(i, 1)
+      sortedValues.splice(i, 1)
+      sortedEndpoints.splice(i, 1)
       instancesDirty = true
       if (current.endpoint !== undefined) endpointsDirty = true
       if (current.scope !== undefined) toClose.push([key, current.scope])
     }
 
-    /** Publishes the changes made since the last call, then closes the endpoints that left. */
+    /**
+     * Publishes the changes made since the last call, then closes the endpoints
+     * that left. The snapshots are copies of the sorted arrays (memcpy-fast): a
+     * change never hashes every instance into a new Map.
+     */
     const publish = Effect.gen(function* () {
+      let keysCopy: Array<string> | undefined = undefined
       if (instancesDirty) {
         instancesDirty = false
-        const instances = new Map<string, string>()
-        for (const key of sortedKeys) instances.set(key, entries.get(key)!.value)
-        yield* SubscriptionRef.set(instancesRef, instances)
+        keysCopy = sortedKeys.slice()
+        yield* SubscriptionRef.set(instancesRef, new SortedInstances(keysCopy, sortedValues.slice()))
       }
       if (endpointsDirty) {
         endpointsDirty = false
-        const endpoints: Array<Endpoint<Req, Res, E>> = []
-        const keys: Array<string> = []
-        for (const key of sortedKeys) {
-          const endpoint = entries.get(key)!.endpoint
-          if (endpoint !== undefined) {
-            endpoints.push(endpoint)
-            keys.push(key)
+        let endpoints: Array<Endpoint<Req, Res, E>>
+        let keys: Array<string>
+        if (missing === 0) {
+          endpoints = sortedEndpoints.slice() as Array<Endpoint<Req, Res, E>>
+          keys = keysCopy ?? sortedKeys.slice()
+        } else {
+          endpoints = []
+          keys = []
+          for (let i = 0; i < sortedKeys.length; i++) {
+            const endpoint = sortedEndpoints[i]
+            if (endpoint !== undefined) {
+              endpoints.push(endpoint)
+              keys.push(sortedKeys[i]!)
+            }
           }
         }
         yield* SubscriptionRef.update(endpointsRef, (set) => ({ endpoints, keys, error: set.error }))
