@@ -1,0 +1,115 @@
+/**
+ * A registration: validation and the register / deregister state machine of
+ * one service. Leases, heartbeats, key watches and self-healing live in
+ * `registrarLease.ts`.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import type * as Scope from "effect/Scope"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import { EtcdClient } from "../EtcdClient.js"
+import type { InvalidOptions, EtcdError } from "../EtcdError.js"
+import { NoKey, NoValue } from "../EtcdError.js"
+import type { Service } from "../Service.js"
+import * as TtlOption from "../TtlOption.js"
+import * as Lease from "./registrarLease.js"
+import { RegistrationState } from "./registrarState.js"
+
+/** A registration handle (the public `Registration`). */
+export interface Registration {
+  readonly service: Service
+  readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
+  readonly register: Effect.Effect<void, EtcdError>
+  readonly deregister: Effect.Effect<void, EtcdError>
+}
+
+/**
+ * Checks a service before anything is sent to etcd: `NoKey`, `NoValue`, and
+ * the TTL option again (it is a plain record, so it may have been built by
+ * hand), which yields `InvalidOptions`.
+ */
+export const validate = (service: Service): Effect.Effect<Service, NoKey | NoValue | InvalidOptions> =>
+  Effect.gen(function* () {
+    if (service.key.length === 0) return yield* new NoKey()
+    if (service.value.length === 0) return yield* new NoValue()
+    if (service.ttl === undefined) return { key: service.key, value: service.value }
+    const ttl = yield* TtlOption.make({ heartbeat: service.ttl.heartbeat, ttl: service.ttl.ttl })
+    return { key: service.key, value: service.value, ttl }
+  })
+
+/** Builds an unregistered handle. */
+export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Registration> =>
+  Effect.gen(function* () {
+    const state = yield* SubscriptionRef.make<RegistrationState>(RegistrationState.Registering())
+    const lock = yield* Effect.makeSemaphore(1)
+    let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
+
+    const register = lock
+      .withPermits(1)(
+        Effect.uninterruptibleMask((restore) =>
+          Effect.gen(function* () {
+            if (current !== undefined) return
+            yield* SubscriptionRef.set(state, RegistrationState.Registering())
+            const member: Lease.Member = {
+              entry: { key: service.key, value: service.value },
+              state,
+              lastPut: 0,
+              group: undefined
+            }
+            const joined = yield* Effect.exit(restore(Lease.join(client, service.ttl, member)))
+            if (Exit.isFailure(joined)) {
+              // interrupted after joining: undo it
+              if (member.group !== undefined) yield* Effect.ignore(Lease.leave(member.group, member))
+              yield* SubscriptionRef.set(state, RegistrationState.Deregistered())
+              return yield* joined
+            }
+            const group = joined.value
+            current = { group, member }
+            yield* Metric.increment(Lease.registrations)
+            yield* Effect.logInfo("register").pipe(
+              Effect.annotateLogs({ key: service.key, lease: Lease.currentLease(group) ?? "none" })
+            )
+          })
+        )
+      )
+      .pipe(Effect.withSpan("Registrar.register", { attributes: { key: service.key } }))
+
+    const deregister = lock
+      .withPermits(1)(
+        Effect.gen(function* () {
+          if (current === undefined) return
+          const { group, member } = current
+          current = undefined
+          const lease = Lease.currentLease(group) ?? "none"
+          const left = yield* Effect.exit(Lease.leave(group, member))
+          yield* Metric.increment(Lease.deregistrations)
+          if (Exit.isSuccess(left)) {
+            yield* Effect.logInfo("deregister").pipe(Effect.annotateLogs({ key: service.key, lease }))
+          } else {
+            yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
+              Effect.annotateLogs({ key: service.key, lease })
+            )
+          }
+          return yield* left
+        })
+      )
+      .pipe(Effect.uninterruptible, Effect.withSpan("Registrar.deregister", { attributes: { key: service.key } }))
+
+    return { service, state, register, deregister } satisfies Registration
+  })
+
+/** Validates, registers, and deregisters when the scope closes. */
+export const make = (
+  service: Service
+): Effect.Effect<Registration, NoKey | NoValue | InvalidOptions | EtcdError, EtcdClient | Scope.Scope> =>
+  Effect.gen(function* () {
+    const valid = yield* validate(service)
+    const client = yield* EtcdClient
+    const registration = yield* makeHandle(client, valid)
+    yield* Effect.addFinalizer(() => Effect.ignore(registration.deregister))
+    yield* registration.register
+    return registration
+  })

@@ -1,0 +1,625 @@
+/**
+ * Shared leases: every registration of one `EtcdClient` with the same TTL option
+ * rides on one lease, kept alive by one heartbeat fiber, like etcd's
+ * concurrency `Session`. Keep-alive traffic is one request per heartbeat per TTL
+ * option, whatever the number of registrations, and registering is one `put`.
+ *
+ * A group holds the registrations (members) of one TTL option, behind a
+ * shared / exclusive lock. Joining on a live lease and putting back a deleted
+ * key take it shared (so registrations run concurrently); losing the lease,
+ * re-granting it, a join that needs a new lease, and leaving take it
+ * exclusive. A member is re-put only while it is in its group, and leaving
+ * removes it under the exclusive lock before anything is sent to etcd, so
+ * nothing ever re-registers a deregistered key (kratos #3180).
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import { globalValue } from "effect/GlobalValue"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import type { EtcdClient, LeaseId } from "../EtcdClient.js"
+import { EtcdError } from "../EtcdError.js"
+import type { TtlOption } from "../TtlOption.js"
+import { RegistrationState } from "./registrarState.js"
+
+// ---- metrics ----
+
+/** Successful registrations (initial ones, not re-registrations). */
+export const registrations = Metric.counter("effect_sd_etcd_registrations", {
+  description: "services registered in etcd",
+  incremental: true
+})
+/** Deregistrations. */
+export const deregistrations = Metric.counter("effect_sd_etcd_deregistrations", {
+  description: "services deregistered from etcd",
+  incremental: true
+})
+/** Failed keep-alive requests. */
+export const heartbeatFailures = Metric.counter("effect_sd_etcd_heartbeat_failures", {
+  description: "lease keep-alive requests that failed",
+  incremental: true
+})
+/** Leases found lost (revoked, expired, or unrenewed for a whole TTL). */
+export const leasesLost = Metric.counter("effect_sd_etcd_leases_lost", {
+  description: "registration leases lost",
+  incremental: true
+})
+/** Keys put again after their lease was lost or they were deleted. */
+export const reRegistrations = Metric.counter("effect_sd_etcd_re_registrations", {
+  description: "keys put again by self-healing",
+  incremental: true
+})
+
+// ---- model ----
+
+/** The key and value a member puts. */
+export interface Entry {
+  readonly key: string
+  readonly value: string
+}
+
+/** One registration's part of a group. Mutable fields change under the group lock. */
+export interface Member {
+  readonly entry: Entry
+  readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
+  /** The revision of the last put of this key by this member. */
+  lastPut: number
+  /** The group it joined (set the moment it joins, so an interrupted register can undo it). */
+  group: Group | undefined
+}
+
+interface Lease {
+  readonly id: LeaseId
+  /** When the last successful keep-alive was sent (Clock millis). */
+  lastOk: number
+}
+
+/** The registrations of one client with one TTL option (or without TTL). */
+export interface Group {
+  readonly client: EtcdClient
+  readonly name: string
+  readonly ttl: TtlOption | undefined
+  readonly lock: Lock
+  /** Holds the heartbeat, the healer and background deletes; closed with the last member. */
+  readonly scope: Scope.CloseableScope
+  readonly members: Set<Member>
+  /** The watches of the members' keys, one per directory (see {@link dirOf}). */
+  readonly dirs: Map<string, DirWatch>
+  /** The live lease; undefined when there is none yet or it is lost. */
+  lease: Lease | undefined
+  /** A lease given up after a whole TTL without keep-alive: revoked once a new one holds the keys. */
+  abandoned: LeaseId | undefined
+  healing: boolean
+  closed: boolean
+}
+
+/** The groups of each client instance. Sharing never crosses clients. */
+const registries = globalValue(
+  Symbol.for("effect-sd-etcd/Registrar/groups"),
+  () => new WeakMap<EtcdClient, Map<string, Group>>()
+)
+
+const registryOf = (client: EtcdClient): Map<string, Group> => {
+  let registry = registries.get(client)
+  if (registry === undefined) {
+    registry = new Map()
+    registries.set(client, registry)
+  }
+  return registry
+}
+
+const groupName = (ttl: TtlOption | undefined): string =>
+  ttl === undefined ? "none" : `${Duration.toMillis(ttl.heartbeat)}ms/${ttl.ttlSeconds}s`
+
+/**
+ * Retries of self-healing: jittered exponential backoff from 200 ms, capped at
+ * 2 s (±20 % jitter), forever.
+ */
+export const healSchedule: Schedule.Schedule<unknown> = Schedule.exponential("200 millis").pipe(
+  Schedule.either(Schedule.spaced("2 seconds")),
+  Schedule.jittered
+)
+
+const describeKeys = (members: Iterable<Member>): string => {
+  const keys = Array.from(members, (m) => m.entry.key)
+  return keys.length <= 3 ? keys.join(", ") : `${keys.slice(0, 3).join(", ")} (+${keys.length - 3} more)`
+}
+
+const setAll = (members: Iterable<Member>, state: RegistrationState): Effect.Effect<void> =>
+  Effect.forEach(members, (m) => SubscriptionRef.set(m.state, state), { discard: true })
+
+// ---- the group lock ----
+
+/** A shared / exclusive lock: any number of shared holders, or one exclusive holder. */
+interface Lock {
+  readonly shared: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  readonly exclusive: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+const allPermits = 1_000_000_000
+
+const makeLock: Effect.Effect<Lock> = Effect.map(Effect.makeSemaphore(allPermits), (semaphore) => ({
+  shared: semaphore.withPermits(1),
+  exclusive: semaphore.withPermits(allPermits)
+}))
+
+// ---- groups ----
+
+/** The open group of this client and TTL option, created (with its heartbeat) if needed. */
+const groupFor = (client: EtcdClient, ttl: TtlOption | undefined): Effect.Effect<Group> =>
+  Effect.gen(function* () {
+    const registry = registryOf(client)
+    const name = groupName(ttl)
+    const existing = registry.get(name)
+    if (existing !== undefined && !existing.closed) return existing
+    const scope = yield* Scope.make()
+    const lock = yield* makeLock
+    const raced = registry.get(name)
+    if (raced !== undefined && !raced.closed) {
+      yield* Scope.close(scope, Exit.void)
+      return raced
+    }
+    const group: Group = {
+      client,
+      name,
+      ttl,
+      lock,
+      scope,
+      members: new Set(),
+      dirs: new Map(),
+      lease: undefined,
+      abandoned: undefined,
+      healing: false,
+      closed: false
+    }
+    registry.set(name, group)
+    if (ttl !== undefined) {
+      // inherits the caller's services (Clock, logger); interruptible even if forked from a finalizer
+      yield* Effect.forkIn(Effect.interruptible(heartbeat(group, ttl)), scope)
+    }
+    return group
+  })
+
+/** Marks a group closed, stops its fibers, and forgets it. Call under the exclusive lock. */
+const closeGroup = (group: Group): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    group.closed = true
+    const registry = registryOf(group.client)
+    if (registry.get(group.name) === group) registry.delete(group.name)
+    yield* Scope.close(group.scope, Exit.void)
+  })
+
+// ---- heartbeat ----
+
+const heartbeat = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
+  const ttlMillis = ttl.ttlSeconds * 1000
+  const beat = Effect.gen(function* () {
+    const lease = group.lease
+    if (lease === undefined) return // lost: the healer is at work
+    const sentAt = yield* Clock.currentTimeMillis
+    const result = yield* Effect.either(group.client.keepAliveOnce(lease.id))
+    if (Either.isRight(result)) {
+      if (group.lease === lease) lease.lastOk = sentAt
+      return
+    }
+    const error = result.left
+    yield* Metric.increment(heartbeatFailures)
+    if (error.reason === "LeaseNotFound") {
+      return yield* group.lock.exclusive(leaseLost(group, lease.id, error))
+    }
+    const now = yield* Clock.currentTimeMillis
+    const silent = now - lease.lastOk
+    yield* Effect.logWarning("heartbeat failed").pipe(
+      Effect.annotateLogs({ key: describeKeys(group.members), lease: lease.id, error: error.message })
+    )
+    if (silent >= ttlMillis) {
+      yield* group.lock.exclusive(leaseLost(group, lease.id, error))
+    }
+  })
+  return Effect.schedule(beat, Schedule.fixed(ttl.heartbeat)).pipe(Effect.asVoid)
+}
+
+// ---- losing and healing ----
+
+/** The lease is gone (or given up): mark every member Retrying and start the healer. Call under the exclusive lock. */
+const leaseLost = (group: Group, lease: LeaseId, error: EtcdError): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    if (group.closed || group.lease?.id !== lease) return
+    group.lease = undefined
+    if (error.reason !== "LeaseNotFound") group.abandoned = lease
+    yield* Metric.increment(leasesLost)
+    yield* Effect.logWarning("lease lost").pipe(
+      Effect.annotateLogs({ key: describeKeys(group.members), lease, error: error.message })
+    )
+    yield* setAll(group.members, RegistrationState.Retrying({ attempt: 1, error }))
+    if (!group.healing && group.ttl !== undefined) {
+      group.healing = true
+      yield* Effect.forkIn(Effect.interruptible(healer(group, group.ttl)), group.scope)
+    }
+  })
+
+/**
+ * Grants a lease and puts every member's key on it (and `joining`'s). On
+ * failure the new lease is revoked, so no key is left half-registered. Call
+ * under the exclusive lock, with a TTL option and no live lease.
+ */
+const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefined): Effect.Effect<void, EtcdError> =>
+  Effect.gen(function* () {
+    const members = joining === undefined ? [...group.members] : [...group.members, joining]
+    const sentAt = yield* Clock.currentTimeMillis
+    const lease = yield* group.client.grant(ttl.ttlSeconds)
+    const revisions = yield* Effect.forEach(members, (m) => group.client.put(m.entry.key, m.entry.value, { lease }), {
+      concurrency: 16
+    }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(group.client.revoke(lease)))))
+    group.lease = { id: lease, lastOk: sentAt }
+    for (let i = 0; i < members.length; i++) {
+      const member = members[i]!
+      member.lastPut = revisions[i]!
+      if (member === joining) continue
+      yield* SubscriptionRef.set(member.state, RegistrationState.Registered({ lease }))
+      yield* Metric.increment(reRegistrations)
+      yield* Effect.logInfo("re-registered").pipe(Effect.annotateLogs({ key: member.entry.key, lease }))
+    }
+    const abandoned = group.abandoned
+    group.abandoned = undefined
+    // it no longer holds any of our keys; if etcd kept it alive, don't leave it to expire by itself
+    if (abandoned !== undefined) yield* Effect.ignore(group.client.revoke(abandoned))
+  })
+
+/** Re-grants the lease and re-puts every key, with backoff, until it works or the group has no one left. */
+const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
+  let attempt = 1
+  const once = group.lock.exclusive(
+    Effect.gen(function* () {
+      if (group.closed || group.members.size === 0 || group.lease !== undefined) {
+        group.healing = false
+        return
+      }
+      const result = yield* Effect.either(grantAndPutAll(group, ttl, undefined))
+      if (Either.isRight(result)) {
+        group.healing = false
+        return
+      }
+      attempt++
+      yield* setAll(group.members, RegistrationState.Retrying({ attempt, error: result.left }))
+      yield* Effect.logWarning("re-registration failed, retrying").pipe(
+        Effect.annotateLogs({ key: describeKeys(group.members), attempt, error: result.left.message })
+      )
+      return yield* result.left
+    })
+  )
+  return once.pipe(Effect.retry(healSchedule), Effect.ignore)
+}
+
+/**
+ * Puts a member's key again after it was deleted at `deletedAt` while it
+ * should exist. Skips when the member left, when the key was put again since,
+ * or when the lease is lost (the healer re-puts every key then).
+ */
+const repairOnce = (group: Group, member: Member, deletedAt: number): Effect.Effect<boolean, EtcdError> =>
+  Effect.gen(function* () {
+    const outcome = yield* group.lock.shared(
+      Effect.gen(function* () {
+        if (group.closed || !group.members.has(member) || member.lastPut > deletedAt) return "skip" as const
+        const lease = group.lease
+        if (group.ttl !== undefined && lease === undefined) return "skip" as const
+        const result = yield* Effect.either(
+          group.client.put(member.entry.key, member.entry.value, { lease: lease?.id })
+        )
+        if (Either.isLeft(result)) {
+          if (result.left.reason === "LeaseNotFound" && lease !== undefined) {
+            return { lost: lease.id, error: result.left } as const
+          }
+          return yield* result.left
+        }
+        member.lastPut = result.right
+        yield* SubscriptionRef.set(member.state, RegistrationState.Registered({ lease: lease?.id }))
+        yield* Metric.increment(reRegistrations)
+        yield* Effect.logInfo("re-registered").pipe(
+          Effect.annotateLogs({ key: member.entry.key, lease: lease?.id ?? "none", reason: "key deleted" })
+        )
+        return "done" as const
+      })
+    )
+    if (outcome === "skip") return false
+    if (outcome === "done") return true
+    // the lease is gone: the healer puts every key back
+    yield* group.lock.exclusive(leaseLost(group, outcome.lost, outcome.error))
+    return false
+  })
+
+/** {@link repairOnce}, retried with backoff until it is done or not needed. */
+export const repair = (group: Group, member: Member, deletedAt: number): Effect.Effect<void> => {
+  let attempt = 0
+  return repairOnce(group, member, deletedAt).pipe(
+    Effect.tapError((error) =>
+      group.lock.shared(
+        Effect.gen(function* () {
+          attempt++
+          if (!group.members.has(member)) return
+          yield* SubscriptionRef.set(member.state, RegistrationState.Retrying({ attempt, error }))
+          yield* Effect.logWarning("re-registration failed, retrying").pipe(
+            Effect.annotateLogs({ key: member.entry.key, attempt, error: error.message })
+          )
+        })
+      )
+    ),
+    Effect.retry(healSchedule),
+    Effect.catchAll(() => Effect.void),
+    Effect.asVoid
+  )
+}
+
+/** The live lease of a group, if any. */
+export const currentLease = (group: Group): LeaseId | undefined => group.lease?.id
+
+// ---- watching the keys ----
+
+/**
+ * Deleted keys are noticed by watching them, not by reading them on every
+ * heartbeat: a watch reports a delete at once and costs nothing while nothing
+ * changes. One watch per directory (the key up to its last `/`), not per key:
+ * a process's registrations usually sit under one or two directories, so a
+ * thousand registrations are a handful of watch streams. The watch also sees
+ * the other keys of the directory (other instances of the same service) and
+ * ignores them.
+ */
+interface DirWatch {
+  readonly prefix: string
+  /** The members under this directory, by key. */
+  readonly members: Map<string, Set<Member>>
+  /** The revision of the last change the watch has handled. */
+  seen: number
+  fiber: Fiber.RuntimeFiber<void> | undefined
+}
+
+/** The directory watched for a key: up to its last `/`; a key without an inner `/` is watched alone. */
+export const dirOf = (key: string): string => {
+  const slash = key.lastIndexOf("/")
+  return slash <= 0 ? key : key.slice(0, slash + 1)
+}
+
+const watchMember = (group: Group, member: Member): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const key = member.entry.key
+    const prefix = dirOf(key)
+    const existing = group.dirs.get(prefix)
+    if (existing !== undefined) {
+      const same = existing.members.get(key)
+      if (same === undefined) existing.members.set(key, new Set([member]))
+      else same.add(member)
+      // the watch hands over every change in revision order; if it already handled some after our put,
+      // a delete of our key may have gone by before we were listed: look once
+      return existing.seen <= member.lastPut
+        ? Effect.void
+        : Effect.asVoid(Effect.forkIn(Effect.interruptible(checkKey(group, member)), group.scope))
+    }
+    const dir: DirWatch = { prefix, members: new Map([[key, new Set([member])]]), seen: 0, fiber: undefined }
+    group.dirs.set(prefix, dir)
+    return Effect.map(
+      Effect.forkIn(Effect.interruptible(watchDir(group, dir, member.lastPut + 1)), group.scope),
+      (fiber) => {
+        dir.fiber = fiber
+      }
+    )
+  })
+
+const unwatchMember = (group: Group, member: Member): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const key = member.entry.key
+    const dir = group.dirs.get(dirOf(key))
+    const same = dir?.members.get(key)
+    if (dir === undefined || same === undefined) return Effect.void
+    same.delete(member)
+    if (same.size === 0) dir.members.delete(key)
+    if (dir.members.size > 0) return Effect.void
+    group.dirs.delete(dir.prefix)
+    return dir.fiber === undefined ? Effect.void : Fiber.interrupt(dir.fiber)
+  })
+
+/** Puts the member's key back if it is missing now. */
+const checkKey = (group: Group, member: Member): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    const revision = yield* group.client.revision
+    if (Option.isNone(yield* group.client.get(member.entry.key))) yield* repair(group, member, revision)
+  }).pipe(Effect.retry(healSchedule), Effect.ignore)
+
+const membersOf = (dir: DirWatch): ReadonlyArray<Member> => [...dir.members.values()].flatMap((set) => [...set])
+
+/**
+ * Watches a directory from `from` and puts back every member key deleted
+ * there. A watch that etcd cancels (compaction, a wiped cluster) is opened
+ * again after listing the directory, so a delete missed meanwhile is seen.
+ */
+const watchDir = (group: Group, dir: DirWatch, from: number): Effect.Effect<void> => {
+  let first = true
+  const once = Effect.gen(function* () {
+    let start = from
+    if (!first) {
+      const listing = yield* group.client.list(dir.prefix)
+      dir.seen = listing.revision
+      const present = new Set(listing.entries.map((kv) => kv.key))
+      for (const member of membersOf(dir)) {
+        if (!present.has(member.entry.key)) yield* repair(group, member, listing.revision)
+      }
+      start = listing.revision + 1
+    }
+    first = false
+    yield* group.client.watch(dir.prefix, { fromRevision: start }).pipe(
+      Stream.runForEach((event) => {
+        if (event._tag !== "Delete") {
+          if (event._tag === "Put") dir.seen = event.revision
+          return Effect.void
+        }
+        dir.seen = event.revision
+        const members = dir.members.get(event.key)
+        return members === undefined
+          ? Effect.void
+          : Effect.forEach([...members], (member) => repair(group, member, event.revision), { discard: true })
+      })
+    )
+    return yield* new EtcdError({ operation: "watch", reason: "Canceled", detail: "the watch ended" })
+  })
+  return once.pipe(
+    Effect.tapError((error) =>
+      Effect.gen(function* () {
+        // a wiped cluster starts its revisions again: ours mean nothing there
+        if (error.reason === "Rewound") {
+          dir.seen = 0
+          for (const member of membersOf(dir)) member.lastPut = 0
+        }
+        yield* Effect.logWarning("watch of the registered keys failed, watching again").pipe(
+          Effect.annotateLogs({ key: dir.prefix, error: error.message })
+        )
+      })
+    ),
+    Effect.retry(healSchedule),
+    Effect.ignore
+  )
+}
+
+// ---- joining and leaving ----
+
+/**
+ * Joins on the group's live lease (or without lease), under the shared lock:
+ * one put. `NeedLease` when there is no live lease (a new group, or a lost
+ * lease), `Closed` when the group closed meanwhile.
+ */
+const joinShared = (group: Group, member: Member): Effect.Effect<"Joined" | "NeedLease" | "Closed", EtcdError> =>
+  group.lock.shared(
+    Effect.gen(function* () {
+      if (group.closed) return "Closed" as const
+      const lease = group.lease
+      if (group.ttl !== undefined && lease === undefined) return "NeedLease" as const
+      const result = yield* Effect.either(
+        group.client.put(member.entry.key, member.entry.value, { lease: lease?.id }).pipe(
+          Effect.onExit((exit) =>
+            // a put that timed out (or was interrupted) may still have landed on the shared lease
+            Exit.isSuccess(exit) || lease === undefined || isLeaseNotFound(exit.cause)
+              ? Effect.void
+              : Effect.ignore(group.client.delete(member.entry.key))
+          )
+        )
+      )
+      if (Either.isLeft(result)) {
+        if (result.left.reason === "LeaseNotFound") return "NeedLease" as const
+        return yield* result.left
+      }
+      member.lastPut = result.right
+      yield* addMember(group, member)
+      return "Joined" as const
+    })
+  )
+
+/**
+ * Joins when there is no live lease, under the exclusive lock: grants one and
+ * puts every key on it, this member's included. On failure or interruption
+ * nothing stays behind: the new lease is revoked, an empty group is closed.
+ */
+const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Effect<boolean, EtcdError> =>
+  group.lock.exclusive(
+    Effect.gen(function* () {
+      if (group.closed) return false
+      const lease = group.lease
+      if (lease !== undefined) {
+        // someone else granted one meanwhile, or the lease is lost and not known yet
+        const result = yield* Effect.either(group.client.put(member.entry.key, member.entry.value, { lease: lease.id }))
+        if (Either.isRight(result)) {
+          member.lastPut = result.right
+          yield* addMember(group, member)
+          return true
+        }
+        if (result.left.reason !== "LeaseNotFound") return yield* result.left
+        yield* leaseLost(group, lease.id, result.left)
+      }
+      yield* grantAndPutAll(group, ttl, member)
+      yield* addMember(group, member)
+      return true
+    }).pipe(
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit) || group.closed || group.members.size > 0 ? Effect.void : closeGroup(group)
+      )
+    )
+  )
+
+const addMember = (group: Group, member: Member): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    group.members.add(member)
+    member.group = group
+    return Effect.zipRight(
+      watchMember(group, member),
+      SubscriptionRef.set(member.state, RegistrationState.Registered({ lease: group.lease?.id }))
+    )
+  })
+
+const isLeaseNotFound = (cause: Cause.Cause<EtcdError>): boolean =>
+  Option.exists(Cause.failureOption(cause), (e) => e.reason === "LeaseNotFound")
+
+/**
+ * Joins the member to the group of its TTL option on this client: puts its
+ * key on the group's lease, granting one if there is none.
+ */
+export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Member): Effect.Effect<Group, EtcdError> =>
+  Effect.gen(function* () {
+    for (;;) {
+      const group = yield* groupFor(client, ttl)
+      const fast = yield* joinShared(group, member)
+      if (fast === "Joined") return group
+      if (fast === "NeedLease" && ttl !== undefined && (yield* joinExclusive(group, ttl, member))) return group
+      // the group closed while we waited for it: take a fresh one
+    }
+  })
+
+/**
+ * Removes the member and its key. The last member of a group stops the
+ * heartbeat and revokes the lease (which deletes the key), falling back to
+ * deleting the key; other members delete their key, and if etcd does not
+ * answer, a background fiber keeps trying while the shared lease lives.
+ * The member's state is `Deregistered` whatever happens to the requests.
+ */
+export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
+  group.lock.exclusive(
+    Effect.gen(function* () {
+      if (!group.members.delete(member)) return
+      yield* unwatchMember(group, member)
+      yield* SubscriptionRef.set(member.state, RegistrationState.Deregistered())
+      const key = member.entry.key
+      if (group.members.size === 0) {
+        const lease = group.lease
+        yield* closeGroup(group)
+        if (lease !== undefined) {
+          const revoked = yield* Effect.either(group.client.revoke(lease.id))
+          if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
+          yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
+            Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
+          )
+        }
+        yield* Effect.asVoid(group.client.delete(key))
+        return
+      }
+      const deleted = yield* Effect.either(group.client.delete(key))
+      if (Either.isRight(deleted)) return
+      // the shared lease would keep the key alive: keep trying in the background
+      const retryDelete = group.lock
+        .shared(
+          Effect.gen(function* () {
+            const again = [...group.members].some((m) => m.entry.key === key)
+            if (!again && !group.closed) yield* group.client.delete(key)
+          })
+        )
+        .pipe(Effect.retry(healSchedule), Effect.ignore)
+      yield* Effect.forkIn(Effect.interruptible(retryDelete), group.scope)
+      return yield* deleted.left
+    })
+  )

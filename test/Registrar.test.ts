@@ -1,0 +1,583 @@
+/**
+ * The Registrar on the in-memory etcd, driven by the TestClock: heartbeats,
+ * self-healing, deregistration, shared leases, bad input.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as HashMap from "effect/HashMap"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import { type EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
+import type { EtcdError, InvalidOptions } from "../src/EtcdError.js"
+import { NoKey, NoValue } from "../src/EtcdError.js"
+import * as Registrar from "../src/Registrar.js"
+import type { Service } from "../src/Service.js"
+import * as TtlOption from "../src/TtlOption.js"
+
+type State = Registrar.RegistrationState
+
+const ttlOf = (heartbeat: Duration.DurationInput, ttl: Duration.DurationInput) => TtlOption.make({ heartbeat, ttl })
+
+/** heartbeat 1 s, TTL 3 s */
+const standard = ttlOf("1 second", "3 seconds")
+
+const service = (key: string, ttl?: TtlOption.TtlOption): Service => ({ key, value: `http://${key.slice(1)}`, ttl })
+
+/** The key as stored, read past any injected fault. */
+const stored = (key: string) =>
+  Effect.flatMap(MemoryEtcd, (etcd) => Effect.orDie(etcd.client.get(key))).pipe(Effect.map(Option.getOrUndefined))
+
+const leaseIds = Effect.flatMap(MemoryEtcd, (etcd) => etcd.leases).pipe(Effect.map((m) => [...m.keys()]))
+
+const keepAlives = Effect.flatMap(MemoryEtcd, (etcd) => etcd.keepAliveCount)
+
+const revision = Effect.flatMap(MemoryEtcd, (etcd) => Effect.orDie(etcd.client.revision))
+
+const leaseOf = (registration: Registrar.Registration) =>
+  Effect.map(Registrar.state(registration), (s) => (s._tag === "Registered" ? s.lease : undefined))
+
+/**
+ * Records every state of a registration with the clock time it was seen at;
+ * returns once the recorder has seen the current state (so nothing after it is missed).
+ */
+const recordStates = (registration: Registrar.Registration) =>
+  Effect.gen(function* () {
+    const log = yield* Ref.make<Array<readonly [number, State]>>([])
+    const ready = yield* Deferred.make<void>()
+    yield* registration.state.changes.pipe(
+      Stream.runForEach((state) =>
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis
+          yield* Ref.update(log, (entries) => [...entries, [now, state] as const])
+          yield* Deferred.succeed(ready, undefined)
+        })
+      ),
+      Effect.forkScoped
+    )
+    yield* Deferred.await(ready)
+    return log
+  })
+
+/** Advances the TestClock in `step`s until `done` holds; fails the test after `limit`. Returns the time it took. */
+const advanceUntil = (
+  done: Effect.Effect<boolean, never, MemoryEtcdControl | EtcdClient>,
+  step: Duration.DurationInput = "100 millis",
+  limit: Duration.DurationInput = "5 minutes"
+) =>
+  Effect.gen(function* () {
+    const start = yield* Clock.currentTimeMillis
+    const max = Duration.toMillis(limit)
+    while (!(yield* done)) {
+      if ((yield* Clock.currentTimeMillis) - start > max) {
+        return yield* Effect.dieMessage(`condition not met within ${Duration.format(limit)}`)
+      }
+      yield* TestClock.adjust(step)
+    }
+    return (yield* Clock.currentTimeMillis) - start
+  })
+
+const isRegistered = (registration: Registrar.Registration) =>
+  Effect.map(Registrar.state(registration), (s) => s._tag === "Registered")
+
+const counter = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (s) => s.count)
+
+describe("Registrar on the in-memory etcd", () => {
+  it.scoped("make returns once the key is in etcd, on a lease of the TTL", () =>
+    Effect.gen(function* () {
+      const before = yield* counter(Registrar.metrics.registrations)
+      const registration = yield* Registrar.make(service("/svc/a/1", yield* standard))
+      const state = yield* Registrar.state(registration)
+      expect(state._tag).toBe("Registered")
+      const lease = yield* leaseOf(registration)
+      const kv = yield* stored("/svc/a/1")
+      expect(kv?.value).toBe("http://svc/a/1")
+      expect(kv?.lease).toBe(lease)
+      const leases = yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.leases)
+      expect([...leases]).toEqual([[lease, 3]])
+      expect(yield* counter(Registrar.metrics.registrations)).toBe(before + 1)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("heartbeats: one keep-alive per heartbeat, and the key outlives many TTLs", () =>
+    Effect.gen(function* () {
+      yield* Registrar.make(service("/svc/hb/1", yield* standard))
+      expect(yield* keepAlives).toBe(0)
+      yield* TestClock.adjust("999 millis")
+      expect(yield* keepAlives).toBe(0)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* keepAlives).toBe(1)
+      yield* TestClock.adjust("9 seconds")
+      expect(yield* keepAlives).toBe(10)
+      yield* TestClock.adjust("50 seconds")
+      expect(yield* keepAlives).toBe(60)
+      expect((yield* stored("/svc/hb/1"))?.value).toBe("http://svc/hb/1")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("closing the scope revokes the lease: the key is gone at once", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const registration = yield* Registrar.make(service("/svc/close/1", yield* standard)).pipe(Scope.extend(scope))
+      const lease = yield* leaseOf(registration)
+      expect(yield* leaseIds).toEqual([lease])
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* stored("/svc/close/1")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a scope that fails or is interrupted deregisters too", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const failed = yield* Effect.exit(
+        Effect.scoped(Effect.zipRight(Registrar.make(service("/svc/fail/1", ttl)), Effect.fail("boom" as const)))
+      )
+      expect(Exit.isFailure(failed)).toBe(true)
+      expect(yield* stored("/svc/fail/1")).toBeUndefined()
+
+      const registered = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(
+        Effect.scoped(
+          Effect.zipRight(
+            Effect.zipRight(Registrar.make(service("/svc/fail/2", ttl)), Deferred.succeed(registered, undefined)),
+            Effect.never
+          )
+        )
+      )
+      yield* Deferred.await(registered)
+      expect((yield* stored("/svc/fail/2"))?.value).toBe("http://svc/fail/2")
+      yield* Fiber.interrupt(fiber)
+      expect(yield* stored("/svc/fail/2")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a lease revoked by someone else is granted again and the key comes back", () =>
+    Effect.gen(function* () {
+      const before = yield* counter(Registrar.metrics.reRegistrations)
+      const lostBefore = yield* counter(Registrar.metrics.leasesLost)
+      const registration = yield* Registrar.make(service("/svc/lost/1", yield* standard))
+      const states = yield* recordStates(registration)
+      const first = (yield* leaseOf(registration))!
+      yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.loseLease(first))
+      yield* advanceUntil(
+        Effect.map(Registrar.state(registration), (s) => s._tag === "Registered" && s.lease !== first)
+      )
+      const second = yield* leaseOf(registration)
+      expect(second).not.toBe(first)
+      const kv = yield* stored("/svc/lost/1")
+      expect(kv?.value).toBe("http://svc/lost/1")
+      expect(kv?.lease).toBe(second)
+      expect(yield* leaseIds).toEqual([second])
+      const tags = (yield* Ref.get(states)).map(([, s]) => s._tag)
+      expect(tags).toEqual(["Registered", "Retrying", "Registered"])
+      const retrying = (yield* Ref.get(states))[1]![1]
+      expect(retrying._tag === "Retrying" && retrying.error.reason).toBe("LeaseNotFound")
+      expect(yield* counter(Registrar.metrics.reRegistrations)).toBe(before + 1)
+      expect(yield* counter(Registrar.metrics.leasesLost)).toBe(lostBefore + 1)
+      // and the new lease is kept alive
+      const count = yield* keepAlives
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* keepAlives).toBe(count + 10)
+      expect((yield* stored("/svc/lost/1"))?.lease).toBe(second)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "etcd unreachable for longer than the TTL: the lease is given up after one TTL, re-granting backs off (jittered, capped at 2 s) and succeeds once etcd is back",
+    () =>
+      Effect.gen(function* () {
+        const etcd = yield* MemoryEtcd
+        const registration = yield* Registrar.make(service("/svc/outage/1", yield* standard))
+        const first = (yield* leaseOf(registration))!
+        const states = yield* recordStates(registration)
+        const failuresBefore = yield* counter(Registrar.metrics.heartbeatFailures)
+        yield* etcd.setUnavailable
+        const outageStart = yield* Clock.currentTimeMillis
+        // heartbeats at 1, 2, 3 s fail; the last good keep-alive was sent at 0 s: lost at 3 s
+        yield* advanceUntil(Effect.map(Registrar.state(registration), (s) => s._tag === "Retrying"))
+        expect((yield* Clock.currentTimeMillis) - outageStart).toBe(3000)
+        expect(yield* counter(Registrar.metrics.heartbeatFailures)).toBe(failuresBefore + 3)
+        // keep etcd away for a minute
+        yield* TestClock.adjust("60 seconds")
+        const retries = (yield* Ref.get(states)).filter(([, s]) => s._tag === "Retrying")
+        const attempts = retries.map(([, s]) => (s._tag === "Retrying" ? s.attempt : 0))
+        expect(attempts.slice(0, 5)).toEqual([1, 2, 3, 4, 5])
+        // attempt 1 follows the loss at once; the gap before attempt n+1 is the backoff:
+        // 200 ms doubling, capped at 2 s, jittered ±20 %
+        const gaps = retries.slice(1).map(([t], i) => t - retries[i]![0])
+        expect(gaps[0]).toBe(0)
+        gaps.slice(1).forEach((gap, i) => {
+          const base = Math.min(200 * 2 ** i, 2000)
+          expect(gap).toBeGreaterThanOrEqual(Math.floor(base * 0.8))
+          expect(gap).toBeLessThanOrEqual(Math.ceil(base * 1.2))
+        })
+        expect(gaps.length).toBeGreaterThan(25)
+        // no key was put meanwhile, etcd being unreachable
+        expect((yield* Registrar.state(registration))._tag).toBe("Retrying")
+        yield* etcd.restore
+        const took = yield* advanceUntil(isRegistered(registration))
+        expect(took).toBeLessThanOrEqual(2400)
+        const second = yield* leaseOf(registration)
+        expect(second).not.toBe(first)
+        expect((yield* stored("/svc/outage/1"))?.lease).toBe(second)
+        // the abandoned lease (which etcd refreshed on its return) is revoked
+        expect(yield* leaseIds).toEqual([second])
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a short outage (less than the TTL) keeps the lease: heartbeat failures only", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/blip/1", yield* standard))
+      const lease = yield* leaseOf(registration)
+      const states = yield* recordStates(registration)
+      yield* etcd.setUnavailable
+      yield* TestClock.adjust("2 seconds")
+      yield* etcd.restore
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Ref.get(states)).map(([, s]) => s._tag)).toEqual(["Registered"])
+      expect(yield* leaseOf(registration)).toBe(lease)
+      expect((yield* stored("/svc/blip/1"))?.lease).toBe(lease)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a key deleted by someone else is put back on the same lease", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/del/1", yield* standard))
+      const lease = yield* leaseOf(registration)
+      const states = yield* recordStates(registration)
+      // a neighbour whose key shares our prefix does not count
+      yield* Effect.orDie(etcd.client.put("/svc/del/10", "other"))
+      yield* Effect.orDie(etcd.client.delete("/svc/del/10"))
+      const { revision: deletedAt } = yield* Effect.orDie(etcd.client.delete("/svc/del/1"))
+      yield* advanceUntil(Effect.map(stored("/svc/del/1"), (kv) => kv !== undefined))
+      const kv = (yield* stored("/svc/del/1"))!
+      expect(kv.value).toBe("http://svc/del/1")
+      expect(kv.lease).toBe(lease)
+      expect(kv.modRevision).toBe(deletedAt + 1)
+      expect((yield* Ref.get(states)).map(([, s]) => s._tag)).toEqual(["Registered", "Registered"])
+      expect(yield* leaseIds).toEqual([lease])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a wiped cluster (revision back to 1): the key comes back on a new lease", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/wipe/1", yield* standard))
+      // some history, so that the wiped store is behind what the watch has seen
+      for (let i = 0; i < 5; i++) yield* Effect.orDie(etcd.client.put("/other", `${i}`))
+      const lease = yield* leaseOf(registration)
+      yield* etcd.wipe
+      yield* advanceUntil(
+        Effect.gen(function* () {
+          const kv = yield* stored("/svc/wipe/1")
+          return kv !== undefined && (yield* isRegistered(registration))
+        })
+      )
+      const kv = (yield* stored("/svc/wipe/1"))!
+      expect(kv.lease).not.toBe(lease)
+      expect(kv.lease).toBe(yield* leaseOf(registration))
+      // and it stays: deleting it again is noticed on the new history
+      yield* Effect.orDie(etcd.client.delete("/svc/wipe/1"))
+      yield* advanceUntil(Effect.map(stored("/svc/wipe/1"), (kv) => kv !== undefined))
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("after deregistration nothing is kept alive or put again, however long the clock runs", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/dereg/1", yield* standard))
+      yield* TestClock.adjust("5 seconds")
+      yield* registration.deregister
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+      expect(yield* stored("/svc/dereg/1")).toBeUndefined()
+      const count = yield* keepAlives
+      const rev = yield* revision
+      // someone deletes and puts keys around, a lease is lost: none of it concerns us any more
+      yield* Effect.orDie(etcd.client.put("/svc/dereg/1", "squatter"))
+      yield* Effect.orDie(etcd.client.delete("/svc/dereg/1"))
+      yield* TestClock.adjust("1 hour")
+      expect(yield* keepAlives).toBe(count)
+      expect(yield* revision).toBe(rev + 2)
+      expect(yield* stored("/svc/dereg/1")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("deregistered while re-granting (etcd down): never comes back once etcd is (kratos #3180)", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/3180/1", yield* standard))
+      yield* etcd.setUnavailable
+      yield* advanceUntil(Effect.map(Registrar.state(registration), (s) => s._tag === "Retrying"))
+      yield* TestClock.adjust("5 seconds")
+      const result = yield* Effect.either(registration.deregister)
+      // etcd is down: the key could not be removed now, and the caller is told
+      expect(result._tag === "Left" && result.left.reason).toBe("Unavailable")
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+      const count = yield* keepAlives
+      yield* etcd.restore
+      // the old lease, refreshed by etcd's return, holds the key until it expires unrenewed
+      yield* TestClock.adjust("1 hour")
+      expect(yield* stored("/svc/3180/1")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      expect(yield* keepAlives).toBe(count)
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("register and deregister are idempotent; register works again after deregister", () =>
+    Effect.gen(function* () {
+      const registration = yield* Registrar.make(service("/svc/idem/1", yield* standard))
+      const lease = yield* leaseOf(registration)
+      const rev = yield* revision
+      yield* registration.register
+      yield* registration.register
+      expect(yield* revision).toBe(rev)
+      expect(yield* leaseOf(registration)).toBe(lease)
+      yield* registration.deregister
+      yield* registration.deregister
+      expect(yield* stored("/svc/idem/1")).toBeUndefined()
+      yield* registration.register
+      const again = yield* leaseOf(registration)
+      expect(again).not.toBe(lease)
+      expect((yield* stored("/svc/idem/1"))?.lease).toBe(again)
+      // and it heals as any registration does
+      yield* Effect.flatMap(MemoryEtcd, (etcd) => Effect.orDie(etcd.client.delete("/svc/idem/1")))
+      yield* advanceUntil(Effect.map(stored("/svc/idem/1"), (kv) => kv !== undefined))
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("Registrar.layer registers while the layer lives and deregisters when it ends", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(Registrar.layer(service("/svc/layer/1", ttl)), scope)
+      const registration = Context.get(context, Registrar.Registrar)
+      expect((yield* stored("/svc/layer/1"))?.lease).toBe(yield* leaseOf(registration))
+      yield* Effect.provide(Registrar.deregister, context)
+      expect(yield* stored("/svc/layer/1")).toBeUndefined()
+      yield* Effect.provide(Registrar.register, context)
+      expect((yield* stored("/svc/layer/1"))?.value).toBe("http://svc/layer/1")
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* stored("/svc/layer/1")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("without a TTL: a plain key, no lease, no heartbeat, put back when deleted", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const scope = yield* Scope.make()
+      const registration = yield* Registrar.make(service("/svc/plain/1")).pipe(Scope.extend(scope))
+      expect(yield* Registrar.state(registration)).toEqual(Registrar.RegistrationState.Registered({ lease: undefined }))
+      const kv = yield* stored("/svc/plain/1")
+      expect(kv?.lease).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      yield* Effect.orDie(etcd.client.delete("/svc/plain/1"))
+      yield* advanceUntil(Effect.map(stored("/svc/plain/1"), (kv) => kv !== undefined))
+      yield* TestClock.adjust("1 minute")
+      expect(yield* keepAlives).toBe(0)
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* stored("/svc/plain/1")).toBeUndefined()
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("logs register, lease lost, re-registered, deregister with the key and lease", () =>
+    Effect.gen(function* () {
+      const lines = yield* Ref.make<Array<{ message: string; key: unknown; lease: unknown }>>([])
+      const logger = Logger.make(({ annotations, message }) => {
+        const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
+        const annotation = (name: string) => Option.getOrUndefined(HashMap.get(annotations, name))
+        Effect.runSync(
+          Ref.update(lines, (all) => [...all, { message: text, key: annotation("key"), lease: annotation("lease") }])
+        )
+      })
+      yield* Effect.gen(function* () {
+        const registration = yield* Registrar.make(service("/svc/log/1", yield* standard))
+        const first = (yield* leaseOf(registration))!
+        yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.loseLease(first))
+        yield* advanceUntil(Effect.map(leaseOf(registration), (l) => l !== undefined && l !== first))
+        const second = (yield* leaseOf(registration))!
+        yield* registration.deregister
+        const logged = yield* Ref.get(lines)
+        expect(logged.map((l) => l.message)).toEqual(["register", "lease lost", "re-registered", "deregister"])
+        expect(logged.map((l) => l.key)).toEqual(["/svc/log/1", "/svc/log/1", "/svc/log/1", "/svc/log/1"])
+        expect(logged.map((l) => l.lease)).toEqual([first, first, second, second])
+      }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+    }).pipe(Effect.provide(layerMemory))
+  )
+})
+
+describe("Registrar shares one lease per client and TTL option", () => {
+  it.scoped("1000 registrations: one lease, one keep-alive per heartbeat", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const registrations = yield* Effect.forEach(Chunk.range(1, 1000), (i) =>
+        Registrar.make(service(`/svc/many/${i}`, ttl))
+      )
+      const leases = yield* leaseIds
+      expect(leases.length).toBe(1)
+      for (const r of registrations) expect(yield* leaseOf(r)).toBe(leases[0])
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* keepAlives).toBe(10)
+      const listing = yield* Effect.flatMap(MemoryEtcd, (etcd) => Effect.orDie(etcd.client.list("/svc/many/")))
+      expect(listing.entries.length).toBe(1000)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("deregistering one deletes only its key; the lease is revoked with the last", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const a = yield* Registrar.make(service("/svc/share/a", ttl))
+      const b = yield* Registrar.make(service("/svc/share/b", ttl))
+      const lease = yield* leaseOf(a)
+      expect(yield* leaseOf(b)).toBe(lease)
+      yield* a.deregister
+      expect(yield* stored("/svc/share/a")).toBeUndefined()
+      expect((yield* stored("/svc/share/b"))?.lease).toBe(lease)
+      expect(yield* leaseIds).toEqual([lease])
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* stored("/svc/share/b"))?.lease).toBe(lease)
+      yield* b.deregister
+      expect(yield* stored("/svc/share/b")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      // a new registration starts a new lease
+      const c = yield* Registrar.make(service("/svc/share/c", ttl))
+      expect(yield* leaseOf(c)).not.toBe(lease)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a lost shared lease: every key of it comes back on one new lease", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const registrations = yield* Effect.forEach(["a", "b", "c"], (k) =>
+        Registrar.make(service(`/svc/lostshared/${k}`, ttl))
+      )
+      const first = (yield* leaseOf(registrations[0]!))!
+      yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.loseLease(first))
+      yield* advanceUntil(
+        Effect.map(Effect.forEach(registrations, leaseOf), (leases) =>
+          leases.every((l) => l !== undefined && l !== first)
+        )
+      )
+      const [second] = yield* leaseIds
+      for (const k of ["a", "b", "c"]) expect((yield* stored(`/svc/lostshared/${k}`))?.lease).toBe(second)
+      for (const r of registrations) expect(yield* leaseOf(r)).toBe(second)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("different TTL options, or different clients, never share a lease", () =>
+    Effect.gen(function* () {
+      const a = yield* Registrar.make(service("/svc/apart/a", yield* standard))
+      const b = yield* Registrar.make(service("/svc/apart/b", yield* ttlOf("2 seconds", "6 seconds")))
+      expect(yield* leaseOf(a)).not.toBe(yield* leaseOf(b))
+      expect((yield* leaseIds).length).toBe(2)
+      // another client (another in-memory etcd): its own lease
+      const other = yield* Registrar.make(service("/svc/apart/a", yield* standard)).pipe(Effect.provide(layerMemory))
+      expect(yield* leaseOf(other)).toBeDefined()
+      expect((yield* leaseIds).length).toBe(2)
+      yield* TestClock.adjust("6 seconds")
+      // 6 heartbeats of 1 s and 3 of 2 s
+      expect(yield* keepAlives).toBe(9)
+    }).pipe(Effect.provide(layerMemory))
+  )
+})
+
+describe("Registrar rejects bad input before touching etcd", () => {
+  const untouched = <E>(attempt: Effect.Effect<unknown, E, EtcdClient | Scope.Scope>) =>
+    Effect.gen(function* () {
+      const rev = yield* revision
+      const error = yield* Effect.flip(attempt)
+      expect(yield* revision).toBe(rev)
+      expect(yield* leaseIds).toEqual([])
+      expect(yield* keepAlives).toBe(0)
+      return error
+    })
+
+  it.scoped("an empty key fails with NoKey", () =>
+    Effect.gen(function* () {
+      const error = yield* untouched(Registrar.make({ key: "", value: "http://x", ttl: yield* standard }))
+      expect(error).toBeInstanceOf(NoKey)
+      expect((error as NoKey).message).toBe("no key provided")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("an empty value fails with NoValue", () =>
+    Effect.gen(function* () {
+      const error = yield* untouched(Registrar.make({ key: "/svc/x", value: "", ttl: yield* standard }))
+      expect(error).toBeInstanceOf(NoValue)
+      expect((error as NoValue).message).toBe("no value provided")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a 100 ms heartbeat fails with InvalidOptions, from TtlOption.make and from a hand-built option", () =>
+    Effect.gen(function* () {
+      const fromMake = yield* Effect.flip(ttlOf("100 millis", "3 seconds"))
+      expect(fromMake._tag).toBe("InvalidOptions")
+      expect(fromMake.option).toBe("heartbeat")
+      const handBuilt: TtlOption.TtlOption = {
+        _tag: "TtlOption",
+        heartbeat: Duration.millis(100),
+        ttl: Duration.seconds(3),
+        ttlSeconds: 3
+      }
+      const error = (yield* untouched(Registrar.make(service("/svc/bad/hb", handBuilt)))) as InvalidOptions
+      expect(error._tag).toBe("InvalidOptions")
+      expect(error.option).toBe("heartbeat")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a TTL not greater than the heartbeat fails with InvalidOptions", () =>
+    Effect.gen(function* () {
+      for (const [heartbeat, ttl] of [
+        ["1 second", "1 second"],
+        ["2 seconds", "1 second"]
+      ] as const) {
+        const fromMake = yield* Effect.flip(ttlOf(heartbeat, ttl))
+        expect(fromMake.option).toBe("ttl")
+        const handBuilt: TtlOption.TtlOption = {
+          _tag: "TtlOption",
+          heartbeat: Duration.decode(heartbeat),
+          ttl: Duration.decode(ttl),
+          ttlSeconds: Math.ceil(Duration.toSeconds(ttl))
+        }
+        const error = (yield* untouched(Registrar.make(service("/svc/bad/ttl", handBuilt)))) as InvalidOptions
+        expect(error._tag).toBe("InvalidOptions")
+        expect(error.option).toBe("ttl")
+      }
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("the errors are typed: catchTag handles each", () =>
+    Effect.gen(function* () {
+      const outcome = yield* Registrar.make({ key: "", value: "" }).pipe(
+        Effect.as("registered"),
+        Effect.catchTags({
+          NoKey: () => Effect.succeed("no key"),
+          NoValue: () => Effect.succeed("no value"),
+          InvalidOptions: () => Effect.succeed("invalid"),
+          EtcdError: (e: EtcdError) => Effect.succeed(e.reason)
+        })
+      )
+      expect(outcome).toBe("no key")
+    }).pipe(Effect.provide(layerMemory))
+  )
+})
