@@ -13,6 +13,8 @@ export * as EtcdClient from "./EtcdClient.js"
 /** @since 0.1.0 */
 export * as EtcdError from "./EtcdError.js"
 /** @since 0.1.0 */
+export * as HttpEndpoint from "./HttpEndpoint.js"
+/** @since 0.1.0 */
 export * as Registrar from "./Registrar.js"
 /** @since 0.1.0 */
 export * as Retry from "./Retry.js"
