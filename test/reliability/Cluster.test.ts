@@ -1,0 +1,400 @@
+/**
+ * Reliability against a real 3-member etcd cluster spawned by the test kit:
+ * the leader killed, a member hung, every member stopped for longer than the
+ * TTL, the whole cluster wiped. Each test checks what a user sees: the
+ * registrations' keys in etcd, the registrations' states, and the subscriber's
+ * instances against etcd's keys. Figures are logged as `[measure]` lines.
+ *
+ * Every wait is on an event (a state or instance change, a watch event, the
+ * kit's leader election), bounded by a safety-net timeout; the only sleep is
+ * the outage that is the scenario.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { ConnectionPool } from "etcd3/lib/connection-pool.js"
+import { randomUUID } from "node:crypto"
+import * as EtcdClient from "../../src/EtcdClient.js"
+import * as Registrar from "../../src/Registrar.js"
+import * as Subscriber from "../../src/Subscriber.js"
+import { EtcdCluster } from "../../src/testing/index.js"
+import * as TtlOption from "../../src/TtlOption.js"
+import {
+  awaitAllRegistered,
+  awaitConverged,
+  awaitInstances,
+  awaitRegisteredInEtcd,
+  captureLogs,
+  echoFactory,
+  measure,
+  now,
+  observerOf,
+  recordChanges,
+  recordStates,
+  sameInstances,
+  timed,
+  truth,
+  within
+} from "./support.js"
+import { etcd3 } from "../testing-helpers.js"
+
+const run = randomUUID().slice(0, 8)
+
+/** Every member running and unpaused, whatever an earlier test left behind. */
+const healthyCluster = Effect.gen(function* () {
+  const cluster = yield* EtcdCluster.EtcdCluster
+  yield* Effect.forEach(cluster.members, (member) => member.resume, { discard: true })
+  yield* cluster.start
+  yield* cluster.leader
+  return cluster
+})
+
+/** `count` registrations under `prefix` through `client`, half on a 2 s TTL, half on a 3 s TTL. */
+const registerMany = (client: EtcdClient.EtcdClient, prefix: string, count: number) =>
+  Effect.gen(function* () {
+    const short = yield* TtlOption.make({ heartbeat: "500 millis", ttl: "2 seconds" })
+    const long = yield* TtlOption.make({ heartbeat: "1 second", ttl: "3 seconds" })
+    return yield* Effect.forEach(
+      Array.from({ length: count }, (_, i) => i),
+      (i) =>
+        Registrar.make({
+          key: `${prefix}instance-${String(i).padStart(2, "0")}`,
+          value: `http://10.0.${Math.floor(i / 250)}.${i % 250}:8080`,
+          ttl: i % 2 === 0 ? short : long
+        }),
+      { concurrency: 4 }
+    ).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+  })
+
+const subscribe = (client: EtcdClient.EtcdClient, prefix: string) =>
+  Subscriber.make({ prefix, factory: echoFactory }).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+
+describe("Reliability: a 3-member cluster", () => {
+  layer(EtcdCluster.layer(), { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+    it.scoped(
+      "leader SIGKILLed: no registration is lost, the subscriber follows within 5 s of the new leader, and again after the member is back",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          const prefix = `/reliability-${run}/leader-loss/`
+          const client = yield* EtcdClient.make(cluster.clientOptions)
+          const observer = yield* observerOf(cluster.clientUrls)
+          const registrations = yield* registerMany(client, prefix, 20)
+          const subscriber = yield* subscribe(client, prefix)
+          yield* awaitConverged(subscriber, observer, 10, "the subscriber to hold the 20 instances")
+          expect((yield* truth(observer, prefix)).size).toBe(20)
+          const changes = yield* recordChanges(observer, prefix)
+          const states = yield* recordStates(registrations)
+
+          const leader = yield* cluster.leader
+          const killedAt = now()
+          yield* leader.kill
+          const next = yield* cluster.leader
+          const electedAt = now()
+          expect(next).not.toBe(leader)
+
+          // a change made through the client after the election, as a user would make one
+          const probeScope = yield* Scope.make()
+          const probeTtl = yield* TtlOption.make({ heartbeat: "500 millis", ttl: "2 seconds" })
+          yield* Registrar.make({ key: `${prefix}probe`, value: "http://probe:8080", ttl: probeTtl }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client),
+            Scope.extend(probeScope),
+            within(30, "registering the probe after the election")
+          )
+          const probedAt = now()
+          const held = yield* awaitConverged(subscriber, observer, 30, "the subscriber to see the probe")
+          const convergedAt = now()
+          expect(held.size).toBe(21)
+          expect(convergedAt - electedAt).toBeLessThanOrEqual(5000)
+          yield* awaitAllRegistered(registrations, 30, "every registration Registered after the election")
+          const settledAt = now()
+          expect((yield* truth(observer, prefix)).size).toBe(21)
+          const deletes = changes.changes.filter((c) => c._tag === "Delete")
+          expect(deletes).toEqual([])
+          const left = states.transitions.filter((t) => t.tag !== "Registered")
+          yield* measure("leader loss: SIGKILL -> new leader agreed", electedAt - killedAt)
+          yield* measure("leader loss: new leader -> probe registered through the client", probedAt - electedAt)
+          yield* measure("leader loss: new leader -> subscriber equals etcd (probe included)", convergedAt - electedAt)
+          yield* measure("leader loss: SIGKILL -> every registration Registered", settledAt - killedAt)
+          yield* Effect.log(
+            `[measure] leader loss: keys deleted: ${deletes.length}; registration states other than Registered seen: ${left.length} (${[...new Set(left.map((t) => t.tag))].join(", ") || "none"})`
+          )
+
+          // the killed member back
+          const restartAt = now()
+          yield* leader.start
+          const restartedAt = now()
+          yield* Scope.close(probeScope, Exit.void)
+          const back = yield* awaitConverged(subscriber, observer, 30, "the subscriber to drop the probe")
+          const backAt = now()
+          expect(back.size).toBe(20)
+          yield* awaitAllRegistered(registrations, 30, "every registration Registered after the restart")
+          // a linearizable read through the restarted member alone agrees
+          const direct = yield* observerOf([leader.clientUrl])
+          expect(yield* truth(direct, prefix)).toEqual(yield* truth(observer, prefix))
+          expect(changes.changes.filter((c) => c._tag === "Delete").map((c) => c.key)).toEqual([`${prefix}probe`])
+          yield* measure("leader loss: member restart took", restartedAt - restartAt)
+          yield* measure(
+            "leader loss: member back -> subscriber equals etcd after a deregistration",
+            backAt - restartedAt
+          )
+        })
+    )
+
+    it.scoped(
+      "a hung member (SIGSTOP) the client talks to first: requests fail over within a few headerTimeoutPerRequest, no registration is lost, the subscriber follows; after SIGCONT all is well",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          const prefix = `/reliability-${run}/hung/`
+          // a follower: the hang alone, without an election
+          const [target] = yield* cluster.followers
+          if (target === undefined) return yield* Effect.dieMessage("no follower")
+          const others = cluster.members.filter((member) => member !== target)
+          // etcd3 tries the hosts of every call in a shuffled order. Its test switch fixes the order
+          // (last endpoint first), so that the hung member is the one the client talks to first, on
+          // every call, stream or not: the worst case, every time, instead of a third of the time.
+          const pool = ConnectionPool as unknown as { deterministicOrder: boolean }
+          yield* Effect.acquireRelease(
+            Effect.sync(() => {
+              pool.deterministicOrder = true
+            }),
+            () =>
+              Effect.sync(() => {
+                pool.deterministicOrder = false
+              })
+          )
+          const headerTimeout = 1000
+          const keepAlive = 1000
+          const client = yield* EtcdClient.make({
+            endpoints: [...others.map((member) => member.clientUrl), target.clientUrl],
+            headerTimeoutPerRequest: `${headerTimeout} millis`,
+            dialKeepAlive: `${keepAlive} millis`
+          })
+          const observer = yield* observerOf(others.map((member) => member.clientUrl))
+          const registrations = yield* registerMany(client, prefix, 10)
+          const subscriber = yield* subscribe(client, prefix)
+          yield* awaitConverged(subscriber, observer, 10, "the subscriber to hold the 10 instances")
+          const changes = yield* recordChanges(observer, prefix)
+
+          const pausedAt = now()
+          yield* target.pause
+          // requests, one after the other: each fails over to a live member
+          const latencies: Array<number> = []
+          for (let i = 0; i < 10; i++) {
+            const [, put] = yield* timed(client.put(`/reliability-${run}/hung-requests/${i}`, "x"))
+            const [value, get] = yield* timed(client.get(`/reliability-${run}/hung-requests/${i}`))
+            expect(value._tag === "Some" && value.value.value).toBe("x")
+            latencies.push(put, get)
+          }
+          const slowest = Math.max(...latencies)
+          expect(slowest).toBeLessThan(3 * headerTimeout)
+          // a registration made during the hang, seen by the subscriber
+          const probeTtl = yield* TtlOption.make({ heartbeat: "500 millis", ttl: "2 seconds" })
+          const [, probeTook] = yield* timed(
+            Registrar.make({ key: `${prefix}probe`, value: "http://probe:8080", ttl: probeTtl }).pipe(
+              Effect.provideService(EtcdClient.EtcdClient, client),
+              within(30, "registering the probe during the hang")
+            )
+          )
+          const probedAt = now()
+          const held = yield* awaitConverged(
+            subscriber,
+            observer,
+            30,
+            "the subscriber to see the probe during the hang"
+          )
+          const seenAt = now()
+          expect(held.size).toBe(11)
+          // a watch on the hung member finds out within dialKeepAlive + headerTimeout, and reconnects elsewhere
+          expect(seenAt - probedAt).toBeLessThanOrEqual(keepAlive + 3 * headerTimeout + 1000)
+          // the hang outlasts every TTL twice (the scenario itself, not a wait for an event)
+          yield* Effect.sleep(Math.max(0, pausedAt + 6000 - now()))
+          expect(changes.changes.filter((c) => c._tag === "Delete").map((c) => c.key)).toEqual([])
+
+          const resumedAt = now()
+          yield* target.resume
+          yield* client.put(`${prefix}after-resume`, "http://after-resume:8080")
+          yield* awaitConverged(subscriber, observer, 30, "the subscriber to follow after SIGCONT")
+          const convergedAt = now()
+          yield* awaitAllRegistered(registrations, 30, "every registration Registered after SIGCONT")
+          yield* measure("hung member: slowest request during the hang", slowest)
+          yield* Effect.log(
+            `[measure] hung member: request latencies (ms): ${latencies.map((l) => Math.round(l)).join(" ")}`
+          )
+          yield* measure("hung member: registering during the hang took", probeTook)
+          yield* measure("hung member: registered during the hang -> seen by the subscriber", seenAt - probedAt)
+          yield* measure("hung member: SIGCONT -> subscriber equals etcd", convergedAt - resumedAt)
+        })
+    )
+
+    it.scoped(
+      "every member stopped for 2x the TTL, then started with its data: every registration comes back with no user action; the subscriber equals etcd",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          const prefix = `/reliability-${run}/outage/`
+          const client = yield* EtcdClient.make(cluster.clientOptions)
+          const observer = yield* observerOf(cluster.clientUrls)
+          const registrations = yield* registerMany(client, prefix, 20)
+          // one more, deregistered while etcd is down: it must not come back
+          const leavingScope = yield* Scope.make()
+          const leavingTtl = yield* TtlOption.make({ heartbeat: "500 millis", ttl: "2 seconds" })
+          const leaving = yield* Registrar.make({
+            key: `${prefix}leaving`,
+            value: "http://leaving:8080",
+            ttl: leavingTtl
+          }).pipe(Effect.provideService(EtcdClient.EtcdClient, client), Scope.extend(leavingScope))
+          const subscriber = yield* subscribe(client, prefix)
+          const before = yield* awaitConverged(subscriber, observer, 10, "the subscriber to hold the 21 instances")
+          expect(before.size).toBe(21)
+
+          const stoppedAt = now()
+          yield* cluster.stop
+          // the registrations notice: their leases went a whole TTL without a keep-alive
+          yield* Effect.forEach(
+            registrations,
+            (registration) =>
+              registration.state.changes.pipe(
+                Stream.filter((state) => state._tag === "Retrying"),
+                Stream.runHead
+              ),
+            { concurrency: "unbounded", discard: true }
+          ).pipe(within(30, "every registration Retrying"))
+          const noticedAt = now()
+          expect((yield* subscriber.state.get)._tag).toBe("Failing")
+          yield* Scope.close(leavingScope, Exit.void)
+          expect((yield* leaving.state.get)._tag).toBe("Deregistered")
+          // the outage itself: 2x the longest TTL (3 s)
+          yield* Effect.sleep(Math.max(0, stoppedAt + 6000 - now()))
+
+          const startAt = now()
+          yield* cluster.start
+          const startedAt = now()
+          yield* awaitAllRegistered(registrations, 60, "every registration Registered again")
+          const registeredAt = now()
+          // the last good set was served all along; the subscriber follows etcd again once it is Live
+          yield* subscriber.state.changes.pipe(
+            Stream.filter((state) => state._tag === "Live"),
+            Stream.runHead,
+            within(60, "the subscriber to be Live again")
+          )
+          const liveAt = now()
+          const after = yield* awaitInstances(
+            subscriber,
+            new Map([...before].filter(([key]) => key !== `${prefix}leaving`)),
+            60,
+            "the subscriber to hold the 20 registrations, without the one deregistered during the outage"
+          )
+          const convergedAt = now()
+          expect(sameInstances(yield* truth(observer, prefix), after)).toBe(true)
+          // no lease left behind: the leases in etcd are the ones the registrations hold
+          const raw = yield* etcd3(cluster.clientUrls)
+          const leases = yield* Effect.promise(() => raw.leaseClient.leaseLeases())
+          const held = new Set(
+            (yield* Effect.forEach(registrations, (r) => r.state.get)).flatMap((s) =>
+              s._tag === "Registered" && s.lease !== undefined ? [s.lease] : []
+            )
+          )
+          expect(new Set(leases.leases.map((l) => l.ID))).toEqual(held)
+          yield* measure("full outage: stop -> every registration Retrying", noticedAt - stoppedAt)
+          yield* measure("full outage: members down for", startAt - stoppedAt)
+          yield* measure("full outage: start took", startedAt - startAt)
+          yield* measure("full outage: healthy again -> every registration Registered", registeredAt - startedAt)
+          yield* measure("full outage: healthy again -> subscriber Live", liveAt - startedAt)
+          yield* measure("full outage: healthy again -> subscriber Live and equal to etcd", convergedAt - startedAt)
+        })
+    )
+
+    it.scoped(
+      "a wiped cluster (revision back to 1): registrations register again, the subscriber lists again (Rewound) instead of waiting for an old revision",
+      () =>
+        captureLogs((logs) =>
+          Effect.gen(function* () {
+            const cluster = yield* healthyCluster
+            const prefix = `/reliability-${run}/wiped/`
+            const client = yield* EtcdClient.make(cluster.clientOptions)
+            const observer = yield* observerOf(cluster.clientUrls)
+            const registrations = yield* registerMany(client, prefix, 20)
+            // an instance of a process that went away with the old cluster: no one puts it back
+            yield* observer.put(`${prefix}orphan`, "http://orphan:8080")
+            const subscriber = yield* subscribe(client, prefix)
+            yield* awaitConverged(subscriber, observer, 10, "the subscriber to hold the 21 instances")
+            // the old cluster is far ahead of what re-registering will write to the new one
+            for (let i = 0; i < 100; i++) yield* observer.put(`/reliability-${run}/wiped-elsewhere`, `${i}`)
+            const oldRevision = yield* observer.revision
+
+            const wipeAt = now()
+            yield* cluster.wipe
+            const wipedAt = now()
+            // every registration back in etcd, and only they: the orphan went with the old cluster
+            const expected = new Map(registrations.map((r) => [r.service.key, r.service.value] as const))
+            const after = yield* awaitInstances(subscriber, expected, 60, "the subscriber to hold the 20 registrations")
+            const convergedAt = now()
+            expect(sameInstances(yield* truth(observer, prefix), after)).toBe(true)
+            yield* awaitRegisteredInEtcd(
+              registrations,
+              observer,
+              60,
+              "every registration Registered on the new cluster"
+            )
+            const registeredAt = now()
+            expect(yield* observer.revision).toBeLessThan(oldRevision)
+            const rewound = logs.lines.filter((line) => line.includes(prefix) && line.includes("Rewound"))
+            expect(rewound.length).toBeGreaterThan(0)
+            yield* measure("wiped cluster: wipe took", wipedAt - wipeAt)
+            yield* measure(
+              "wiped cluster: new cluster up -> subscriber holds every registration",
+              convergedAt - wipedAt
+            )
+            yield* measure(
+              "wiped cluster: new cluster up -> every registration Registered on its new lease",
+              registeredAt - wipedAt
+            )
+          })
+        )
+    )
+
+    it.scoped(
+      "a wiped cluster whose new revision is already past the old one when the watch reconnects: the subscriber still drops what the wipe removed",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          // start from a fresh cluster, so that the old revision is small
+          yield* cluster.wipe
+          const prefix = `/reliability-${run}/wiped-overtaken/`
+          const client = yield* EtcdClient.make(cluster.clientOptions)
+          const observer = yield* observerOf(cluster.clientUrls)
+          yield* observer.put(`${prefix}orphan`, "http://orphan:8080")
+          const registrations = yield* registerMany(client, prefix, 3)
+          // a slow reconnect: the new cluster gets ahead before the watch comes back
+          const subscriber = yield* Subscriber.make({
+            prefix,
+            factory: echoFactory,
+            reconnect: Schedule.spaced("3 seconds")
+          }).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+          yield* awaitConverged(subscriber, observer, 10, "the subscriber to hold the 4 instances")
+          const oldRevision = yield* observer.revision
+
+          yield* cluster.wipe
+          const wipedAt = now()
+          for (let i = 0; i < oldRevision + 20; i++) {
+            yield* observer.put(`/reliability-${run}/wiped-overtaken-elsewhere`, `${i}`)
+          }
+          expect(yield* observer.revision).toBeGreaterThan(oldRevision)
+          const expected = new Map(registrations.map((r) => [r.service.key, r.service.value] as const))
+          const after = yield* awaitInstances(subscriber, expected, 30, "the subscriber to drop the orphan")
+          const convergedAt = now()
+          expect(sameInstances(yield* truth(observer, prefix), after)).toBe(true)
+          yield* awaitRegisteredInEtcd(registrations, observer, 60, "every registration Registered on the new cluster")
+          yield* measure(
+            "wiped cluster, revision overtaken: new cluster up -> subscriber equals etcd",
+            convergedAt - wipedAt
+          )
+        })
+    )
+  })
+})
