@@ -587,39 +587,50 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
  * deleting the key; other members delete their key, and if etcd does not
  * answer, a background fiber keeps trying while the shared lease lives.
  * The member's state is `Deregistered` whatever happens to the requests.
+ *
+ * The key goes first: stopping the member's watch and the group's fibers (a
+ * few milliseconds of stream teardown) comes after the request, so that it
+ * does not delay the key's removal. Nothing puts the key back meanwhile: the
+ * member is out of the group, and a closed group neither heals nor joins.
  */
 export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
   group.lock.exclusive(
     Effect.gen(function* () {
       if (!group.members.delete(member)) return
-      yield* unwatchMember(group, member)
       yield* SubscriptionRef.set(member.state, RegistrationState.Deregistered())
       const key = member.entry.key
       if (group.members.size === 0) {
         const lease = group.lease
-        yield* closeGroup(group)
-        if (lease !== undefined) {
-          const revoked = yield* Effect.either(group.client.revoke(lease.id))
-          if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
-          yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
-            Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
-          )
-        }
-        yield* Effect.asVoid(group.client.delete(key))
-        return
+        group.closed = true
+        return yield* Effect.gen(function* () {
+          if (lease !== undefined) {
+            const revoked = yield* Effect.either(group.client.revoke(lease.id))
+            if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
+            yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
+              Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
+            )
+          }
+          yield* Effect.asVoid(group.client.delete(key))
+        }).pipe(Effect.ensuring(Effect.zipRight(unwatchMember(group, member), closeGroup(group))))
       }
-      const deleted = yield* Effect.either(group.client.delete(key))
-      if (Either.isRight(deleted)) return
-      // the shared lease would keep the key alive: keep trying in the background
-      const retryDelete = group.lock
-        .shared(
-          Effect.gen(function* () {
-            const again = [...group.members].some((m) => m.entry.key === key)
-            if (!again && !group.closed) yield* group.client.delete(key)
-          })
-        )
-        .pipe(Effect.retry(healSchedule), Effect.ignore)
-      yield* Effect.forkIn(Effect.interruptible(retryDelete), group.scope)
-      return yield* deleted.left
+      return yield* removeKey(group, key).pipe(Effect.ensuring(unwatchMember(group, member)))
     })
   )
+
+/** Deletes the key of a member that leaves a group others stay in. Call under the exclusive lock. */
+const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
+  Effect.gen(function* () {
+    const deleted = yield* Effect.either(group.client.delete(key))
+    if (Either.isRight(deleted)) return
+    // the shared lease would keep the key alive: keep trying in the background
+    const retryDelete = group.lock
+      .shared(
+        Effect.gen(function* () {
+          const again = [...group.members].some((m) => m.entry.key === key)
+          if (!again && !group.closed) yield* group.client.delete(key)
+        })
+      )
+      .pipe(Effect.retry(healSchedule), Effect.ignore)
+    yield* Effect.forkIn(Effect.interruptible(retryDelete), group.scope)
+    return yield* deleted.left
+  })
