@@ -65,7 +65,8 @@ export const isTransient = (error: EtcdError): boolean => error.reason === "Unav
  * then), or when the store revision is behind a revision this watch has already
  * been promised. A member that merely lags behind answers with its own older
  * revision: a linearizable read of the revision tells it apart from a store
- * that went back.
+ * that went back. A resumed watch is complete or fails with `Compacted`: it
+ * never skips the deletes of a compacted revision.
  */
 export const reconnectingWatch = (
   primitives: Primitives,
@@ -81,8 +82,12 @@ export const reconnectingWatch = (
       // the cluster this watch is following, from its first connection on
       const cluster = yield* Ref.make<string | undefined>(undefined)
       const once: Stream.Stream<WatchEvent, EtcdError> = Stream.unwrap(
-        Effect.map(Ref.get(next), (from) =>
-          primitives.watchOnce(prefix, from).pipe(
+        Effect.map(Effect.all([Ref.get(next), Ref.get(cluster)]), ([from, resuming]) =>
+          // etcd keeps revision C readable after a compaction at C, but drops the tombstones of
+          // its deletes: a watch resumed from exactly C would be accepted and miss them for good.
+          // Resuming one revision early (and dropping what was delivered already) turns that case
+          // into Compacted, so that the caller lists again.
+          primitives.watchOnce(prefix, resuming !== undefined && from > 1 ? from - 1 : from).pipe(
             Stream.mapChunksEffect((chunk) =>
               Effect.gen(function* () {
                 const out: Array<WatchEvent> = []
@@ -110,7 +115,7 @@ export const reconnectingWatch = (
                     if (yield* Ref.getAndSet(disconnected, false)) {
                       out.push({ _tag: "Reconnected", revision: event.revision })
                     }
-                  } else {
+                  } else if (event.revision >= from) {
                     out.push(event)
                     last = event.revision
                   }
