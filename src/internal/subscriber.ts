@@ -386,11 +386,18 @@ export const make = <Req, Res, E, FE, R>(
         yield* applyListing(listing)
         yield* Deferred.succeed(firstAttempt, undefined)
 
-        // then the changes from the listed revision on
+        // then the changes after the listed revision. The watch starts at the listed revision
+        // itself (whose changes the listing holds already, so they are dropped): if a compaction
+        // has passed it, the watch fails with Compacted. Starting one later would be accepted
+        // after a compaction at exactly that revision, whose deletes etcd no longer has: they
+        // would be missed for good.
         let progressed = false
         const watched = yield* client
-          .watch(prefix, { fromRevision: listing.revision + 1, reconnect: options.reconnect })
+          .watch(prefix, { fromRevision: listing.revision, reconnect: options.reconnect })
           .pipe(
+            Stream.filter(
+              (event) => (event._tag !== "Put" && event._tag !== "Delete") || event.revision > listing.revision
+            ),
             Stream.runForEachChunk((chunk) =>
               Effect.gen(function* () {
                 if (!progressed) {
