@@ -13,6 +13,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
+import { timeoutFail } from "./internal/timeout.js"
 
 /**
  * A retried call failed: the callback (or `max`) said stop, or the timeout
@@ -196,12 +197,13 @@ const make = <Req, Res, E, BE, E2>(
   return (request) =>
     Effect.suspend(() => {
       const errors: Array<E | BE> = []
-      return Effect.timeoutFail(
+      return timeoutFail(
         Effect.catchAll(
           Effect.flatMap(balancer, (endpoint) => endpoint(request)),
           (error) => retrying(request, errors, error)
         ),
-        { duration, onTimeout: () => failure(errors, new Cause.TimeoutException(timeoutMessage), true) }
+        duration,
+        () => failure(errors, new Cause.TimeoutException(timeoutMessage), true)
       )
     })
 }

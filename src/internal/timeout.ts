@@ -1,0 +1,59 @@
+/**
+ * A timeout that costs nothing when the effect finishes at once.
+ *
+ * `Effect.timeoutFail` forks two fibers and hops through the scheduler on
+ * every call, tens of microseconds even when the effect is done at once. Here
+ * the effect starts synchronously in a child fiber of the same runtime; when it
+ * is already done (a synchronous endpoint, a cached answer) its exit is
+ * returned at once. Only an effect that really suspends pays for the timer, a
+ * `Clock.sleep` run beside it (so `TestClock` drives it), and is interrupted
+ * when the timer fires.
+ *
+ * @internal
+ */
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as Runtime from "effect/Runtime"
+import * as RuntimeFlags from "effect/RuntimeFlags"
+
+export const timeoutFail = <A, E, R, E2>(
+  self: Effect.Effect<A, E, R>,
+  duration: Duration.Duration,
+  onTimeout: () => E2
+): Effect.Effect<A, E | E2, R> =>
+  Effect.withFiberRuntime<A, E | E2, R>((parent) => {
+    const runtime = Runtime.make({
+      context: parent.currentContext as never,
+      runtimeFlags: RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.CooperativeYielding),
+      fiberRefs: parent.getFiberRefs()
+    }) as Runtime.Runtime<R>
+    const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime)(self, { immediate: true })
+    const done = child.unsafePoll()
+    if (done !== null) return done
+    return Effect.async<A, E | E2>((resume) => {
+      let settled = false
+      let timer: Fiber.RuntimeFiber<void> | undefined = undefined
+      child.addObserver((exit) => {
+        if (settled) return
+        settled = true
+        timer?.unsafeInterruptAsFork(parent.id())
+        resume(exit)
+      })
+      if (settled) return
+      timer = Runtime.runFork(runtime as Runtime.Runtime<never>)(Effect.sleep(duration), { immediate: true })
+      timer.addObserver((exit) => {
+        if (settled || !Exit.isSuccess(exit)) return
+        settled = true
+        child.unsafeInterruptAsFork(parent.id())
+        resume(Effect.fail(onTimeout()))
+      })
+      // the caller was interrupted: stop both
+      return Effect.sync(() => {
+        settled = true
+        timer?.unsafeInterruptAsFork(parent.id())
+        child.unsafeInterruptAsFork(parent.id())
+      })
+    })
+  })
