@@ -85,6 +85,38 @@ describe("Retry", () => {
     })
   )
 
+  it.effect("the attempt in flight is interrupted when the timeout fires, and when the caller is interrupted", () =>
+    Effect.gen(function* () {
+      // an endpoint that hangs, and tells when it starts and when it is interrupted
+      const hanging = Effect.gen(function* () {
+        const started = yield* Deferred.make<void>()
+        const interrupted = yield* Deferred.make<void>()
+        const endpoint: Endpoint<string, string, Boom> = () =>
+          Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
+            Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
+          )
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 second"
+        })
+        return { started, interrupted, call }
+      })
+
+      const first = yield* hanging
+      const timedOut = yield* Effect.fork(Effect.flip(first.call("hi")))
+      yield* Deferred.await(first.started)
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(timedOut)).timedOut).toBe(true)
+      yield* Deferred.await(first.interrupted)
+
+      const second = yield* hanging
+      const caller = yield* Effect.fork(second.call("hi"))
+      yield* Deferred.await(second.started)
+      yield* Fiber.interrupt(caller)
+      yield* Deferred.await(second.interrupted)
+    })
+  )
+
   it.effect("the callback stops early and replaces the error", () =>
     Effect.gen(function* () {
       const { calls, endpoint } = yield* flaky(10)
