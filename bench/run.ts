@@ -115,13 +115,15 @@ const order = <A>(items: ReadonlyArray<A>, round: number): ReadonlyArray<A> => {
 /** 1 + 2: register → visible and deregister → gone, in another process. */
 const registration = async (options: SideOptions, writer: Worker) => {
   console.log(`\n1 + 2. register → visible / deregister → gone, ${config.samples} samples (+${config.warmup} warm-up)`)
-  const variants = ["ours", "raw", "floor"] as const
+  // `floor`: a plain put / delete (no lease) seen by the raw subscriber; `oursReg`: our registrar seen by the
+  // raw subscriber, which tells the registrar's share of the difference from the subscriber's
+  const variants = ["ours", "raw", "floor", "oursReg"] as const
   const prefix = (v: string) => `/bench/registration/${v}/`
   const subs = new Map<string, Worker>()
   const regs = new Map<string, Worker>()
   for (const v of variants) {
     subs.set(v, await startWorker(`sub-${v}`, "sub", v === "ours" ? "ours" : "raw", options))
-    regs.set(v, await startWorker(`reg-${v}`, "reg", v, options))
+    regs.set(v, await startWorker(`reg-${v}`, "reg", v === "oursReg" ? "ours" : v, options))
     await subs.get(v)!.call("sync", { prefix: prefix(v), n: 0 })
   }
   const up = new Map<string, Array<number>>(variants.map((v) => [v, []]))
@@ -169,6 +171,7 @@ const registration = async (options: SideOptions, writer: Worker) => {
             floor: percentile(data.get("floor")!, p),
             oursOverFloor: percentile(data.get("ours")!, p) / percentile(data.get("floor")!, p),
             rawOverFloor: percentile(data.get("raw")!, p) / percentile(data.get("floor")!, p),
+            oursRegistrarRawSubscriber: percentile(data.get("oursReg")!, p),
             oursCall: percentile(calls.get("ours")!, p),
             rawCall: percentile(calls.get("raw")!, p)
           }
