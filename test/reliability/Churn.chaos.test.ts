@@ -1,7 +1,9 @@
 /**
  * Churn soak (npm run test:chaos): 50 registrars come and go for 60 s against
  * a real etcd, across 5 clients (5 processes' worth), while the store is
- * compacted at random moments. A subscriber on its own client follows. At the
+ * compacted at random moments. A subscriber on its own client follows, through
+ * a proxy that drops its connection at random moments, each time followed by a
+ * compaction (so that its watch cannot resume and it must list again). At the
  * end its set equals etcd's keys under the prefix; along the way, every
  * instance it held after its deregistration had completed is measured, and the
  * longest such time is reported (and bounded).
@@ -23,7 +25,7 @@ import * as Registrar from "../../src/Registrar.js"
 import * as Subscriber from "../../src/Subscriber.js"
 import { EtcdServer } from "../../src/testing/index.js"
 import * as TtlOption from "../../src/TtlOption.js"
-import { awaitConverged, captureLogs, echoFactory, measure, now, unhandledRejections } from "./support.js"
+import { awaitConverged, captureLogs, echoFactory, measure, now, tcpProxy, unhandledRejections } from "./support.js"
 
 const run = randomUUID().slice(0, 8)
 const durationMillis = 60_000
@@ -50,7 +52,9 @@ describe("Reliability: churn soak", () => {
             const registrarClients = yield* Effect.forEach(Array.from({ length: clients }), () =>
               EtcdClient.make(server.clientOptions)
             )
-            const subscriberClient = yield* EtcdClient.make(server.clientOptions)
+            // the subscriber's connection goes through a proxy that drops it at random moments
+            const proxy = yield* tcpProxy(server.clientUrl)
+            const subscriberClient = yield* EtcdClient.make({ endpoints: [proxy.url] })
             const ttl = yield* TtlOption.make({ heartbeat: "500 millis", ttl: "2 seconds" })
 
             // what happened to every key (each registration has a key of its own)
@@ -60,6 +64,7 @@ describe("Reliability: churn soak", () => {
             const leftAt = new Map<string, number>()
             const failures: Array<string> = []
             let compactions = 0
+            let severed = 0
 
             const subscriber = yield* Subscriber.make({ prefix, factory: echoFactory }).pipe(
               Effect.provideService(EtcdClient.EtcdClient, subscriberClient)
@@ -112,14 +117,34 @@ describe("Reliability: churn soak", () => {
                   yield* Effect.sleep(yield* Random.nextIntBetween(0, 500))
                 }
               })
+            // two compacting fibers may pick the same revision: the second finds it compacted
+            const compactNow = Effect.flatMap(observer.revision, observer.compact).pipe(
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  compactions++
+                })
+              ),
+              Effect.catchIf(
+                (error) => error.reason === "Compacted",
+                () => Effect.void
+              )
+            )
             const compactor = Effect.gen(function* () {
               for (;;) {
                 yield* Effect.sleep(yield* Random.nextIntBetween(500, 4000))
-                const revision = yield* observer.revision
-                yield* observer.compact(revision)
-                compactions++
+                yield* compactNow
               }
             }).pipe(Effect.catchAll((error) => Effect.sync(() => failures.push(`compact: ${error.message}`))))
+            // the subscriber's connection dropped, and the history it would resume from compacted away
+            // before it is back: its watch fails with Compacted and it lists again
+            const severer = Effect.gen(function* () {
+              for (;;) {
+                yield* Effect.sleep(yield* Random.nextIntBetween(2000, 6000))
+                yield* proxy.sever
+                severed++
+                yield* compactNow
+              }
+            }).pipe(Effect.catchAll((error) => Effect.sync(() => failures.push(`sever: ${error.message}`))))
 
             // and a sampler, as a user polling the subscriber every 50 ms would see it
             const sampler = yield* Effect.forkScoped(
@@ -138,6 +163,7 @@ describe("Reliability: churn soak", () => {
               }).pipe(Effect.repeat({ schedule: Schedule.spaced("50 millis") }))
             )
             const compacting = yield* Effect.forkScoped(compactor)
+            const severing = yield* Effect.forkScoped(severer)
             const started = now()
             yield* Effect.forEach(
               registrarClients.flatMap((client, c) =>
@@ -148,6 +174,7 @@ describe("Reliability: churn soak", () => {
             ).pipe(Effect.withRandom(Random.make(`churn-${run}`)))
             const ended = now()
             yield* Fiber.interrupt(compacting)
+            yield* Fiber.interrupt(severing)
             yield* Fiber.interrupt(sampler)
 
             // the end state: the registrations kept alive at the deadline, and nothing else
@@ -155,12 +182,18 @@ describe("Reliability: churn soak", () => {
             const convergedAt = now()
             expect(final.size).toBe(kept.length)
             expect(failures).toEqual([])
-            // every deregistered key left the subscriber; the longest it stayed after deregistering
+            // every deregistered key the subscriber held left it (one that came and went while it was
+            // disconnected may never have been seen); the longest it stayed after deregistering
             const stale: Array<number> = []
+            let unseen = 0
             for (const [key, gone] of deregisteredAt) {
+              if (!seenAt.has(key)) {
+                unseen++
+                continue
+              }
               const left = leftAt.get(key)
               expect(left, `${key} was deregistered but never left the subscriber`).toBeDefined()
-              if (left !== undefined && seenAt.has(key)) stale.push(Math.max(0, left - gone))
+              if (left !== undefined) stale.push(Math.max(0, left - gone))
             }
             const visible: Array<number> = []
             for (const [key, at] of registeredAt) {
@@ -178,8 +211,11 @@ describe("Reliability: churn soak", () => {
             expect(rejections.reasons).toEqual([])
 
             const relists = logs.lines.filter((line) => line.includes("listing again")).length
+            const compacted = logs.lines.filter((line) => line.includes("listing again") && line.includes("Compacted"))
+            // the compactions did bite: the subscriber had to list again after some of them
+            expect(compacted.length).toBeGreaterThan(0)
             yield* Effect.log(
-              `[measure] churn: ${registeredAt.size} registrations, ${deregisteredAt.size} deregistrations, ${compactions} compactions, ${relists} subscriber re-lists, over ${Math.round(ended - started)} ms`
+              `[measure] churn: ${registeredAt.size} registrations, ${deregisteredAt.size} deregistrations, ${compactions} compactions, ${severed} dropped subscriber connections, ${relists} subscriber re-lists (${compacted.length} after Compacted), over ${Math.round(ended - started)} ms`
             )
             yield* measure(
               "churn: longest a deregistered instance stayed in the subscriber (every change)",
@@ -189,7 +225,7 @@ describe("Reliability: churn soak", () => {
             yield* measure("churn: median deregistered -> left the subscriber", percentile(stale, 50))
             yield* measure("churn: longest a deregistered instance was seen by the 50 ms sampler", longestStaleSample)
             yield* Effect.log(
-              `[measure] churn: samples ${samples}, samples holding a deregistered instance ${staleSamples}`
+              `[measure] churn: samples ${samples}, samples holding a deregistered instance ${staleSamples}; registrations never seen by the subscriber (came and went while it was disconnected): ${unseen}`
             )
             yield* measure("churn: p99 registered -> seen by the subscriber", percentile(visible, 99))
             yield* measure("churn: longest registered -> seen by the subscriber", Math.max(0, ...visible))

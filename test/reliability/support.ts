@@ -12,6 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Net from "node:net"
 import * as EtcdClient from "../../src/EtcdClient.js"
 import type * as Registrar from "../../src/Registrar.js"
 import type * as Subscriber from "../../src/Subscriber.js"
@@ -268,6 +269,54 @@ export const unhandledRejections: Effect.Effect<{ readonly reasons: ReadonlyArra
     ),
     ({ reasons }) => ({ reasons })
   )
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of `target` (`http://host:port`), closed
+ * with the scope. `sever` destroys every connection through it at once (the
+ * client sees its connection dropped and reconnects through the proxy).
+ */
+export const tcpProxy = (
+  target: string
+): Effect.Effect<{ readonly url: string; readonly sever: Effect.Effect<number> }, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { hostname, port } = new URL(target)
+    const sockets = new Set<Net.Socket>()
+    const server = yield* Effect.acquireRelease(
+      Effect.async<Net.Server>((resume) => {
+        const proxy = Net.createServer((client) => {
+          const upstream = Net.connect(Number(port), hostname)
+          sockets.add(client)
+          sockets.add(upstream)
+          const close = () => {
+            client.destroy()
+            upstream.destroy()
+            sockets.delete(client)
+            sockets.delete(upstream)
+          }
+          client.on("error", close).on("close", close)
+          upstream.on("error", close).on("close", close)
+          client.pipe(upstream)
+          upstream.pipe(client)
+        })
+        proxy.listen(0, "127.0.0.1", () => resume(Effect.succeed(proxy)))
+      }),
+      (proxy) =>
+        Effect.async<void>((resume) => {
+          for (const socket of sockets) socket.destroy()
+          proxy.close(() => resume(Effect.void))
+        })
+    )
+    const address = server.address()
+    const proxyPort = typeof address === "object" && address !== null ? address.port : 0
+    return {
+      url: `http://127.0.0.1:${proxyPort}`,
+      sever: Effect.sync(() => {
+        const count = sockets.size
+        for (const socket of [...sockets]) socket.destroy()
+        return count
+      })
+    }
+  })
 
 /** An observer client of its own: shares nothing with what is under test. */
 export const observerOf = (endpoints: ReadonlyArray<string>, options: Partial<EtcdClient.EtcdClientOptions> = {}) =>

@@ -1,0 +1,75 @@
+/**
+ * A watch resuming after a dropped connection, against a real etcd: etcd keeps
+ * revision C readable after a compaction at C, but drops the tombstones of the
+ * deletes at C. A watch that resumes from exactly C is accepted and never sees
+ * those deletes. Found by the churn soak (npm run test:chaos); reproduced here
+ * step by step through a proxy that drops the subscriber's connection.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import { randomUUID } from "node:crypto"
+import * as EtcdClient from "../../src/EtcdClient.js"
+import * as Subscriber from "../../src/Subscriber.js"
+import { EtcdServer } from "../../src/testing/index.js"
+import { awaitInstances, echoFactory, measure, now, tcpProxy, within } from "./support.js"
+
+const run = randomUUID().slice(0, 8)
+
+describe("Reliability: resuming a watch", () => {
+  layer(EtcdServer.layer(), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    for (const when of ["right after its listing", "after its watch was established"] as const) {
+      it.scoped(
+        `a delete at the very revision a compaction kept, while the subscriber was disconnected ${when}, still reaches it`,
+        () =>
+          Effect.gen(function* () {
+            const server = yield* EtcdServer.EtcdServer
+            const observer = yield* EtcdClient.make(server.clientOptions)
+            const proxy = yield* tcpProxy(server.clientUrl)
+            const client = yield* EtcdClient.make({ endpoints: [proxy.url] })
+            const prefix = `/reliability-${run}/resume-${when.split(" ")[0]}/`
+            const expected = new Map([
+              [`${prefix}goes`, "http://goes:8080"],
+              [`${prefix}stays`, "http://stays:8080"]
+            ])
+            yield* observer.put(`${prefix}stays`, "http://stays:8080")
+            yield* observer.put(`${prefix}goes`, "http://goes:8080")
+            // reconnecting after a second leaves time to delete and compact in between
+            const subscriber = yield* Subscriber.make({
+              prefix,
+              factory: echoFactory,
+              reconnect: Schedule.spaced("1 second")
+            }).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+            yield* awaitInstances(subscriber, expected, 10, "the subscriber to hold both instances")
+            if (when === "after its watch was established") {
+              // a change seen through the watch: the watch is live, and has seen the latest revision
+              yield* observer.put(`${prefix}stays`, "http://stays:8081")
+              expected.set(`${prefix}stays`, "http://stays:8081")
+              yield* awaitInstances(subscriber, expected, 10, "the subscriber to see a change through its watch")
+            }
+            yield* proxy.sever
+            yield* subscriber.state.changes.pipe(
+              Stream.filter((state) => state._tag === "Failing"),
+              Stream.runHead,
+              within(10, "the subscriber to notice the dropped connection")
+            )
+            // the delete is the next revision after everything the subscriber has seen,
+            // and the compaction keeps exactly that revision
+            const { revision } = yield* observer.delete(`${prefix}goes`)
+            yield* observer.compact(revision)
+            const compactedAt = now()
+            expected.delete(`${prefix}goes`)
+            yield* awaitInstances(
+              subscriber,
+              expected,
+              15,
+              "the subscriber to drop the instance deleted at the compaction revision"
+            )
+            yield* measure(`resume (${when}): compacted while disconnected -> delete applied`, now() - compactedAt)
+            expect((yield* subscriber.state.get)._tag).toBe("Live")
+          })
+      )
+    }
+  })
+})
