@@ -13,6 +13,7 @@
  * BENCH_CPU_PROF (worker names such as `sub-ours,reg-ours`, or `all`: run them
  * with `--cpu-prof`, profiles in bench/results/profiles/).
  */
+import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -466,12 +467,24 @@ const keepAlive = async (options: SideOptions, endpoint: string) => {
 
 // ---- main ----
 
+const commit = (): string => {
+  try {
+    return execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim()
+  } catch {
+    return "unknown"
+  }
+}
+
+const load = () =>
+  Os.loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ")
+
 const main = async () => {
   const started = Date.now()
+  const loadAtStart = load()
   console.log(
-    `effect-sd-etcd benchmark — ${Os.cpus().length} cores, node ${process.version}, load ${Os.loadavg()
-      .map((l) => l.toFixed(2))
-      .join(" ")}`
+    `effect-sd-etcd benchmark at ${commit()} — ${Os.cpus().length} cores, node ${process.version}, load ${loadAtStart}`
   )
   const etcd = await startEtcd()
   console.log(`etcd ${etcd.version} at ${etcd.endpoint} (pid ${etcd.pid}, data in ${etcd.directory})`)
@@ -503,7 +516,7 @@ const main = async () => {
   const seconds = (Date.now() - started) / 1000
   console.log(`\n${table(rows)}\n`)
   console.log(
-    `${rows.filter((r) => r.met === false).length} bar(s) missed; whole run ${seconds.toFixed(0)} s. ` +
+    `${rows.filter((r) => r.met === false).length} bar(s) missed; whole run ${seconds.toFixed(0)} s; load ${loadAtStart} at the start, ${load()} at the end. ` +
       "These machines are shared and noisy: compare ratios within one run, not figures across runs."
   )
   Fs.mkdirSync(Path.dirname(out), { recursive: true })
@@ -513,7 +526,10 @@ const main = async () => {
     JSON.stringify(
       {
         startedAt: new Date(started).toISOString(),
+        commit: commit(),
         seconds,
+        loadAtStart,
+        loadAtEnd: load(),
         cores: Os.cpus().length,
         node: process.version,
         etcd: etcd.version,
