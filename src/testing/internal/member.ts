@@ -13,6 +13,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
+import { readFileSync } from "node:fs"
 import * as Path from "node:path"
 import type { EtcdMember, State, Status } from "../EtcdMember.js"
 import { EtcdTestError } from "../EtcdTestError.js"
@@ -155,6 +156,28 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
         } catch {
           // ESRCH: it exited and its exit event is on its way
         }
+      })
+
+    /**
+     * Waits until the kernel shows the process stopped (state `T` in
+     * /proc/<pid>/stat), so that nothing it answers after `pause` returns.
+     * Where there is no /proc, returns at once.
+     */
+    const awaitStopped = (pid: number): Effect.Effect<void> =>
+      Effect.sync(() => {
+        const stopped = (): boolean => {
+          try {
+            const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+            // the state follows the parenthesised command name
+            const state = stat.charAt(stat.lastIndexOf(")") + 2)
+            return state === "T" || state === "t" || state === "Z" || state === "X"
+          } catch {
+            return true
+          }
+        }
+        // a stop takes effect within microseconds: wait in 1 ms steps, at most a second
+        const tick = new Int32Array(new SharedArrayBuffer(4))
+        for (let i = 0; i < 1000 && !stopped(); i++) Atomics.wait(tick, 0, 0, 1)
       })
 
     const awaitExit = (running: Running): Effect.Effect<boolean> =>
@@ -360,9 +383,12 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
         withRunning((running) =>
           Effect.zipRight(
             signal(running, "SIGSTOP"),
-            Effect.sync(() => {
-              running.paused = true
-            })
+            Effect.zipRight(
+              awaitStopped(running.pid),
+              Effect.sync(() => {
+                running.paused = true
+              })
+            )
           )
         )
       ),
