@@ -408,7 +408,10 @@ const watchMember = (group: Group, member: Member): Effect.Effect<void> =>
     const dir: DirWatch = { prefix, members: new Map([[key, new Set([member])]]), seen: 0, fiber: undefined }
     group.dirs.set(prefix, dir)
     return Effect.map(
-      Effect.forkIn(Effect.interruptible(watchDir(group, dir, member.lastPut + 1)), group.scope),
+      // from the put itself, not the revision after: a delete right after the put that is
+      // compacted away before the watch opens then fails the watch as Compacted (and is
+      // repaired by the listing that follows) instead of going unseen
+      Effect.forkIn(Effect.interruptible(watchDir(group, dir, member.lastPut)), group.scope),
       (fiber) => {
         dir.fiber = fiber
       }
@@ -472,6 +475,15 @@ const watchDir = (group: Group, dir: DirWatch, from: number): Effect.Effect<void
     return yield* new EtcdError({ operation: "watch", reason: "Canceled", detail: "the watch ended" })
   })
   return once.pipe(
+    // a role that may write its keys but not read them cannot watch them: say so once, and
+    // rely on the lease alone (a lost lease is still healed; a key deleted by hand is not)
+    Effect.catchIf(
+      (error) => error.reason === "PermissionDenied",
+      (error) =>
+        Effect.logError(
+          "cannot watch the registered keys (permission denied): a key deleted by someone else is not put back until its lease is lost; grant read permission on the prefix"
+        ).pipe(Effect.annotateLogs({ key: dir.prefix, error: error.message }))
+    ),
     Effect.tapError((error) =>
       Effect.gen(function* () {
         // a wiped cluster starts its revisions again: ours mean nothing there
