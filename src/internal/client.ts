@@ -6,6 +6,7 @@
  */
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -75,69 +76,88 @@ export const reconnectingWatch = (
   reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
 ): Stream.Stream<WatchEvent, EtcdError> =>
   Stream.unwrap(
-    Effect.gen(function* () {
-      // the next revision to deliver
-      const next = yield* Ref.make(fromRevision)
-      const disconnected = yield* Ref.make(false)
-      // the cluster this watch is following, from its first connection on
-      const cluster = yield* Ref.make<string | undefined>(undefined)
-      const once: Stream.Stream<WatchEvent, EtcdError> = Stream.unwrap(
-        Effect.map(Effect.all([Ref.get(next), Ref.get(cluster)]), ([from, resuming]) =>
-          // etcd keeps revision C readable after a compaction at C, but drops the tombstones of
-          // its deletes: a watch resumed from exactly C would be accepted and miss them for good.
-          // Resuming one revision early (and dropping what was delivered already) turns that case
-          // into Compacted, so that the caller lists again.
-          primitives.watchOnce(prefix, resuming !== undefined && from > 1 ? from - 1 : from).pipe(
-            Stream.mapChunksEffect((chunk) =>
-              Effect.gen(function* () {
-                const out: Array<WatchEvent> = []
-                let last = -1
-                for (const event of chunk) {
-                  if (event._tag === "Created") {
-                    const known = yield* Ref.getAndSet(cluster, event.cluster)
-                    if (known !== undefined && known !== event.cluster) {
-                      return yield* new EtcdError({
-                        operation: "watch",
-                        reason: "Rewound",
-                        detail: `the cluster was replaced (cluster id ${event.cluster}, was ${known}); revision ${from - 1} already seen`
-                      })
-                    }
-                    if (event.revision < from - 1) {
-                      const current = yield* primitives.revision
-                      if (current < from - 1) {
-                        return yield* new EtcdError({
-                          operation: "watch",
-                          reason: "Rewound",
-                          detail: `store revision ${current} is behind revision ${from - 1} already seen`
-                        })
-                      }
-                    }
-                    if (yield* Ref.getAndSet(disconnected, false)) {
-                      out.push({ _tag: "Reconnected", revision: event.revision })
-                    }
-                  } else if (event.revision >= from) {
-                    out.push(event)
-                    last = event.revision
-                  }
-                }
-                if (last >= 0) yield* Ref.set(next, last + 1)
-                return Chunk.unsafeFromArray(out)
+    Effect.map(Schedule.driver(Schedule.whileInput(reconnect, isTransient)), (driver) => {
+      // the watch's state, touched only by this stream's fiber: plain variables, not Refs,
+      // because every chunk of every event goes through here
+      let next = fromRevision // the next revision to deliver
+      let disconnected = false
+      let cluster: string | undefined = undefined // the cluster followed, from the first connection on
+
+      /** A connection's `Created`: checks that the cluster is the one followed and has not gone back. */
+      const created = (event: { readonly revision: number; readonly cluster: string }, from: number) =>
+        Effect.gen(function* () {
+          const known = cluster
+          cluster = event.cluster
+          if (known !== undefined && known !== event.cluster) {
+            return yield* new EtcdError({
+              operation: "watch",
+              reason: "Rewound",
+              detail: `the cluster was replaced (cluster id ${event.cluster}, was ${known}); revision ${from - 1} already seen`
+            })
+          }
+          if (event.revision < from - 1) {
+            const current = yield* primitives.revision
+            if (current < from - 1) {
+              return yield* new EtcdError({
+                operation: "watch",
+                reason: "Rewound",
+                detail: `store revision ${current} is behind revision ${from - 1} already seen`
               })
-            ),
-            Stream.catchAll((error) =>
+            }
+          }
+          // connected: the next outage starts its backoff afresh
+          yield* driver.reset
+        })
+
+      const connection = (from: number, start: number): Stream.Stream<WatchEvent, EtcdError> =>
+        primitives.watchOnce(prefix, start).pipe(
+          Stream.mapChunksEffect((chunk): Effect.Effect<Chunk.Chunk<WatchEvent>, EtcdError> => {
+            let check: Effect.Effect<void, EtcdError> | undefined = undefined
+            const out: Array<WatchEvent> = []
+            for (const event of chunk) {
+              if (event._tag === "Created") {
+                check = created(event, from)
+                if (disconnected) {
+                  disconnected = false
+                  out.push({ _tag: "Reconnected", revision: event.revision })
+                }
+              } else if (event.revision >= from) {
+                out.push(event)
+                next = event.revision + 1
+              }
+            }
+            const result = Chunk.unsafeFromArray(out)
+            // the common case, a chunk of changes, costs no effect at all
+            return check === undefined ? Exit.succeed(result) : Effect.as(check, result)
+          })
+        )
+
+      const loop: Stream.Stream<WatchEvent, EtcdError> = Stream.suspend(() => {
+        const from = next
+        // etcd keeps revision C readable after a compaction at C, but drops the tombstones of
+        // its deletes: a watch resumed from exactly C would be accepted and miss them for good.
+        // Resuming one revision early (and dropping what was delivered already) turns that case
+        // into Compacted, so that the caller lists again.
+        const start = cluster !== undefined && from > 1 ? from - 1 : from
+        return connection(from, start).pipe(
+          Stream.catchAll((error) => {
+            if (!isTransient(error)) return Stream.fail(error)
+            // announce an outage once; then reconnect as the schedule says, from the last revision seen
+            const announce = disconnected ? Stream.empty : Stream.succeed<WatchEvent>({ _tag: "Disconnected", error })
+            disconnected = true
+            return Stream.concat(
+              announce,
               Stream.unwrap(
-                Effect.map(Ref.getAndSet(disconnected, isTransient(error)), (already) =>
-                  // announce an outage once: every element resets the reconnect schedule
-                  isTransient(error) && !already
-                    ? Stream.concat(Stream.succeed<WatchEvent>({ _tag: "Disconnected", error }), Stream.fail(error))
-                    : Stream.fail(error)
-                )
+                Effect.match(driver.next(error), {
+                  onFailure: () => Stream.fail(error),
+                  onSuccess: () => loop
+                })
               )
             )
-          )
+          })
         )
-      )
-      return once.pipe(Stream.retry(Schedule.whileInput(reconnect, (e: EtcdError) => isTransient(e))))
+      })
+      return loop
     })
   )
 
