@@ -2,19 +2,34 @@
  * The subscriber's engine: list once, apply watch deltas, re-list when etcd
  * cancels the watch, one scoped endpoint per instance.
  *
+ * Where the time goes (issue 7): an instance costs one small scope object and
+ * a slot in four parallel arrays; factories run in one loop per batch, each
+ * with its own scope in its context; a batch of changes is applied without a
+ * yield, so that a reader never sees half of it; and the published snapshots
+ * are built when someone reads them, sharing the arrays until the next change
+ * (copy on write), so that a change costs O(1) work plus at most one copy of
+ * the arrays per batch that is read.
+ *
  * @internal
  */
+import type * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
+import { pipeArguments } from "effect/Pipeable"
+import * as Readable from "effect/Readable"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Subscribable from "effect/Subscribable"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { Endpoint } from "../Endpoint.js"
 import { EtcdClient } from "../EtcdClient.js"
@@ -36,14 +51,6 @@ export const isSubscriber = (u: unknown): u is Subscriber<unknown, unknown, unkn
 
 /** How long to wait before starting a retry schedule over when it has ended at once. */
 const scheduleEndedPause = Duration.seconds(1)
-
-/** One instance under the prefix and the endpoint made from it. */
-interface Entry<Req, Res, E> {
-  readonly value: string
-  /** undefined when the factory failed: the instance is known but has no endpoint. */
-  readonly endpoint: Endpoint<Req, Res, E> | undefined
-  readonly scope: Scope.CloseableScope | undefined
-}
 
 const validate = (options: {
   readonly prefix: string
@@ -84,10 +91,9 @@ const search = (sorted: ReadonlyArray<string>, key: string): number => {
 }
 
 /**
- * The published instances: a read-only map over a copy of the sorted keys and
- * values, in key order. Publishing one copies two arrays (a memcpy) instead of
- * hashing every instance into a new Map, so a change costs O(1) hashing
- * whatever the number of instances.
+ * The published instances: a read-only map over the sorted keys and values, in
+ * key order. The arrays are shared with the engine until its next change, which
+ * copies them first: publishing never hashes every instance into a new Map.
  */
 class SortedInstances implements ReadonlyMap<string, string> {
   constructor(
@@ -125,6 +131,181 @@ class SortedInstances implements ReadonlyMap<string, string> {
   }
 }
 
+type ScopeState =
+  | { readonly _tag: "Open"; readonly finalizers: Map<object, Scope.Scope.Finalizer> }
+  | { readonly _tag: "Closed"; readonly exit: Exit.Exit<unknown, unknown> }
+
+const closedVoid: ScopeState = { _tag: "Closed", exit: Exit.void }
+
+/**
+ * The scope of one endpoint. It behaves like a scope of `Scope.make`
+ * (sequential, finalizers run in reverse order, and the `state` that
+ * `Effect.forkIn` reads), but its finalizer map is only made when something
+ * uses it, and it belongs to no parent scope: the subscriber closes it when its
+ * instance leaves or changes, and on shutdown. An instance whose factory adds
+ * no finalizer then costs one small object, where a forked scope costs a map,
+ * closures and an entry in its parent (about 1 KB, issue 7).
+ */
+class EndpointScope implements Scope.CloseableScope {
+  declare readonly [Scope.ScopeTypeId]: Scope.ScopeTypeId
+  declare readonly [Scope.CloseableScopeTypeId]: Scope.CloseableScopeTypeId
+  private current: ScopeState | undefined = undefined
+
+  get strategy(): ExecutionStrategy.ExecutionStrategy {
+    return ExecutionStrategy.sequential
+  }
+
+  /** The shape of a `Scope.make` scope's state: `Effect.forkIn` reads and writes it directly. */
+  get state(): ScopeState {
+    if (this.current === undefined) this.current = { _tag: "Open", finalizers: new Map() }
+    return this.current
+  }
+
+  /** Whether closing it has anything to run. */
+  get trivial(): boolean {
+    return this.current === undefined || (this.current._tag === "Open" && this.current.finalizers.size === 0)
+  }
+
+  pipe() {
+    // eslint-disable-next-line prefer-rest-params
+    return pipeArguments(this, arguments)
+  }
+
+  addFinalizer(finalizer: Scope.Scope.Finalizer): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const state = this.state
+      if (state._tag === "Closed") return finalizer(state.exit)
+      state.finalizers.set({}, finalizer)
+      return Effect.void
+    })
+  }
+
+  fork(strategy: ExecutionStrategy.ExecutionStrategy): Effect.Effect<Scope.CloseableScope> {
+    return Effect.flatMap(Scope.make(strategy), (child) =>
+      Effect.suspend(() => {
+        const state = this.state
+        if (state._tag === "Closed") return Effect.as(Scope.close(child, state.exit), child)
+        const key = {}
+        state.finalizers.set(key, (exit) => Scope.close(child, exit))
+        return Effect.as(
+          Scope.addFinalizer(
+            child,
+            Effect.sync(() => {
+              if (this.current?._tag === "Open") this.current.finalizers.delete(key)
+            })
+          ),
+          child
+        )
+      })
+    )
+  }
+
+  close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const state = this.current
+      if (state?._tag === "Closed") return Effect.void
+      this.current = exit === Exit.void ? closedVoid : { _tag: "Closed", exit }
+      if (state === undefined || state.finalizers.size === 0) return Effect.void
+      const finalizers = Array.from(state.finalizers.values()).reverse()
+      return Effect.flatMap(
+        Effect.forEach(finalizers, (finalizer) => Effect.exit(finalizer(exit))),
+        (exits) => Option.getOrElse(Option.map(Exit.all(exits), Exit.asVoid), () => Exit.void)
+      )
+    })
+  }
+
+  /** Closes it at once when it has no finalizer; says whether it did. */
+  closeTrivially(): boolean {
+    if (!this.trivial) return false
+    this.current = closedVoid
+    return true
+  }
+}
+Object.defineProperties(EndpointScope.prototype, {
+  [Scope.ScopeTypeId]: { value: Scope.ScopeTypeId },
+  [Scope.CloseableScopeTypeId]: { value: Scope.CloseableScopeTypeId }
+})
+
+/**
+ * A value the engine publishes, built when it is read: `get` and `changes` build
+ * it (once per change) from the engine's state. `changes` emits the current
+ * value, then the latest value after each change; a consumer that falls behind
+ * skips to the newest instead of queueing every intermediate snapshot.
+ */
+class Published<A> implements Subscribable.Subscribable<A> {
+  declare readonly [Readable.TypeId]: Readable.TypeId
+  declare readonly [Subscribable.TypeId]: Subscribable.TypeId
+  readonly get: Effect.Effect<A>
+  readonly changes: Stream.Stream<A>
+  private version = 0
+  private builtAt = -1
+  private value: A | undefined = undefined
+  private waiters: Array<() => void> = []
+
+  constructor(private readonly build: () => A) {
+    this.get = Effect.sync(() => this.current())
+    this.changes = Stream.suspend(() => {
+      let seen = -1
+      const take = Effect.sync(() => {
+        seen = this.version
+        return this.current()
+      })
+      const next = Effect.suspend(() =>
+        seen !== this.version
+          ? take
+          : Effect.async<A>((resume) => {
+              const waiter = () => resume(take)
+              this.waiters.push(waiter)
+              return Effect.sync(() => {
+                const i = this.waiters.indexOf(waiter)
+                if (i >= 0) this.waiters.splice(i, 1)
+              })
+            })
+      )
+      return Stream.repeatEffect(next)
+    })
+  }
+
+  current(): A {
+    if (this.builtAt !== this.version) {
+      this.value = this.build()
+      this.builtAt = this.version
+    }
+    return this.value as A
+  }
+
+  /** The engine's state changed: the next read builds a new value; waiting consumers wake up. */
+  changed(): void {
+    this.version++
+    if (this.waiters.length > 0) {
+      const waiters = this.waiters
+      this.waiters = []
+      for (const waiter of waiters) waiter()
+    }
+  }
+
+  pipe() {
+    // eslint-disable-next-line prefer-rest-params
+    return pipeArguments(this, arguments)
+  }
+}
+Object.defineProperties(Published.prototype, {
+  [Readable.TypeId]: { value: Readable.TypeId },
+  [Subscribable.TypeId]: { value: Subscribable.TypeId }
+})
+
+/** What one run of factories made: per job, its endpoint and scope (both undefined when the factory failed). */
+interface Made<Req, Res, E> {
+  readonly endpoints: Array<Endpoint<Req, Res, E> | undefined>
+  readonly scopes: Array<EndpointScope | undefined>
+}
+
+/** Whether `keys` is in ascending (JavaScript string) order. */
+const isSorted = (keys: ReadonlyArray<string>): boolean => {
+  for (let i = 1; i < keys.length; i++) if (!(keys[i - 1]! < keys[i]!)) return false
+  return true
+}
+
 /** @internal */
 export const make = <Req, Res, E, FE, R>(
   options: Options<Req, Res, E, FE, R>
@@ -134,143 +315,344 @@ export const make = <Req, Res, E, FE, R>(
     const prefix = normalizePrefix(options.prefix)
     const client = yield* EtcdClient
     const scope = yield* Effect.scope
-    // closed after the engine fiber below is interrupted (finalizers run in reverse order)
-    const endpointScopes = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-
-    const instancesRef = yield* SubscriptionRef.make<ReadonlyMap<string, string>>(new Map())
-    const endpointsRef = yield* SubscriptionRef.make<EndpointSet<Req, Res, E>>({
-      endpoints: [],
-      keys: [],
-      error: Option.none()
-    })
-    const stateRef = yield* SubscriptionRef.make<State>({ _tag: "Starting" })
-    const firstAttempt = yield* Deferred.make<void>()
+    const factory = options.factory
 
     // ---- state owned by the engine fiber ----
-    const entries = new Map<string, Entry<Req, Res, E>>()
-    // every known key in order, with its value and endpoint at the same index
-    const sortedKeys: Array<string> = []
-    const sortedValues: Array<string> = []
-    const sortedEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
-    // how many of sortedEndpoints are undefined (a factory failed, or is running)
+    // every known instance in key order: its key, value, endpoint (undefined when its factory
+    // failed) and endpoint scope, at the same index. Published snapshots share these arrays:
+    // the `*Shared` flags say which must be copied before the next change.
+    let keys: Array<string> = []
+    let values: Array<string> = []
+    let endpoints: Array<Endpoint<Req, Res, E> | undefined> = []
+    let scopes: Array<EndpointScope | undefined> = []
+    let keysShared = false
+    let valuesShared = false
+    let endpointsShared = false
+    // how many of `endpoints` are undefined
     let missing = 0
-    let instancesDirty = false
-    let endpointsDirty = false
-    let toClose: Array<readonly [string, Scope.CloseableScope]> = []
+    // the invalidation error (invalidateOnError), part of the endpoint set
+    let invalidated: Option.Option<EtcdError> = Option.none()
+    // scopes of factories that ran but whose batch is not applied yet (closed if interrupted)
+    const notMaking: {
+      readonly keys: ReadonlyArray<string>
+      readonly scopes: ReadonlyArray<EndpointScope | undefined>
+    } = { keys: [], scopes: [] }
+    let making = notMaking
+    // scopes of instances that left or changed, closed after the change is published
+    let toClose: Array<readonly [string, EndpointScope]> = []
+    let instancesChanged = false
+    let endpointsChanged = false
     let live = false
     let failingSince: number | undefined = undefined
     let invalidation: Fiber.RuntimeFiber<void> | undefined = undefined
 
-    const closeEndpoint = (key: string, endpointScope: Scope.CloseableScope) =>
-      Scope.close(endpointScope, Exit.void).pipe(
-        Effect.catchAllCause((cause) => Effect.logWarning("closing an endpoint failed", cause)),
-        Effect.annotateLogs("key", key)
-      )
+    const instances = new Published<ReadonlyMap<string, string>>(() => {
+      keysShared = true
+      valuesShared = true
+      return new SortedInstances(keys, values)
+    })
+    const endpointSet = new Published<EndpointSet<Req, Res, E>>(() => {
+      if (missing === 0) {
+        keysShared = true
+        endpointsShared = true
+        return { endpoints: endpoints as ReadonlyArray<Endpoint<Req, Res, E>>, keys, error: invalidated }
+      }
+      const present: Array<Endpoint<Req, Res, E>> = []
+      const presentKeys: Array<string> = []
+      for (let i = 0; i < keys.length; i++) {
+        const endpoint = endpoints[i]
+        if (endpoint !== undefined) {
+          present.push(endpoint)
+          presentKeys.push(keys[i]!)
+        }
+      }
+      return { endpoints: present, keys: presentKeys, error: invalidated }
+    })
+    const stateRef = yield* SubscriptionRef.make<State>({ _tag: "Starting" })
+    const firstAttempt = yield* Deferred.make<void>()
 
-    const makeEntry = (key: string, value: string) =>
-      Effect.gen(function* () {
-        const endpointScope = yield* Scope.fork(endpointScopes, ExecutionStrategy.sequential)
-        // suspended: a factory that throws instead of returning an Effect is a defect like any other
-        const exit = yield* Effect.exit(
-          Scope.extend(
-            Effect.suspend(() => options.factory(value)),
-            endpointScope
+    const closeEndpoint = (key: string, endpointScope: EndpointScope, exit: Exit.Exit<unknown, unknown> = Exit.void) =>
+      endpointScope.closeTrivially()
+        ? Effect.void
+        : endpointScope.close(exit).pipe(
+            Effect.catchAllCause((cause) => Effect.logWarning("closing an endpoint failed", cause)),
+            Effect.annotateLogs("key", key)
           )
-        )
-        if (Exit.isSuccess(exit)) {
-          const entry: Entry<Req, Res, E> = { value, endpoint: exit.value, scope: endpointScope }
-          return entry
-        }
-        yield* closeEndpoint(key, endpointScope)
-        yield* Effect.logWarning("endpoint factory failed; instance skipped", exit.cause).pipe(
-          Effect.annotateLogs({ key, instance: value })
-        )
-        const entry: Entry<Req, Res, E> = { value, endpoint: undefined, scope: undefined }
-        return entry
-      })
 
-    const upsert = (key: string, value: string) =>
-      Effect.gen(function* () {
-        const current = entries.get(key)
-        if (current !== undefined && current.value === value && current.endpoint !== undefined) return
-        if (current === undefined) {
-          const i = search(sortedKeys, key)
-          sortedKeys.splice(i, 0, key)
-          sortedValues.splice(i, 0, value)
-          sortedEndpoints.splice(i, 0, undefined)
-          missing++
-          instancesDirty = true
-        } else if (current.value !== value) {
-          sortedValues[search(sortedKeys, key)] = value
-          instancesDirty = true
+    // closing the subscriber's scope: after the engine fiber is interrupted (finalizers run in
+    // reverse order), every endpoint scope still open is closed, in key order
+    yield* Effect.addFinalizer((exit) =>
+      Effect.suspend(() => {
+        const open: Array<readonly [string, EndpointScope]> = toClose
+        toClose = []
+        for (let i = 0; i < making.keys.length; i++) {
+          const endpointScope = making.scopes[i]
+          if (endpointScope !== undefined) open.push([making.keys[i]!, endpointScope])
         }
-        const entry = yield* makeEntry(key, value)
-        entries.set(key, entry)
-        const i = search(sortedKeys, key)
-        if (sortedEndpoints[i] === undefined) missing--
-        sortedEndpoints[i] = entry.endpoint
-        if (entry.endpoint === undefined) missing++
-        if (current?.scope !== undefined) toClose.push([key, current.scope])
-        if (current?.endpoint !== undefined || entry.endpoint !== undefined) endpointsDirty = true
+        for (let i = 0; i < keys.length; i++) {
+          const endpointScope = scopes[i]
+          if (endpointScope !== undefined) open.push([keys[i]!, endpointScope])
+        }
+        return Effect.forEach(open, ([key, endpointScope]) => closeEndpoint(key, endpointScope, exit), {
+          discard: true
+        })
       })
+    )
 
-    const remove = (key: string) => {
-      const current = entries.get(key)
-      if (current === undefined) return
-      entries.delete(key)
-      const i = search(sortedKeys, key)
-      if (sortedEndpoints[i] === undefined) missing--
-      sortedKeys.splice(i, 1)
-      sortedValues.splice(i, 1)
-      sortedEndpoints.splice(i, 1)
-      instancesDirty = true
-      if (current.endpoint !== undefined) endpointsDirty = true
-      if (current.scope !== undefined) toClose.push([key, current.scope])
+    const noneMade: Made<Req, Res, E> = { endpoints: [], scopes: [] }
+
+    /**
+     * Runs the factory of every job, in order, in the engine fiber: one loop for the
+     * whole batch (a listing of 100,000 instances is one run), each factory with
+     * its own endpoint scope in its context. A failing factory (a typed failure, a
+     * defect, or a throw) is logged, its scope closed, and its instance skipped.
+     */
+    const runFactories = (
+      jobKeys: ReadonlyArray<string>,
+      jobValues: ReadonlyArray<string>
+    ): Effect.Effect<Made<Req, Res, E>, never, Exclude<R, Scope.Scope>> =>
+      jobKeys.length === 0
+        ? Effect.succeed(noneMade)
+        : Effect.flatMap(FiberRef.get(FiberRef.currentContext), (base) => {
+            const n = jobKeys.length
+            // filled by push, not preallocated: a holey array makes every later splice slow
+            const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
+            making = { keys: jobKeys, scopes: made.scopes }
+            let failures: Array<readonly [number, Cause.Cause<FE>]> | undefined = undefined
+            let i = 0
+            const loop = Effect.whileLoop({
+              while: () => i < n,
+              body: () => {
+                const endpointScope = new EndpointScope()
+                made.scopes.push(endpointScope)
+                const value = jobValues[i]!
+                return Effect.zipRight(
+                  FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
+                  // suspended: a factory that throws instead of returning an Effect is a defect like any other
+                  Effect.exit(Effect.suspend(() => factory(value)))
+                )
+              },
+              step: (exit) => {
+                if (exit._tag === "Success") {
+                  made.endpoints.push(exit.value)
+                } else {
+                  made.endpoints.push(undefined)
+                  ;(failures ??= []).push([i, exit.cause])
+                }
+                i++
+              }
+            }) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
+            return loop.pipe(
+              Effect.ensuring(FiberRef.set(FiberRef.currentContext, base)),
+              Effect.zipRight(
+                Effect.suspend(() =>
+                  failures === undefined
+                    ? Effect.succeed(made)
+                    : Effect.as(
+                        Effect.forEach(
+                          failures,
+                          ([j, cause]) => {
+                            const endpointScope = made.scopes[j]!
+                            made.scopes[j] = undefined
+                            return Effect.zipRight(
+                              closeEndpoint(jobKeys[j]!, endpointScope),
+                              Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
+                                Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
+                              )
+                            )
+                          },
+                          { discard: true }
+                        ),
+                        made
+                      )
+                )
+              )
+            )
+          })
+
+    const ownKeys = () => {
+      if (keysShared) {
+        keys = keys.slice()
+        keysShared = false
+      }
+    }
+    const ownValues = () => {
+      if (valuesShared) {
+        values = values.slice()
+        valuesShared = false
+      }
+    }
+    const ownEndpoints = () => {
+      if (endpointsShared) {
+        endpoints = endpoints.slice()
+        endpointsShared = false
+      }
     }
 
     /**
-     * Publishes the changes made since the last call, then closes the endpoints
-     * that left. The snapshots are copies of the sorted arrays (memcpy-fast): a
-     * change never hashes every instance into a new Map.
+     * Applies a batch of changes (key → new value, or undefined for a delete; in
+     * the order of each key's last change) whose factories have run, with no
+     * yield: a reader never sees half a batch.
      */
-    const publish = Effect.gen(function* () {
-      let keysCopy: Array<string> | undefined = undefined
-      if (instancesDirty) {
-        instancesDirty = false
-        keysCopy = sortedKeys.slice()
-        yield* SubscriptionRef.set(instancesRef, new SortedInstances(keysCopy, sortedValues.slice()))
-      }
-      if (endpointsDirty) {
-        endpointsDirty = false
-        let endpoints: Array<Endpoint<Req, Res, E>>
-        let keys: Array<string>
-        if (missing === 0) {
-          endpoints = sortedEndpoints.slice() as Array<Endpoint<Req, Res, E>>
-          keys = keysCopy ?? sortedKeys.slice()
-        } else {
-          endpoints = []
-          keys = []
-          for (let i = 0; i < sortedKeys.length; i++) {
-            const endpoint = sortedEndpoints[i]
-            if (endpoint !== undefined) {
-              endpoints.push(endpoint)
-              keys.push(sortedKeys[i]!)
-            }
-          }
+    const applyChanges = (changes: ReadonlyMap<string, string | undefined>, made: Made<Req, Res, E>) => {
+      let j = 0
+      for (const [key, value] of changes) {
+        const i = search(keys, key)
+        const present = keys[i] === key
+        if (value === undefined) {
+          if (!present) continue
+          ownKeys()
+          ownValues()
+          ownEndpoints()
+          if (endpoints[i] === undefined) missing--
+          else endpointsChanged = true
+          const endpointScope = scopes[i]
+          if (endpointScope !== undefined) toClose.push([key, endpointScope])
+          keys.splice(i, 1)
+          values.splice(i, 1)
+          endpoints.splice(i, 1)
+          scopes.splice(i, 1)
+          instancesChanged = true
+          continue
         }
-        yield* SubscriptionRef.update(endpointsRef, (set) => ({ endpoints, keys, error: set.error }))
+        const endpoint = made.endpoints[j]
+        const endpointScope = made.scopes[j]
+        j++
+        if (present) {
+          if (values[i] !== value) {
+            ownValues()
+            values[i] = value
+            instancesChanged = true
+          }
+          const previous = endpoints[i]
+          if (previous === undefined) missing--
+          if (endpoint === undefined) missing++
+          if (previous !== undefined || endpoint !== undefined) {
+            ownEndpoints()
+            endpoints[i] = endpoint
+            endpointsChanged = true
+          }
+          const previousScope = scopes[i]
+          if (previousScope !== undefined) toClose.push([key, previousScope])
+          scopes[i] = endpointScope
+        } else {
+          ownKeys()
+          ownValues()
+          ownEndpoints()
+          keys.splice(i, 0, key)
+          values.splice(i, 0, value)
+          endpoints.splice(i, 0, endpoint)
+          scopes.splice(i, 0, endpointScope)
+          if (endpoint === undefined) missing++
+          else endpointsChanged = true
+          instancesChanged = true
+        }
       }
-      if (toClose.length > 0) {
-        const closing = toClose
-        toClose = []
-        for (const [key, endpointScope] of closing) yield* closeEndpoint(key, endpointScope)
+      making = notMaking
+    }
+
+    /** Replaces the whole state by a listing's (sorted) instances whose factories have run. */
+    const applyListed = (
+      listedKeys: Array<string>,
+      listedValues: Array<string>,
+      jobKeys: ReadonlyArray<string>,
+      made: Made<Req, Res, E>
+    ) => {
+      const n = listedKeys.length
+      if (keys.length === 0) {
+        // nothing known yet (the first listing): every instance was a job
+        if (n > 0) {
+          keys = listedKeys
+          values = listedValues
+          endpoints = made.endpoints
+          scopes = made.scopes
+          missing = 0
+          for (let i = 0; i < n; i++) if (endpoints[i] === undefined) missing++
+          keysShared = valuesShared = endpointsShared = false
+          instancesChanged = true
+          endpointsChanged = true
+        }
+        making = notMaking
+        return
       }
+      const nextEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
+      const nextScopes: Array<EndpointScope | undefined> = []
+      let nextMissing = 0
+      let o = 0
+      let j = 0
+      for (let m = 0; m < n; m++) {
+        const key = listedKeys[m]!
+        // known instances before this key are gone
+        while (o < keys.length && keys[o]! < key) {
+          if (endpoints[o] !== undefined) endpointsChanged = true
+          const endpointScope = scopes[o]
+          if (endpointScope !== undefined) toClose.push([keys[o]!, endpointScope])
+          instancesChanged = true
+          o++
+        }
+        const known = o < keys.length && keys[o] === key
+        if (jobKeys[j] === key) {
+          // new, changed, or without an endpoint: made again
+          nextEndpoints.push(made.endpoints[j])
+          nextScopes.push(made.scopes[j])
+          j++
+          if (known) {
+            const endpointScope = scopes[o]
+            if (endpointScope !== undefined) toClose.push([key, endpointScope])
+            if (values[o] !== listedValues[m]) instancesChanged = true
+            if (endpoints[o] !== undefined || nextEndpoints[m] !== undefined) endpointsChanged = true
+            o++
+          } else {
+            instancesChanged = true
+            if (nextEndpoints[m] !== undefined) endpointsChanged = true
+          }
+        } else {
+          // unchanged: kept as it is
+          nextEndpoints.push(endpoints[o])
+          nextScopes.push(scopes[o])
+          o++
+        }
+        if (nextEndpoints[m] === undefined) nextMissing++
+      }
+      for (; o < keys.length; o++) {
+        if (endpoints[o] !== undefined) endpointsChanged = true
+        const endpointScope = scopes[o]
+        if (endpointScope !== undefined) toClose.push([keys[o]!, endpointScope])
+        instancesChanged = true
+      }
+      keys = listedKeys
+      values = listedValues
+      endpoints = nextEndpoints
+      scopes = nextScopes
+      missing = nextMissing
+      keysShared = valuesShared = endpointsShared = false
+      making = notMaking
+    }
+
+    /** Publishes what changed since the last call, then closes the endpoints that left. */
+    const publish = Effect.suspend(() => {
+      if (instancesChanged) {
+        instancesChanged = false
+        instances.changed()
+      }
+      if (endpointsChanged) {
+        endpointsChanged = false
+        endpointSet.changed()
+      }
+      if (toClose.length === 0) return Effect.void
+      const closing = toClose
+      toClose = []
+      return Effect.forEach(closing, ([key, endpointScope]) => closeEndpoint(key, endpointScope), { discard: true })
     })
 
     const invalidate = Effect.flatMap(SubscriptionRef.get(stateRef), (state) =>
       state._tag === "Failing"
-        ? SubscriptionRef.update(endpointsRef, (set) => ({ ...set, error: Option.some(state.error) })).pipe(
-            Effect.zipRight(Effect.logWarning(`endpoints invalidated: ${state.error.message}`))
+        ? Effect.zipRight(
+            Effect.sync(() => {
+              invalidated = Option.some(state.error)
+              endpointSet.changed()
+            }),
+            Effect.logWarning(`endpoints invalidated: ${state.error.message}`)
           )
         : Effect.void
     )
@@ -287,80 +669,183 @@ export const make = <Req, Res, E, FE, R>(
         yield* SubscriptionRef.set(stateRef, { _tag: "Failing", error, since: failingSince })
       })
 
-    const markLive = Effect.gen(function* () {
-      if (live) return
-      const wasFailing = failingSince !== undefined
-      live = true
-      failingSince = undefined
-      if (invalidation !== undefined) {
-        yield* Fiber.interrupt(invalidation)
-        invalidation = undefined
-      }
-      const set = yield* SubscriptionRef.get(endpointsRef)
-      if (Option.isSome(set.error)) yield* SubscriptionRef.set(endpointsRef, { ...set, error: Option.none() })
-      yield* SubscriptionRef.set(stateRef, { _tag: "Live" })
-      if (wasFailing) yield* Effect.logInfo("etcd reachable again")
-    })
+    const markLive = Effect.suspend(() =>
+      live
+        ? Effect.void
+        : Effect.gen(function* () {
+            const wasFailing = failingSince !== undefined
+            live = true
+            failingSince = undefined
+            if (invalidation !== undefined) {
+              yield* Fiber.interrupt(invalidation)
+              invalidation = undefined
+            }
+            if (Option.isSome(invalidated)) {
+              invalidated = Option.none()
+              endpointSet.changed()
+            }
+            yield* SubscriptionRef.set(stateRef, { _tag: "Live" })
+            if (wasFailing) yield* Effect.logInfo("etcd reachable again")
+          })
+    )
+
+    const warnMalformed = (malformedKeys: ReadonlyArray<string>) =>
+      Effect.forEach(
+        malformedKeys,
+        (key) => Effect.logWarning("value is not valid UTF-8; instance skipped").pipe(Effect.annotateLogs("key", key)),
+        { discard: true }
+      )
 
     const applyListing = (listing: Listing) =>
-      Effect.gen(function* () {
-        const seen = new Set<string>()
+      Effect.suspend(() => {
+        let listedKeys: Array<string> = []
+        let listedValues: Array<string> = []
+        const malformed: Array<string> = []
         for (const kv of listing.entries) {
           if (!kv.key.startsWith(prefix)) continue
           if (kv.malformed) {
-            yield* Effect.logWarning("value is not valid UTF-8; instance skipped").pipe(
-              Effect.annotateLogs("key", kv.key)
-            )
+            malformed.push(kv.key)
             continue
           }
-          seen.add(kv.key)
-          yield* upsert(kv.key, kv.value)
+          listedKeys.push(kv.key)
+          listedValues.push(kv.value)
         }
-        for (const key of Array.from(entries.keys())) {
-          if (!seen.has(key)) remove(key)
+        // etcd sorts by bytes, which is not always the order of JavaScript strings (nor of another client)
+        if (!isSorted(listedKeys)) {
+          const order = listedKeys.map((_, i) => i).sort((a, b) => (listedKeys[a]! < listedKeys[b]! ? -1 : 1))
+          const sortedKeys = order.map((i) => listedKeys[i]!)
+          listedValues = order.map((i) => listedValues[i]!)
+          listedKeys = sortedKeys
         }
-        yield* markLive
-        yield* publish
-      })
-
-    const applyEvents = (events: Iterable<WatchEvent>) =>
-      Effect.gen(function* () {
-        for (const event of events) {
-          switch (event._tag) {
-            case "Put": {
-              if (event.malformed) {
-                yield* Effect.logWarning("value is not valid UTF-8; instance skipped").pipe(
-                  Effect.annotateLogs("key", event.key)
-                )
-                remove(event.key)
-              } else {
-                yield* upsert(event.key, event.value)
-              }
-              yield* markLive
-              break
-            }
-            case "Delete": {
-              remove(event.key)
-              yield* markLive
-              break
-            }
-            case "Disconnected": {
-              yield* publish
-              yield* Effect.logWarning(`watch disconnected; reconnecting: ${event.error.message}`)
-              yield* markFailing(event.error)
-              break
-            }
-            case "Reconnected": {
-              yield* Effect.logInfo("watch reconnected").pipe(Effect.annotateLogs("revision", event.revision))
-              yield* markLive
-              break
-            }
+        // the jobs: instances that are new, changed, or have no endpoint
+        let jobKeys: Array<string> = listedKeys
+        let jobValues: Array<string> = listedValues
+        if (keys.length > 0) {
+          jobKeys = []
+          jobValues = []
+          let o = 0
+          for (let m = 0; m < listedKeys.length; m++) {
+            const key = listedKeys[m]!
+            while (o < keys.length && keys[o]! < key) o++
+            if (keys[o] === key && values[o] === listedValues[m] && endpoints[o] !== undefined) continue
+            jobKeys.push(key)
+            jobValues.push(listedValues[m]!)
           }
         }
-        yield* publish
+        const made = runFactories(jobKeys, jobValues).pipe(
+          Effect.flatMap((made) =>
+            Effect.suspend(() => {
+              applyListed(listedKeys, listedValues, jobKeys, made)
+              return Effect.zipRight(markLive, publish)
+            })
+          )
+        )
+        return malformed.length === 0 ? made : Effect.zipRight(warnMalformed(malformed), made)
       })
 
+    /** Applies one batch of watched changes: key → new value, or undefined for a delete. */
+    const applyBatch = (changes: Map<string, string | undefined>, malformed: ReadonlyArray<string> | undefined) =>
+      Effect.suspend(() => {
+        const jobKeys: Array<string> = []
+        const jobValues: Array<string> = []
+        for (const [key, value] of changes) {
+          if (value === undefined) continue
+          const i = search(keys, key)
+          if (keys[i] === key && values[i] === value && endpoints[i] !== undefined) {
+            // the same value again: nothing to do (deleting the current entry of a Map's iteration is safe)
+            changes.delete(key)
+            continue
+          }
+          jobKeys.push(key)
+          jobValues.push(value)
+        }
+        const applied = runFactories(jobKeys, jobValues).pipe(
+          Effect.flatMap((made) =>
+            Effect.suspend(() => {
+              applyChanges(changes, made)
+              return Effect.zipRight(markLive, publish)
+            })
+          )
+        )
+        return malformed === undefined ? applied : Effect.zipRight(warnMalformed(malformed), applied)
+      })
+
+    /**
+     * Applies watch events. Puts and deletes between two connection events make
+     * one batch: a key changed several times costs one factory run at most.
+     * Changes at or before `listed` (the listed revision) are in the listing already.
+     */
+    const applyEvents = (
+      events: ReadonlyArray<WatchEvent>,
+      listed: number
+    ): Effect.Effect<void, never, Exclude<R, Scope.Scope>> => {
+      const steps: Array<Effect.Effect<void, never, Exclude<R, Scope.Scope>>> = []
+      let changes: Map<string, string | undefined> | undefined = undefined
+      let malformed: Array<string> | undefined = undefined
+      const cut = () => {
+        if (changes !== undefined) steps.push(applyBatch(changes, malformed))
+        changes = undefined
+        malformed = undefined
+      }
+      for (const event of events) {
+        switch (event._tag) {
+          case "Put":
+          case "Delete": {
+            if (event.revision <= listed) break
+            changes ??= new Map()
+            // in the order of each key's last change
+            changes.delete(event.key)
+            if (event._tag === "Put" && !event.malformed) {
+              changes.set(event.key, event.value)
+            } else {
+              if (event._tag === "Put") (malformed ??= []).push(event.key)
+              changes.set(event.key, undefined)
+            }
+            break
+          }
+          case "Disconnected": {
+            cut()
+            const error = event.error
+            steps.push(
+              Effect.zipRight(
+                Effect.logWarning(`watch disconnected; reconnecting: ${error.message}`),
+                markFailing(error)
+              )
+            )
+            break
+          }
+          case "Reconnected": {
+            cut()
+            steps.push(
+              Effect.zipRight(
+                Effect.logInfo("watch reconnected").pipe(Effect.annotateLogs("revision", event.revision)),
+                markLive
+              )
+            )
+            break
+          }
+        }
+      }
+      cut()
+      return steps.length === 0
+        ? Effect.void
+        : steps.length === 1
+          ? steps[0]!
+          : Effect.forEach(steps, (step) => step, { discard: true })
+    }
+
     const engine = Effect.gen(function* () {
+      // a batch whose factories were interrupted by a defect is not coming back
+      if (making.keys.length > 0) {
+        const stale = making
+        making = notMaking
+        yield* Effect.forEach(
+          stale.scopes,
+          (endpointScope, i) =>
+            endpointScope === undefined ? Effect.void : closeEndpoint(stale.keys[i]!, endpointScope),
+          { discard: true }
+        )
+      }
       const driver = yield* Schedule.driver(options.retryList ?? defaultReconnect)
       // waits as the schedule says; a schedule that has ended starts over
       const backoff = (error: EtcdError) =>
@@ -391,26 +876,26 @@ export const make = <Req, Res, E, FE, R>(
         // has passed it, the watch fails with Compacted. Starting one later would be accepted
         // after a compaction at exactly that revision, whose deletes etcd no longer has: they
         // would be missed for good.
+        const listed = listing.revision
         let progressed = false
-        const watched = yield* client
-          .watch(prefix, { fromRevision: listing.revision, reconnect: options.reconnect })
-          .pipe(
-            Stream.filter(
-              (event) => (event._tag !== "Put" && event._tag !== "Delete") || event.revision > listing.revision
-            ),
-            Stream.runForEachChunk((chunk) =>
-              Effect.gen(function* () {
-                if (!progressed) {
-                  for (const event of chunk) {
-                    if (event._tag !== "Disconnected") progressed = true
-                  }
-                  if (progressed) yield* driver.reset
+        const watched = yield* client.watch(prefix, { fromRevision: listed, reconnect: options.reconnect }).pipe(
+          Stream.runForEachChunk((chunk) => {
+            const events = Chunk.toReadonlyArray(chunk)
+            if (!progressed) {
+              for (const event of events) {
+                if (
+                  event._tag === "Reconnected" ||
+                  ((event._tag === "Put" || event._tag === "Delete") && event.revision > listed)
+                ) {
+                  progressed = true
                 }
-                yield* applyEvents(chunk)
-              })
-            ),
-            Effect.either
-          )
+              }
+              if (progressed) return Effect.zipRight(driver.reset, applyEvents(events, listed))
+            }
+            return applyEvents(events, listed)
+          }),
+          Effect.either
+        )
         const error =
           watched._tag === "Left"
             ? watched.left
@@ -438,16 +923,17 @@ export const make = <Req, Res, E, FE, R>(
     yield* Effect.forkIn(supervised, scope)
     yield* Deferred.await(firstAttempt)
 
-    const endpoints = Effect.flatMap(SubscriptionRef.get(endpointsRef), (set) =>
-      Option.isSome(set.error) ? Effect.fail(set.error.value) : Effect.succeed(set.endpoints)
-    )
+    const endpoints_ = Effect.suspend(() => {
+      const set = endpointSet.current()
+      return set.error._tag === "Some" ? Effect.fail(set.error.value) : Effect.succeed(set.endpoints)
+    })
 
     const subscriber: Subscriber<Req, Res, E> = {
       [TypeId]: TypeId,
       prefix,
-      instances: instancesRef,
-      endpointSet: endpointsRef,
-      endpoints,
+      instances,
+      endpointSet,
+      endpoints: endpoints_,
       state: stateRef
     }
     return subscriber
