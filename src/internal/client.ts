@@ -11,7 +11,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import type { EtcdClient, KeyValue, LeaseId, Listing, WatchEvent } from "../EtcdClient.js"
+import type { EtcdClient, LeaseId, WatchEvent } from "../EtcdClient.js"
 import { EtcdError, NoKey, NoValue } from "../EtcdError.js"
 import { normalizePrefix } from "./prefix.js"
 
@@ -32,21 +32,11 @@ export type RawWatchEvent =
  * `fromRevision` in order; it fails with `Unavailable` when the connection is
  * lost and with the cancel reason when etcd cancels the watch.
  */
-export interface Primitives {
-  readonly grant: (ttlSeconds: number) => Effect.Effect<LeaseId, EtcdError>
-  readonly keepAliveOnce: (lease: LeaseId) => Effect.Effect<number, EtcdError>
-  readonly revoke: (lease: LeaseId) => Effect.Effect<void, EtcdError>
-  readonly put: (
-    key: string,
-    value: string,
-    options?: { readonly lease?: LeaseId | undefined }
-  ) => Effect.Effect<number, EtcdError>
-  readonly get: (key: string) => Effect.Effect<Option.Option<KeyValue>, EtcdError>
-  readonly delete: (key: string) => Effect.Effect<{ readonly deleted: number; readonly revision: number }, EtcdError>
-  readonly list: (prefix: string) => Effect.Effect<Listing, EtcdError>
+export interface Primitives extends Pick<
+  EtcdClient,
+  "grant" | "keepAliveOnce" | "revoke" | "put" | "get" | "delete" | "list" | "compact" | "revision"
+> {
   readonly watchOnce: (prefix: string, fromRevision: number) => Stream.Stream<RawWatchEvent, EtcdError>
-  readonly compact: (revision: number) => Effect.Effect<void, EtcdError>
-  readonly revision: Effect.Effect<number, EtcdError>
 }
 
 /** The default reconnect schedule of a watch: jittered exponential from 100 ms, capped at 2 s, forever. */
