@@ -138,18 +138,33 @@ type ScopeState =
 const closedVoid: ScopeState = { _tag: "Closed", exit: Exit.void }
 
 /**
+ * A scope the subscriber let go of: its factory never used it (no finalizer, no
+ * fork), so the subscriber keeps no reference to it. If someone kept it anyway
+ * and uses it later, `adopt` hands it back to the subscriber (it is tracked again
+ * and closed when its instance leaves), or says the instance has left (it is
+ * closed then).
+ */
+interface Detached {
+  readonly _tag: "Detached"
+  readonly key: string
+  readonly endpoint: unknown
+  readonly adopt: (scope: EndpointScope, key: string, endpoint: unknown) => boolean
+}
+
+/**
  * The scope of one endpoint. It behaves like a scope of `Scope.make`
  * (sequential, finalizers run in reverse order, and the `state` that
  * `Effect.forkIn` reads), but its finalizer map is only made when something
  * uses it, and it belongs to no parent scope: the subscriber closes it when its
- * instance leaves or changes, and on shutdown. An instance whose factory adds
- * no finalizer then costs one small object, where a forked scope costs a map,
+ * instance leaves or changes, and on shutdown. A scope that its factory never
+ * used is not even kept (see {@link Detached}): an instance whose factory adds no
+ * finalizer costs no scope at all once made, where a forked scope cost a map,
  * closures and an entry in its parent (about 1 KB, issue 7).
  */
 class EndpointScope implements Scope.CloseableScope {
   declare readonly [Scope.ScopeTypeId]: Scope.ScopeTypeId
   declare readonly [Scope.CloseableScopeTypeId]: Scope.CloseableScopeTypeId
-  private current: ScopeState | undefined = undefined
+  private current: ScopeState | Detached | undefined = undefined
 
   get strategy(): ExecutionStrategy.ExecutionStrategy {
     return ExecutionStrategy.sequential
@@ -157,13 +172,22 @@ class EndpointScope implements Scope.CloseableScope {
 
   /** The shape of a `Scope.make` scope's state: `Effect.forkIn` reads and writes it directly. */
   get state(): ScopeState {
-    if (this.current === undefined) this.current = { _tag: "Open", finalizers: new Map() }
-    return this.current
+    let current = this.current
+    if (current?._tag === "Detached") {
+      current = this.current = current.adopt(this, current.key, current.endpoint) ? undefined : closedVoid
+    }
+    if (current === undefined) current = this.current = { _tag: "Open", finalizers: new Map() }
+    return current
   }
 
-  /** Whether closing it has anything to run. */
-  get trivial(): boolean {
-    return this.current === undefined || (this.current._tag === "Open" && this.current.finalizers.size === 0)
+  /** Whether nothing ever used it: no finalizer, no fork, no look at its state. */
+  get unused(): boolean {
+    return this.current === undefined
+  }
+
+  /** Lets go of an unused scope; `adopt` takes it back if it is used after all. */
+  detach(key: string, endpoint: unknown, adopt: Detached["adopt"]): void {
+    this.current = { _tag: "Detached", key, endpoint, adopt }
   }
 
   pipe() {
@@ -205,7 +229,7 @@ class EndpointScope implements Scope.CloseableScope {
       const state = this.current
       if (state?._tag === "Closed") return Effect.void
       this.current = exit === Exit.void ? closedVoid : { _tag: "Closed", exit }
-      if (state === undefined || state.finalizers.size === 0) return Effect.void
+      if (state === undefined || state._tag === "Detached" || state.finalizers.size === 0) return Effect.void
       const finalizers = Array.from(state.finalizers.values()).reverse()
       return Effect.flatMap(
         Effect.forEach(finalizers, (finalizer) => Effect.exit(finalizer(exit))),
@@ -216,8 +240,9 @@ class EndpointScope implements Scope.CloseableScope {
 
   /** Closes it at once when it has no finalizer; says whether it did. */
   closeTrivially(): boolean {
-    if (!this.trivial) return false
-    this.current = closedVoid
+    const state = this.current
+    if (state?._tag === "Open" && state.finalizers.size > 0) return false
+    if (state?._tag !== "Closed") this.current = closedVoid
     return true
   }
 }
@@ -324,7 +349,8 @@ export const make = <Req, Res, E, FE, R>(
     let keys: Array<string> = []
     let values: Array<string> = []
     let endpoints: Array<Endpoint<Req, Res, E> | undefined> = []
-    let scopes: Array<EndpointScope | undefined> = []
+    // the endpoint scopes kept (those their factory used), by key: most factories use none
+    const scopes = new Map<string, EndpointScope>()
     let keysShared = false
     let valuesShared = false
     let endpointsShared = false
@@ -343,6 +369,7 @@ export const make = <Req, Res, E, FE, R>(
     let instancesChanged = false
     let endpointsChanged = false
     let live = false
+    let stopped = false
     let failingSince: number | undefined = undefined
     let invalidation: Fiber.RuntimeFiber<void> | undefined = undefined
 
@@ -383,16 +410,18 @@ export const make = <Req, Res, E, FE, R>(
     // reverse order), every endpoint scope still open is closed, in key order
     yield* Effect.addFinalizer((exit) =>
       Effect.suspend(() => {
+        stopped = true
         const open: Array<readonly [string, EndpointScope]> = toClose
         toClose = []
         for (let i = 0; i < making.keys.length; i++) {
           const endpointScope = making.scopes[i]
           if (endpointScope !== undefined) open.push([making.keys[i]!, endpointScope])
         }
-        for (let i = 0; i < keys.length; i++) {
-          const endpointScope = scopes[i]
-          if (endpointScope !== undefined) open.push([keys[i]!, endpointScope])
+        for (const key of keys) {
+          const endpointScope = scopes.get(key)
+          if (endpointScope !== undefined) open.push([key, endpointScope])
         }
+        scopes.clear()
         return Effect.forEach(open, ([key, endpointScope]) => closeEndpoint(key, endpointScope, exit), {
           discard: true
         })
@@ -400,6 +429,37 @@ export const make = <Req, Res, E, FE, R>(
     )
 
     const noneMade: Made<Req, Res, E> = { endpoints: [], scopes: [] }
+
+    /**
+     * A scope let go of (unused by its factory) is used after all: it is tracked
+     * again if its instance is still the one it was made for, else it counts as closed.
+     */
+    const adopt = (endpointScope: EndpointScope, key: string, endpoint: unknown): boolean => {
+      if (stopped) return false
+      const i = search(keys, key)
+      if (keys[i] !== key || endpoints[i] !== endpoint || scopes.has(key)) return false
+      scopes.set(key, endpointScope)
+      return true
+    }
+
+    /** Keeps the scope of a new endpoint, unless its factory did not use it (then it is let go of). */
+    const keep = (
+      key: string,
+      endpoint: Endpoint<Req, Res, E> | undefined,
+      endpointScope: EndpointScope | undefined
+    ) => {
+      if (endpointScope === undefined) return
+      if (endpointScope.unused) endpointScope.detach(key, endpoint, adopt)
+      else scopes.set(key, endpointScope)
+    }
+
+    /** The instance of `key` left or changed: its scope, if kept, is closed after the change is published. */
+    const release = (key: string) => {
+      const endpointScope = scopes.get(key)
+      if (endpointScope === undefined) return
+      scopes.delete(key)
+      toClose.push([key, endpointScope])
+    }
 
     /**
      * Runs the factory of every job, in order, in the engine fiber: one loop for the
@@ -506,12 +566,10 @@ export const make = <Req, Res, E, FE, R>(
           ownEndpoints()
           if (endpoints[i] === undefined) missing--
           else endpointsChanged = true
-          const endpointScope = scopes[i]
-          if (endpointScope !== undefined) toClose.push([key, endpointScope])
+          release(key)
           keys.splice(i, 1)
           values.splice(i, 1)
           endpoints.splice(i, 1)
-          scopes.splice(i, 1)
           instancesChanged = true
           continue
         }
@@ -532,9 +590,8 @@ export const make = <Req, Res, E, FE, R>(
             endpoints[i] = endpoint
             endpointsChanged = true
           }
-          const previousScope = scopes[i]
-          if (previousScope !== undefined) toClose.push([key, previousScope])
-          scopes[i] = endpointScope
+          release(key)
+          keep(key, endpoint, endpointScope)
         } else {
           ownKeys()
           ownValues()
@@ -542,7 +599,7 @@ export const make = <Req, Res, E, FE, R>(
           keys.splice(i, 0, key)
           values.splice(i, 0, value)
           endpoints.splice(i, 0, endpoint)
-          scopes.splice(i, 0, endpointScope)
+          keep(key, endpoint, endpointScope)
           if (endpoint === undefined) missing++
           else endpointsChanged = true
           instancesChanged = true
@@ -562,12 +619,15 @@ export const make = <Req, Res, E, FE, R>(
       if (keys.length === 0) {
         // nothing known yet (the first listing): every instance was a job
         if (n > 0) {
-          keys = listedKeys
-          values = listedValues
-          endpoints = made.endpoints
-          scopes = made.scopes
+          // exact-size copies: arrays grown by push keep up to half their length spare
+          keys = listedKeys.slice()
+          values = listedValues.slice()
+          endpoints = made.endpoints.slice()
           missing = 0
-          for (let i = 0; i < n; i++) if (endpoints[i] === undefined) missing++
+          for (let i = 0; i < n; i++) {
+            if (endpoints[i] === undefined) missing++
+            keep(keys[i]!, endpoints[i], made.scopes[i])
+          }
           keysShared = valuesShared = endpointsShared = false
           instancesChanged = true
           endpointsChanged = true
@@ -576,7 +636,6 @@ export const make = <Req, Res, E, FE, R>(
         return
       }
       const nextEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
-      const nextScopes: Array<EndpointScope | undefined> = []
       let nextMissing = 0
       let o = 0
       let j = 0
@@ -585,45 +644,41 @@ export const make = <Req, Res, E, FE, R>(
         // known instances before this key are gone
         while (o < keys.length && keys[o]! < key) {
           if (endpoints[o] !== undefined) endpointsChanged = true
-          const endpointScope = scopes[o]
-          if (endpointScope !== undefined) toClose.push([keys[o]!, endpointScope])
+          release(keys[o]!)
           instancesChanged = true
           o++
         }
         const known = o < keys.length && keys[o] === key
         if (jobKeys[j] === key) {
           // new, changed, or without an endpoint: made again
-          nextEndpoints.push(made.endpoints[j])
-          nextScopes.push(made.scopes[j])
-          j++
+          const endpoint = made.endpoints[j]
           if (known) {
-            const endpointScope = scopes[o]
-            if (endpointScope !== undefined) toClose.push([key, endpointScope])
+            release(key)
             if (values[o] !== listedValues[m]) instancesChanged = true
-            if (endpoints[o] !== undefined || nextEndpoints[m] !== undefined) endpointsChanged = true
+            if (endpoints[o] !== undefined || endpoint !== undefined) endpointsChanged = true
             o++
           } else {
             instancesChanged = true
-            if (nextEndpoints[m] !== undefined) endpointsChanged = true
+            if (endpoint !== undefined) endpointsChanged = true
           }
+          keep(key, endpoint, made.scopes[j])
+          nextEndpoints.push(endpoint)
+          j++
         } else {
           // unchanged: kept as it is
           nextEndpoints.push(endpoints[o])
-          nextScopes.push(scopes[o])
           o++
         }
         if (nextEndpoints[m] === undefined) nextMissing++
       }
       for (; o < keys.length; o++) {
         if (endpoints[o] !== undefined) endpointsChanged = true
-        const endpointScope = scopes[o]
-        if (endpointScope !== undefined) toClose.push([keys[o]!, endpointScope])
+        release(keys[o]!)
         instancesChanged = true
       }
-      keys = listedKeys
-      values = listedValues
-      endpoints = nextEndpoints
-      scopes = nextScopes
+      keys = listedKeys.slice()
+      values = listedValues.slice()
+      endpoints = nextEndpoints.slice()
       missing = nextMissing
       keysShared = valuesShared = endpointsShared = false
       making = notMaking
@@ -854,21 +909,23 @@ export const make = <Req, Res, E, FE, R>(
           Effect.catchAll(() => Effect.sleep(scheduleEndedPause)),
           Effect.asVoid
         )
-      for (;;) {
-        // list, retried forever
-        let listing: Listing
+      // lists, retried forever, and applies the listing; returns its revision only: the listed
+      // entries (100,000 KeyValue objects at 100,000 instances) are garbage once applied
+      const list = Effect.gen(function* () {
         for (;;) {
           const result = yield* Effect.either(client.list(prefix))
           if (result._tag === "Right") {
-            listing = result.right
-            break
+            yield* applyListing(result.right)
+            return result.right.revision
           }
           yield* Effect.logWarning(`listing instances failed; retrying: ${result.left.message}`)
           yield* markFailing(result.left)
           yield* Deferred.succeed(firstAttempt, undefined)
           yield* backoff(result.left)
         }
-        yield* applyListing(listing)
+      })
+      for (;;) {
+        const listed = yield* list
         yield* Deferred.succeed(firstAttempt, undefined)
 
         // then the changes after the listed revision. The watch starts at the listed revision
@@ -876,7 +933,6 @@ export const make = <Req, Res, E, FE, R>(
         // has passed it, the watch fails with Compacted. Starting one later would be accepted
         // after a compaction at exactly that revision, whose deletes etcd no longer has: they
         // would be missed for good.
-        const listed = listing.revision
         let progressed = false
         const watched = yield* client.watch(prefix, { fromRevision: listed, reconnect: options.reconnect }).pipe(
           Stream.runForEachChunk((chunk) => {

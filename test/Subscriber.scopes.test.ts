@@ -1,0 +1,169 @@
+/**
+ * The endpoint scopes a Subscriber hands to its factory: they behave like scopes
+ * of `Scope.make`, whether the factory uses them at once, later, or never.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Subscribable from "effect/Subscribable"
+import * as TestServices from "effect/TestServices"
+import type { Factory } from "../src/Endpoint.js"
+import * as EtcdClient from "../src/EtcdClient.js"
+import * as Subscriber from "../src/Subscriber.js"
+
+const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean, what: string) =>
+  TestServices.provideWithLive(
+    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
+      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage(`changes ended before ${what}`)
+    ),
+    (effect) =>
+      Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error(`timed out: ${what}`) }).pipe(
+        Effect.orDie
+      )
+  )
+
+const onMemory = <A, E>(
+  body: Effect.Effect<A, E, EtcdClient.EtcdClient | EtcdClient.MemoryEtcdControl | Scope.Scope>
+) => Effect.scoped(body).pipe(Effect.provide(EtcdClient.layerMemory))
+
+const put = (key: string, value: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.put(key, value))
+const del = (key: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.delete(key))
+
+const endpoint = (instance: string) => (request: string) => Effect.succeed(`${instance} got ${request}`)
+
+/**
+ * A factory that does not touch its scope, but keeps it: `use(instance)` adds a
+ * finalizer to it later, from outside the factory.
+ */
+const keepingFactory = Effect.gen(function* () {
+  const kept = new Map<string, Scope.Scope>()
+  const closed = yield* Ref.make<ReadonlyArray<string>>([])
+  const factory: Factory<string, string> = (instance) =>
+    Effect.map(Effect.scope, (scope) => {
+      kept.set(instance, scope)
+      return endpoint(instance)
+    })
+  const use = (instance: string) =>
+    Scope.addFinalizer(
+      kept.get(instance)!,
+      Ref.update(closed, (xs) => [...xs, instance])
+    )
+  return { factory, use, closed: Ref.get(closed) }
+})
+
+describe("Subscriber endpoint scopes", () => {
+  it.effect("a scope its factory kept and uses later is closed when its instance leaves", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        const { closed, factory, use } = yield* keepingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+        yield* use("a")
+        yield* use("b")
+        expect(yield* closed).toEqual([])
+        yield* del("/svc/a")
+        yield* waitFor(subscriber.instances, (m) => m.size === 1, "a gone")
+        expect(yield* closed).toEqual(["a"])
+        // a value change is a new instance: the old scope closes
+        yield* put("/svc/b", "b2")
+        yield* waitFor(subscriber.instances, (m) => m.get("/svc/b") === "b2", "b changed")
+        expect(yield* closed).toEqual(["a", "b"])
+      })
+    )
+  )
+
+  it.effect("a finalizer added to the scope of an instance that has left runs at once", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        const { closed, factory, use } = yield* keepingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+        yield* del("/svc/a")
+        yield* waitFor(subscriber.instances, (m) => m.size === 0, "a gone")
+        yield* use("a")
+        expect(yield* closed).toEqual(["a"])
+        // and the same key coming back is another instance, with a scope of its own
+        yield* put("/svc/a", "a")
+        yield* waitFor(subscriber.instances, (m) => m.size === 1, "a back")
+        yield* use("a")
+        expect(yield* closed).toEqual(["a"])
+      })
+    )
+  )
+
+  it.effect("closing the subscriber's scope closes the scopes used late, once", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        const { closed, factory, use } = yield* keepingFactory
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            yield* Subscriber.make({ prefix: "/svc/", factory })
+            yield* use("b")
+          })
+        )
+        expect(yield* closed).toEqual(["b"])
+        yield* use("a")
+        expect(yield* closed).toEqual(["b", "a"])
+      })
+    )
+  )
+
+  it.effect(
+    "a fiber forked into the scope is interrupted when its instance leaves; a forked child scope is closed",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          yield* put("/svc/a", "a")
+          const started = yield* Deferred.make<void>()
+          const interrupted = yield* Deferred.make<void>()
+          const childClosed = yield* Deferred.make<void>()
+          const factory: Factory<string, string> = (instance) =>
+            Effect.gen(function* () {
+              yield* Effect.forkScoped(
+                Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
+                  Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
+                )
+              )
+              const scope = yield* Effect.scope
+              const child = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+              yield* Scope.addFinalizer(child, Deferred.succeed(childClosed, undefined))
+              return endpoint(instance)
+            })
+          const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+          yield* Deferred.await(started)
+          expect(yield* Deferred.isDone(interrupted)).toBe(false)
+          yield* del("/svc/a")
+          yield* waitFor(subscriber.instances, (m) => m.size === 0, "a gone")
+          yield* Deferred.await(interrupted)
+          yield* Deferred.await(childClosed)
+        })
+      )
+  )
+
+  it.effect("a fiber forked into the scope that ends by itself leaves nothing behind", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        const fibers: Array<Fiber.RuntimeFiber<void>> = []
+        const factory: Factory<string, string> = (instance) =>
+          Effect.gen(function* () {
+            fibers.push(yield* Effect.forkScoped(Effect.void))
+            return endpoint(instance)
+          })
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+        yield* Fiber.join(fibers[0]!)
+        yield* del("/svc/a")
+        yield* waitFor(subscriber.instances, (m) => m.size === 0, "a gone")
+      })
+    )
+  )
+})
