@@ -573,9 +573,16 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                 }
                 emit.fail(error)
               }
+              // when the last message came: a busy watch does not re-arm its timer per message
+              let lastHeard = 0
               const onTimer = () => {
                 if (closed) return
                 if (phase === "idle" && stream !== undefined) {
+                  const silent = Date.now() - lastHeard
+                  if (silent < keepAliveMillis) {
+                    timer = setTimeout(onTimer, keepAliveMillis - silent)
+                    return
+                  }
                   phase = "probing"
                   stream.write({ progress_request: {} })
                   timer = setTimeout(onTimer, requestMillis)
@@ -596,6 +603,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               let timer = setTimeout(onTimer, requestMillis)
               /** Any message: the member is alive. */
               const heard = () => {
+                lastHeard = Date.now()
+                if (phase === "idle") return
                 phase = "idle"
                 clearTimeout(timer)
                 timer = setTimeout(onTimer, keepAliveMillis)
