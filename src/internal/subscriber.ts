@@ -273,12 +273,12 @@ class Published<A> implements Subscribable.Subscribable<A> {
       let seen = -1
       const take = Effect.sync(() => {
         seen = this.version
-        return this.current()
+        return Chunk.of(this.current())
       })
       const next = Effect.suspend(() =>
         seen !== this.version
           ? take
-          : Effect.async<A>((resume) => {
+          : Effect.async<Chunk.Chunk<A>>((resume) => {
               const waiter = () => resume(take)
               this.waiters.push(waiter)
               return Effect.sync(() => {
@@ -287,7 +287,7 @@ class Published<A> implements Subscribable.Subscribable<A> {
               })
             })
       )
-      return Stream.repeatEffect(next)
+      return Stream.repeatEffectChunkOption(next)
     })
   }
 
@@ -473,7 +473,8 @@ export const make = <Req, Res, E, FE, R>(
     ): Effect.Effect<Made<Req, Res, E>, never, Exclude<R, Scope.Scope>> =>
       jobKeys.length === 0
         ? Effect.succeed(noneMade)
-        : Effect.flatMap(FiberRef.get(FiberRef.currentContext), (base) => {
+        : Effect.withFiberRuntime((fiber) => {
+            const base = fiber.getFiberRef(FiberRef.currentContext)
             const n = jobKeys.length
             // filled by push, not preallocated: a holey array makes every later splice slow
             const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
@@ -485,11 +486,16 @@ export const make = <Req, Res, E, FE, R>(
               body: () => {
                 const endpointScope = new EndpointScope()
                 made.scopes.push(endpointScope)
-                const value = jobValues[i]!
+                // a factory that throws instead of returning an Effect is a defect like any other
+                let effect: Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope>
+                try {
+                  effect = factory(jobValues[i]!)
+                } catch (defect) {
+                  effect = Effect.die(defect)
+                }
                 return Effect.zipRight(
                   FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
-                  // suspended: a factory that throws instead of returning an Effect is a defect like any other
-                  Effect.exit(Effect.suspend(() => factory(value)))
+                  Effect.exit(effect)
                 )
               },
               step: (exit) => {
@@ -502,31 +508,26 @@ export const make = <Req, Res, E, FE, R>(
                 i++
               }
             }) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
-            return loop.pipe(
-              Effect.ensuring(FiberRef.set(FiberRef.currentContext, base)),
-              Effect.zipRight(
-                Effect.suspend(() =>
-                  failures === undefined
-                    ? Effect.succeed(made)
-                    : Effect.as(
-                        Effect.forEach(
-                          failures,
-                          ([j, cause]) => {
-                            const endpointScope = made.scopes[j]!
-                            made.scopes[j] = undefined
-                            return Effect.zipRight(
-                              closeEndpoint(jobKeys[j]!, endpointScope),
-                              Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
-                                Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
-                              )
-                            )
-                          },
-                          { discard: true }
-                        ),
-                        made
-                      )
-                )
-              )
+            return Effect.flatMap(Effect.ensuring(loop, FiberRef.set(FiberRef.currentContext, base)), () =>
+              failures === undefined
+                ? Effect.succeed(made)
+                : Effect.as(
+                    Effect.forEach(
+                      failures,
+                      ([j, cause]) => {
+                        const endpointScope = made.scopes[j]!
+                        made.scopes[j] = undefined
+                        return Effect.zipRight(
+                          closeEndpoint(jobKeys[j]!, endpointScope),
+                          Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
+                            Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
+                          )
+                        )
+                      },
+                      { discard: true }
+                    ),
+                    made
+                  )
             )
           })
 
