@@ -87,10 +87,16 @@ export interface Subscriber<Req, Res, E = never> {
   readonly prefix: string
   /**
    * The instances: key → instance string (the value in etcd), in key order.
-   * Values that are not valid UTF-8 are left out. `changes` streams every update.
+   * Values that are not valid UTF-8 are left out. `changes` emits the current
+   * value, then the new value after each update (a batch of changes from etcd
+   * is one update); a consumer that falls behind skips to the newest value
+   * instead of queueing the ones in between.
    */
   readonly instances: Subscribable.Subscribable<ReadonlyMap<string, string>>
-  /** The endpoints and the invalidation error, as one value; `changes` streams every update. */
+  /**
+   * The endpoints and the invalidation error, as one value; `changes` behaves
+   * as for `instances`. Reading it costs no copy while nothing changes.
+   */
   readonly endpointSet: Subscribable.Subscribable<EndpointSet<Req, Res, E>>
   /**
    * The current endpoints, in key order. Fails with the etcd error once

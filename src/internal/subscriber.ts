@@ -2,13 +2,15 @@
  * The subscriber's engine: list once, apply watch deltas, re-list when etcd
  * cancels the watch, one scoped endpoint per instance.
  *
- * Where the time goes (issue 7): an instance costs one small scope object and
- * a slot in four parallel arrays; factories run in one loop per batch, each
- * with its own scope in its context; a batch of changes is applied without a
- * yield, so that a reader never sees half of it; and the published snapshots
- * are built when someone reads them, sharing the arrays until the next change
- * (copy on write), so that a change costs O(1) work plus at most one copy of
- * the arrays per batch that is read.
+ * Where the time goes (issue 7): an instance costs a slot in three parallel
+ * arrays (key, value, endpoint), and an endpoint scope only if its factory used
+ * it; factories run in one loop per batch, each with its own scope in its
+ * context; a batch of changes (a listing, or what the watch delivered in one
+ * turn of the event loop) is applied without a yield, so that a reader never
+ * sees half of it; and the published snapshots are built when someone reads
+ * them, sharing the arrays until the next change (copy on write): a change
+ * costs O(log N) work plus at most one copy of the arrays per batch that is
+ * read.
  *
  * @internal
  */
