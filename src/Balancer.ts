@@ -59,6 +59,18 @@ const fromSource = <Req, Res, E, SE>(
   if (internal.isSubscriber(source)) {
     const subscriber = source as Subscriber<Req, Res, E>
     const prefix = subscriber.prefix
+    const current = internal.currentEndpointSet(subscriber)
+    if (current !== undefined) {
+      // our own subscriber: its current set is read synchronously, without an effect of its own
+      return Effect.suspend((): Balancer<Req, Res, E, EtcdError> => {
+        const set = current()
+        return set.error._tag === "Some"
+          ? Effect.fail(set.error.value)
+          : set.endpoints.length === 0
+            ? Effect.fail(new NoEndpoints({ prefix }))
+            : pick(set.endpoints)
+      })
+    }
     return Effect.flatMap(
       subscriber.endpointSet.get,
       (set: EndpointSet<Req, Res, E>): Balancer<Req, Res, E, EtcdError> =>

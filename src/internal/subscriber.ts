@@ -51,6 +51,21 @@ export type TypeId = typeof TypeId
 export const isSubscriber = (u: unknown): u is Subscriber<unknown, unknown, unknown> =>
   typeof u === "object" && u !== null && TypeId in u
 
+/** Where a subscriber made here keeps a synchronous read of its current endpoint set. */
+const CurrentEndpointSet: unique symbol = Symbol.for("effect-sd-etcd/Subscriber/currentEndpointSet")
+
+/**
+ * The current endpoint set of a subscriber made by {@link make}, read without
+ * an effect (a balancer's pick is then one effect, not three); `undefined` for
+ * any other implementation of `Subscriber`.
+ *
+ * @internal
+ */
+export const currentEndpointSet = <Req, Res, E>(
+  subscriber: Subscriber<Req, Res, E>
+): (() => EndpointSet<Req, Res, E>) | undefined =>
+  (subscriber as { readonly [CurrentEndpointSet]?: () => EndpointSet<Req, Res, E> })[CurrentEndpointSet]
+
 /** How long to wait before starting a retry schedule over when it has ended at once. */
 const scheduleEndedPause = Duration.seconds(1)
 
@@ -995,5 +1010,6 @@ export const make = <Req, Res, E, FE, R>(
       endpoints: endpoints_,
       state: stateRef
     }
+    Object.defineProperty(subscriber, CurrentEndpointSet, { value: () => endpointSet.current() })
     return subscriber
   })
