@@ -75,10 +75,14 @@ export const registrar = async (options: SideOptions): Promise<RegistrarSide> =>
   )
   const scopes = new Map<string, Scope.CloseableScope>()
   return {
+    // one runPromise per operation, as the raw side makes one call
     register: async (key, value) => {
-      const scope = await runtime.runPromise(Scope.make())
-      scopes.set(key, scope)
-      await runtime.runPromise(Scope.extend(Registrar.make({ key, value, ttl }), scope))
+      await runtime.runPromise(
+        Effect.flatMap(Scope.make(), (scope) => {
+          scopes.set(key, scope)
+          return Scope.extend(Registrar.make({ key, value, ttl }), scope)
+        })
+      )
     },
     deregister: async (key) => {
       const scope = scopes.get(key)

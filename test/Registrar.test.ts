@@ -276,6 +276,25 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a key deleted before its watch opens (the first 100 ms) is put back when it opens", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const registration = yield* Registrar.make(service("/svc/early/1", yield* standard))
+      const lease = yield* leaseOf(registration)
+      yield* Effect.orDie(etcd.client.delete("/svc/early/1"))
+      yield* TestClock.adjust("99 millis")
+      expect(yield* stored("/svc/early/1")).toBeUndefined()
+      yield* TestClock.adjust("1 millis")
+      // the watch replays from the registration's put: the delete is seen and repaired
+      yield* advanceUntil(
+        Effect.map(stored("/svc/early/1"), (kv) => kv !== undefined),
+        "1 millis",
+        "50 millis"
+      )
+      expect((yield* stored("/svc/early/1"))?.lease).toBe(lease)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a wiped cluster (revision back to 1): the key comes back on a new lease", () =>
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd

@@ -46,13 +46,16 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
     const state = yield* SubscriptionRef.make<RegistrationState>(RegistrationState.Registering())
     const lock = yield* Effect.makeSemaphore(1)
     let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
+    // whether the state is Registering already (a new handle): the first register sends its grant sooner
+    let fresh = true
 
     const register = lock
       .withPermits(1)(
         Effect.uninterruptibleMask((restore) =>
           Effect.gen(function* () {
             if (current !== undefined) return
-            yield* SubscriptionRef.set(state, RegistrationState.Registering())
+            if (fresh) fresh = false
+            else yield* SubscriptionRef.set(state, RegistrationState.Registering())
             const member: Lease.Member = {
               entry: { key: service.key, value: service.value },
               state,
