@@ -43,6 +43,52 @@ const timeEffect = (count: number, body: (count: number) => Effect.Effect<void>)
     return median(xs)
   })
 
+/**
+ * Like {@link timeEffect} for several bodies at once, interleaved: one warm-up
+ * run of each, then `repeats` rounds that time each body once, so that a drift
+ * of the machine or of the process (call sites going megamorphic) does not
+ * favour the body measured first. Medians in ns per iteration.
+ */
+const timeEffects = <K extends string>(
+  count: number,
+  bodies: Record<K, (count: number) => Effect.Effect<void>>
+): Effect.Effect<Record<K, number>> =>
+  Effect.gen(function* () {
+    const names = Object.keys(bodies) as Array<K>
+    const xs = {} as Record<K, Array<number>>
+    for (const name of names) {
+      yield* bodies[name](Math.max(1, count >> 2))
+      xs[name] = []
+    }
+    for (let r = 0; r < repeats; r++) {
+      for (const name of names) {
+        const t0 = now()
+        yield* bodies[name](count)
+        xs[name].push(Number(now() - t0) / count)
+      }
+    }
+    const medians = {} as Record<K, number>
+    for (const name of names) medians[name] = median(xs[name])
+    return medians
+  })
+
+/** `count` runs of `effect` in an `Effect.gen` loop. */
+const genLoop =
+  <A, E>(effect: Effect.Effect<A, E>, use: (a: A) => void) =>
+  (count: number): Effect.Effect<void> =>
+    Effect.gen(function* () {
+      for (let i = 0; i < count; i++) use(yield* effect)
+    }).pipe(Effect.orDie)
+
+/** `count` runs of `effect` driven by `Effect.whileLoop` (no generator). */
+const whileLoop =
+  <A, E>(effect: Effect.Effect<A, E>, use: (a: A) => void) =>
+  (count: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      let i = 0
+      return Effect.whileLoop({ while: () => i++ < count, body: () => effect, step: use })
+    }).pipe(Effect.orDie)
+
 const timeAsync = async (count: number, body: (count: number) => Promise<void>): Promise<number> => {
   await body(Math.max(1, count >> 2))
   const xs: Array<number> = []
@@ -113,23 +159,7 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
       const endpoints = yield* subscriber.endpoints
       if (endpoints.length !== n) return yield* Effect.dieMessage(`expected ${n} endpoints, got ${endpoints.length}`)
       const balancer = Balancer.roundRobin(subscriber)
-      const pickNs = yield* timeEffect(args.picks, (count) =>
-        Effect.gen(function* () {
-          for (let i = 0; i < count; i++) {
-            const endpoint = yield* balancer
-            sink += endpoint.length
-          }
-        }).pipe(Effect.orDie)
-      )
       const arrayBalancer = Balancer.roundRobin(Effect.succeed(endpoints))
-      const arrayPickNs = yield* timeEffect(args.picks, (count) =>
-        Effect.gen(function* () {
-          for (let i = 0; i < count; i++) {
-            const endpoint = yield* arrayBalancer
-            sink += endpoint.length
-          }
-        }).pipe(Effect.orDie)
-      )
       // the least any pick inside a fiber can cost: one Effect.sync reading an array
       let turn = 0
       const syncPick = Effect.sync(() => {
@@ -137,14 +167,24 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
         turn = turn === 0x3fffffff ? 0 : turn + 1
         return endpoint
       })
-      const syncPickNs = yield* timeEffect(args.picks, (count) =>
-        Effect.gen(function* () {
-          for (let i = 0; i < count; i++) {
-            const endpoint = yield* syncPick
-            sink += endpoint.length
-          }
-        })
-      )
+      const useEndpoint = (endpoint: Endpoint<number, number>) => {
+        sink += endpoint.length
+      }
+      const useVoid = () => {
+        sink += 1
+      }
+      // the same loops over the pick, over an Effect.sync pick and over Effect.void (the loop's own
+      // cost), in an Effect.gen loop and in an Effect.whileLoop; what a pick adds to a loop is the
+      // difference to the Effect.void loop
+      const picks = yield* timeEffects(args.picks, {
+        pick: genLoop(balancer, useEndpoint),
+        arrayPick: genLoop(arrayBalancer, useEndpoint),
+        syncPick: genLoop(syncPick, useEndpoint),
+        void: genLoop(Effect.void, useVoid),
+        whilePick: whileLoop(balancer, useEndpoint),
+        whileSyncPick: whileLoop(syncPick, useEndpoint),
+        whileVoid: whileLoop(Effect.void, useVoid)
+      })
       const callNs = yield* timeEffect(args.calls, (count) =>
         Effect.gen(function* () {
           for (let i = 0; i < count; i++) {
@@ -168,13 +208,17 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
           }
         }).pipe(Effect.orDie)
       )
-      return { pickNs, arrayPickNs, syncPickNs, callNs, retriedCallNs, timedCallNs }
+      return { picks, callNs, retriedCallNs, timedCallNs }
     }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
   )
   return {
-    pickNs: ours.pickNs,
-    arrayPickNs: ours.arrayPickNs,
-    syncPickNs: ours.syncPickNs,
+    pickNs: ours.picks.pick,
+    arrayPickNs: ours.picks.arrayPick,
+    syncPickNs: ours.picks.syncPick,
+    voidLoopNs: ours.picks.void,
+    whilePickNs: ours.picks.whilePick,
+    whileSyncPickNs: ours.picks.whileSyncPick,
+    whileVoidNs: ours.picks.whileVoid,
     timeoutOverheadNs: ours.timedCallNs - ours.callNs,
     plainPickNs,
     callNs: ours.callNs,

@@ -353,6 +353,10 @@ const micro = async () => {
     readonly pickNs: number
     readonly arrayPickNs: number
     readonly syncPickNs: number
+    readonly voidLoopNs: number
+    readonly whilePickNs: number
+    readonly whileSyncPickNs: number
+    readonly whileVoidNs: number
     readonly timeoutOverheadNs: number
     readonly plainPickNs: number
     readonly callNs: number
@@ -371,7 +375,19 @@ const micro = async () => {
       unit: "ns",
       bar: 150,
       barOn: "ours",
-      extra: { oursOverArrayEffectNs: r.arrayPickNs, effectSyncPickFloorNs: r.syncPickNs }
+      extra: {
+        oursOverArrayEffectNs: r.arrayPickNs,
+        effectSyncPickFloorNs: r.syncPickNs,
+        // the Effect.gen loop yielding Effect.void: what the loop costs without a pick
+        genVoidLoopNs: r.voidLoopNs,
+        oursPickOverVoidNs: r.pickNs - r.voidLoopNs,
+        effectSyncPickOverVoidNs: r.syncPickNs - r.voidLoopNs,
+        // the same picks driven by Effect.whileLoop
+        whileLoopPickNs: r.whilePickNs,
+        whileLoopSyncPickNs: r.whileSyncPickNs,
+        whileLoopVoidNs: r.whileVoidNs,
+        whileLoopPickOverVoidNs: r.whilePickNs - r.whileVoidNs
+      }
     })
   )
   record(

@@ -5,8 +5,11 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as Effectable from "effect/Effectable"
+import * as Exit from "effect/Exit"
 import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
+import { SingleShotGen, YieldWrap } from "effect/Utils"
 import type { Endpoint } from "./Endpoint.js"
 import type { EtcdError } from "./EtcdError.js"
 import * as internal from "./internal/subscriber.js"
@@ -101,12 +104,75 @@ export const roundRobin: {
   <Req, Res, E>(subscriber: Subscriber<Req, Res, E>): Balancer<Req, Res, E, EtcdError>
   <Req, Res, E, SE>(endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>): Balancer<Req, Res, E, SE>
 } = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> => {
+  if (internal.isSubscriber(source)) {
+    const subscriber = source as Subscriber<Req, Res, E>
+    const current = internal.currentEndpointSet(subscriber)
+    if (current !== undefined) return new SubscriberRoundRobin(current, subscriber.prefix)
+  }
   let counter = 0
   return fromSource(source, (endpoints) => {
     const endpoint = endpoints[counter % endpoints.length]!
     counter = counter === 0x3fffffff ? 0 : counter + 1
     return Effect.succeed(endpoint)
   })
+}
+
+/**
+ * The key of a balancer's synchronous pick (see {@link SubscriberRoundRobin}):
+ * `Retry` calls it to pick without running an effect. A `Symbol.for` key, so
+ * that `Retry` finds it without a public export.
+ */
+const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
+
+/**
+ * Round robin over our own Subscriber: an effect of its own (`Effectable.Class`),
+ * so a pick is one `commit()` that reads the current set synchronously and hands
+ * back an already-completed effect: per endpoint of the current set, one
+ * `Exit.succeed` made the first time that endpoint is picked and reused until the
+ * set changes. A pick allocates nothing.
+ *
+ * `yield*` in `Effect.gen` picks when the generator reaches it (which is when
+ * the fiber would run the effect) and yields that `Exit`, which the runtime
+ * takes without a turn of its run loop, as it does for any yielded `Exit`.
+ * Every other way of running the balancer (`flatMap`, `whileLoop`, `Retry`)
+ * goes through `commit()`.
+ */
+class SubscriberRoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
+  private counter = 0
+  /** The endpoints `exits` was made for. */
+  private endpoints: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
+  private exits: Array<Exit.Exit<Endpoint<Req, Res, E>> | undefined> = []
+
+  constructor(
+    private readonly current: () => EndpointSet<Req, Res, E>,
+    private readonly prefix: string
+  ) {
+    super()
+  }
+
+  commit(): Exit.Exit<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
+    return this[PickExit]()
+  }
+
+  override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<Endpoint<Req, Res, E>, NoEndpoints | EtcdError>> {
+    return new SingleShotGen(new YieldWrap(this[PickExit]()))
+  }
+
+  [PickExit](): Exit.Exit<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
+    const set = this.current()
+    if (set.error._tag === "Some") return Exit.fail(set.error.value)
+    const endpoints = set.endpoints
+    const n = endpoints.length
+    if (n === 0) return Exit.fail(new NoEndpoints({ prefix: this.prefix }))
+    if (endpoints !== this.endpoints) {
+      this.endpoints = endpoints
+      this.exits = new Array(n)
+    }
+    const i = this.counter % n
+    this.counter = this.counter === 0x3fffffff ? 0 : this.counter + 1
+    const exit = this.exits[i]
+    return exit !== undefined ? exit : (this.exits[i] = Exit.succeed(endpoints[i]!))
+  }
 }
 
 /**

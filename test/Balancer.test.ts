@@ -3,8 +3,15 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import type * as Subscribable from "effect/Subscribable"
+import * as TestClock from "effect/TestClock"
+import * as TestServices from "effect/TestServices"
 import * as Balancer from "../src/Balancer.js"
-import type { Endpoint } from "../src/Endpoint.js"
+import type { Endpoint, Factory } from "../src/Endpoint.js"
+import * as EtcdClient from "../src/EtcdClient.js"
+import * as Subscriber from "../src/Subscriber.js"
 
 /** An endpoint that answers with its own name. */
 const named =
@@ -74,5 +81,131 @@ describe("Balancer", () => {
       expect(error).toBe("source down")
       expect(Option.isNone(yield* Effect.option(failing))).toBe(true)
     })
+  )
+})
+
+// ---- over a Subscriber (in-memory etcd) ----
+
+/** Waits (on the subscribable's changes, never on a sleep) until `predicate` holds; 10 s of real time at most. */
+const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean) =>
+  TestServices.provideWithLive(
+    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
+      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage("changes ended")
+    ),
+    (effect) => Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error("timed out") })
+  ).pipe(Effect.orDie)
+
+/** An endpoint per instance that answers with the instance's value. */
+const valueFactory: Factory<void, string> = (value) => Effect.succeed(() => Effect.succeed(value))
+
+const put = (key: string, value: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.put(key, value))
+const del = (key: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.client.delete(key))
+
+const waitForCount = (subscriber: Subscriber.Subscriber<void, string>, n: number) =>
+  waitFor(subscriber.endpointSet, (set) => set.endpoints.length === n)
+
+/** A pick through `yield*` in Effect.gen, then calling the endpoint. */
+const genCall = <E>(balancer: Balancer.Balancer<void, string, never, E>) =>
+  Effect.gen(function* () {
+    const endpoint = yield* balancer
+    return yield* endpoint()
+  })
+
+describe("Balancer over a Subscriber", () => {
+  it.effect(
+    "round robin: yield*, flatMap and whileLoop picks share one turn, and the turn goes on over a new set",
+    () =>
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        yield* put("/svc/c", "c")
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory: valueFactory })
+        yield* waitForCount(subscriber, 3)
+        const balancer = Balancer.roundRobin(subscriber)
+        const names: Array<string> = []
+        names.push(yield* genCall(balancer))
+        names.push(yield* Effect.flatMap(balancer, (endpoint) => endpoint()))
+        names.push(yield* genCall(balancer))
+        let i = 0
+        yield* Effect.whileLoop({
+          while: () => i++ < 2,
+          body: () => Effect.flatMap(balancer, (endpoint) => endpoint()),
+          step: (name) => names.push(name)
+        })
+        expect(names).toEqual(["a", "b", "c", "a", "b"])
+        // the counter is at 5: over the new set of 4 it goes on at 5 % 4 = 1
+        yield* put("/svc/d", "d")
+        yield* waitForCount(subscriber, 4)
+        const after = [yield* genCall(balancer), yield* Effect.flatMap(balancer, (endpoint) => endpoint())]
+        expect(after).toEqual(["b", "c"])
+        // and over a smaller one
+        yield* del("/svc/a")
+        yield* waitForCount(subscriber, 3)
+        // the counter is at 7: index 7 % 3 = 1 of b, c, d
+        expect(yield* genCall(balancer)).toBe("c")
+      }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+  )
+
+  it.effect("round robin over an empty subscriber fails with NoEndpoints naming the prefix, however it is run", () =>
+    Effect.gen(function* () {
+      yield* put("/svc/a", "a")
+      const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory: valueFactory })
+      yield* waitForCount(subscriber, 1)
+      const balancer = Balancer.roundRobin(subscriber)
+      yield* del("/svc/a")
+      yield* waitForCount(subscriber, 0)
+      const viaGen = yield* Effect.flip(genCall(balancer))
+      const viaFlatMap = yield* Effect.flip(Effect.flatMap(balancer, (endpoint) => endpoint()))
+      for (const error of [viaGen, viaFlatMap]) {
+        expect(error).toBeInstanceOf(Balancer.NoEndpoints)
+        expect(error._tag === "NoEndpoints" && error.prefix).toBe("/svc/")
+      }
+      // the failure can be handled inside Effect.gen by tag
+      const handled = yield* genCall(balancer).pipe(Effect.catchTag("NoEndpoints", (e) => Effect.succeed(e.message)))
+      expect(handled).toBe("no endpoints available under /svc/")
+      // and the endpoints come back
+      yield* put("/svc/b", "b")
+      yield* waitForCount(subscriber, 1)
+      expect(yield* genCall(balancer)).toBe("b")
+    }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+  )
+
+  it.effect("round robin over an invalidated subscriber fails with its EtcdError, however it is run", () =>
+    Effect.gen(function* () {
+      const memory = yield* EtcdClient.MemoryEtcd
+      yield* put("/svc/a", "a")
+      const subscriber = yield* Subscriber.make({
+        prefix: "/svc/",
+        factory: valueFactory,
+        invalidateOnError: "30 seconds",
+        reconnect: Schedule.spaced("10 seconds")
+      })
+      yield* waitForCount(subscriber, 1)
+      const balancer = Balancer.roundRobin(subscriber)
+      yield* memory.setUnavailable
+      yield* waitFor(subscriber.state, (state) => state._tag === "Failing")
+      yield* TestClock.adjust("30 seconds")
+      yield* waitFor(subscriber.endpointSet, (set) => Option.isSome(set.error))
+      const viaGen = yield* Effect.flip(genCall(balancer))
+      const viaFlatMap = yield* Effect.flip(Effect.flatMap(balancer, (endpoint) => endpoint()))
+      for (const error of [viaGen, viaFlatMap]) {
+        expect(error._tag).toBe("EtcdError")
+        expect(error._tag === "EtcdError" && error.reason).toBe("Unavailable")
+      }
+    }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+  )
+
+  it.effect("random over a subscriber draws from Effect's Random", () =>
+    Effect.gen(function* () {
+      for (const name of ["a", "b", "c", "d"]) yield* put(`/svc/${name}`, name)
+      const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory: valueFactory })
+      yield* waitForCount(subscriber, 4)
+      const balancer = Balancer.random(subscriber)
+      const draw = Effect.forEach(Array.from({ length: 40 }), () => genCall(balancer))
+      const first = yield* draw.pipe(Effect.withRandom(Random.make("seed-1")))
+      const second = yield* draw.pipe(Effect.withRandom(Random.make("seed-1")))
+      expect(second).toEqual(first)
+      expect(new Set(first)).toEqual(new Set(["a", "b", "c", "d"]))
+    }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
   )
 })
