@@ -7,6 +7,8 @@
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import * as SubscriptionRef from "effect/SubscriptionRef"
@@ -40,6 +42,19 @@ export const validate = (service: Service): Effect.Effect<Service, NoKey | NoVal
     return { key: service.key, value: service.value, ttl }
   })
 
+/**
+ * An info log with annotations, skipped before the annotations are built when
+ * the minimum log level is above Info: annotating costs more than the
+ * registration's own bookkeeping (issue 7), and most production services log
+ * from Warning up.
+ */
+const logInfo = (message: string, annotations: Record<string, unknown>): Effect.Effect<void> =>
+  Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (minimum) =>
+    LogLevel.greaterThan(minimum, LogLevel.Info)
+      ? Effect.void
+      : Effect.logInfo(message).pipe(Effect.annotateLogs(annotations))
+  )
+
 /** Builds an unregistered handle. */
 export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Registration> =>
   Effect.gen(function* () {
@@ -72,13 +87,11 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
             const group = joined.value
             current = { group, member }
             yield* Metric.increment(Lease.registrations)
-            yield* Effect.logInfo("register").pipe(
-              Effect.annotateLogs({ key: service.key, lease: Lease.currentLease(group) ?? "none" })
-            )
+            yield* logInfo("register", { key: service.key, lease: Lease.currentLease(group) ?? "none" })
           })
         )
       )
-      .pipe(Effect.withSpan("Registrar.register", { attributes: { key: service.key } }))
+      .pipe(Effect.withSpan("Registrar.register", { attributes: { key: service.key }, captureStackTrace: false }))
 
     const deregister = lock
       .withPermits(1)(
@@ -90,7 +103,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
           const left = yield* Effect.exit(Lease.leave(group, member))
           yield* Metric.increment(Lease.deregistrations)
           if (Exit.isSuccess(left)) {
-            yield* Effect.logInfo("deregister").pipe(Effect.annotateLogs({ key: service.key, lease }))
+            yield* logInfo("deregister", { key: service.key, lease })
           } else {
             yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
               Effect.annotateLogs({ key: service.key, lease })
@@ -99,7 +112,10 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
           return yield* left
         })
       )
-      .pipe(Effect.uninterruptible, Effect.withSpan("Registrar.deregister", { attributes: { key: service.key } }))
+      .pipe(
+        Effect.uninterruptible,
+        Effect.withSpan("Registrar.deregister", { attributes: { key: service.key }, captureStackTrace: false })
+      )
 
     return { service, state, register, deregister } satisfies Registration
   })
