@@ -609,7 +609,12 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
   Effect.gen(function* () {
     for (;;) {
       const group = yield* groupFor(client, ttl)
-      const fast = yield* joinShared(group, member)
+      // a group without a live lease (a new one, or one whose lease is lost) needs the exclusive
+      // lock anyway: go there at once (joinExclusive checks again under it)
+      const fast =
+        ttl !== undefined && group.lease === undefined && !group.closed
+          ? ("NeedLease" as const)
+          : yield* joinShared(group, member)
       if (fast === "Joined") return group
       if (fast === "NeedLease" && ttl !== undefined && (yield* joinExclusive(group, ttl, member))) return group
       // the group closed while we waited for it: take a fresh one
