@@ -11,7 +11,10 @@
  * unreachable for longer than the TTL, or the lease revoked) or its key is
  * deleted by someone else, it grants a new lease and puts the key again,
  * forever, with jittered exponential backoff (200 ms, capped at 2 s). It never
- * does so after it was deregistered.
+ * does so after it was deregistered. Deletes are seen through a watch of the
+ * key's directory, opened 100 ms after the directory's first registration
+ * (so that registering is only a grant and a put) from the registration's
+ * revision: a delete in between is repaired when it opens.
  *
  * Registrations of one `EtcdClient` with the same TTL option share one lease
  * and one heartbeat (like etcd's concurrency `Session`): one keep-alive per
