@@ -185,20 +185,47 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
         whileSyncPick: whileLoop(syncPick, useEndpoint),
         whileVoid: whileLoop(Effect.void, useVoid)
       })
-      const callNs = yield* timeEffect(args.calls, (count) =>
-        Effect.gen(function* () {
-          for (let i = 0; i < count; i++) {
-            const endpoint = yield* balancer
-            sink += yield* endpoint(i)
-          }
-        }).pipe(Effect.orDie)
-      )
+      // endpoints that answer with Effect.sync: not an already-complete effect, so every retried
+      // call runs its attempt in a child fiber (the path of any endpoint that might suspend)
+      const syncSubscriber = yield* Subscriber.make<number, number>({
+        prefix: "/bench/micro/",
+        factory: (value) => {
+          const offset = value.length
+          const endpoint: Endpoint<number, number> = (request) => Effect.sync(() => request + offset)
+          return Effect.succeed(endpoint)
+        }
+      })
+      const syncEndpoints = yield* syncSubscriber.endpoints
+      if (syncEndpoints.length !== n) return yield* Effect.dieMessage(`expected ${n} endpoints`)
+      const syncBalancer = Balancer.roundRobin(syncSubscriber)
       const retried = yield* Retry.retry(balancer, { max: 3, timeout: "1 second" })
-      const retriedCallNs = yield* timeEffect(args.calls, (count) =>
-        Effect.gen(function* () {
-          for (let i = 0; i < count; i++) sink += yield* retried(i)
-        }).pipe(Effect.orDie)
-      )
+      const retriedSync = yield* Retry.retry(syncBalancer, { max: 3, timeout: "1 second" })
+      const calls = yield* timeEffects(args.calls, {
+        call: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) {
+              const endpoint = yield* balancer
+              sink += yield* endpoint(i)
+            }
+          }).pipe(Effect.orDie),
+        retried: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) sink += yield* retried(i)
+          }).pipe(Effect.orDie),
+        syncEndpointCall: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) {
+              const endpoint = yield* syncBalancer
+              sink += yield* endpoint(i)
+            }
+          }).pipe(Effect.orDie),
+        syncEndpointRetried: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) sink += yield* retriedSync(i)
+          }).pipe(Effect.orDie)
+      })
+      const callNs = calls.call
+      const retriedCallNs = calls.retried
       // what a whole-call timeout costs by itself in Effect (it races the call against a timer fiber)
       const timedCallNs = yield* timeEffect(args.calls, (count) =>
         Effect.gen(function* () {
@@ -208,7 +235,7 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
           }
         }).pipe(Effect.orDie)
       )
-      return { picks, callNs, retriedCallNs, timedCallNs }
+      return { picks, calls, callNs, retriedCallNs, timedCallNs }
     }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
   )
   return {
@@ -224,6 +251,8 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
     callNs: ours.callNs,
     retriedCallNs: ours.retriedCallNs,
     retryOverheadNs: ours.retriedCallNs - ours.callNs,
+    syncEndpointCallNs: ours.calls.syncEndpointCall,
+    syncEndpointRetriedNs: ours.calls.syncEndpointRetried,
     plainCallNs,
     plainRetriedNs,
     plainRetryOverheadNs: plainRetriedNs - plainCallNs,

@@ -363,6 +363,8 @@ const micro = async () => {
     readonly callNs: number
     readonly retriedCallNs: number
     readonly retryOverheadNs: number
+    readonly syncEndpointCallNs: number
+    readonly syncEndpointRetriedNs: number
     readonly plainCallNs: number
     readonly plainRetriedNs: number
     readonly plainRetryOverheadNs: number
@@ -402,6 +404,11 @@ const micro = async () => {
       extra: {
         oursCallNs: r.callNs,
         oursRetriedCallNs: r.retriedCallNs,
+        // the endpoints answer with Effect.succeed, so a successful call needs no timer; with
+        // Effect.sync endpoints every call runs its attempt in a child fiber (as any that may suspend)
+        oursSyncEndpointCallNs: r.syncEndpointCallNs,
+        oursSyncEndpointRetriedCallNs: r.syncEndpointRetriedNs,
+        oursSyncEndpointRetryOverheadNs: r.syncEndpointRetriedNs - r.syncEndpointCallNs,
         plainCallNs: r.plainCallNs,
         plainRetriedCallNs: r.plainRetriedNs,
         effectTimeoutOverheadNs: r.timeoutOverheadNs

@@ -8,6 +8,7 @@
 import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -134,6 +135,21 @@ const decodeTimeout = (
     return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
   })
 
+/**
+ * The synchronous pick of a balancer made by `Balancer.roundRobin` over our own
+ * Subscriber (the key is the one `Balancer` defines): an `Exit` with the endpoint
+ * or the pick's failure, without running an effect. `undefined` for any other
+ * balancer, which is run as an effect.
+ */
+const pickExitOf = <Req, Res, E, BE>(
+  balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>
+): (() => Exit.Exit<Endpoint<Req, Res, E>, BE>) | undefined => {
+  const pick = (balancer as unknown as { readonly [key: symbol]: unknown })[
+    Symbol.for("effect-sd-etcd/Balancer/pickExit")
+  ]
+  return typeof pick === "function" ? () => pick.call(balancer) as Exit.Exit<Endpoint<Req, Res, E>, BE> : undefined
+}
+
 const make = <Req, Res, E, BE, E2>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
   timeout: Option.Option<Duration.Duration>,
@@ -184,24 +200,39 @@ const make = <Req, Res, E, BE, E2>(
     return Effect.catchAll(Effect.retry(next, policy), stop)
   }
 
+  // The first attempt. With a balancer that picks synchronously, the endpoint is picked here
+  // and its effect returned; when that effect is already complete (an endpoint answering with
+  // `Effect.succeed`, a cached answer) and a success, the call is over: nothing ran that a
+  // timeout could stop, so no timer and no fiber are needed. Anything else is the first
+  // attempt to run (and time).
+  const pickExit = pickExitOf(balancer)
+  const firstAttempt =
+    pickExit === undefined
+      ? (request: Req): Effect.Effect<Res, E | BE> => Effect.flatMap(balancer, (endpoint) => endpoint(request))
+      : (request: Req): Effect.Effect<Res, E | BE> => {
+          const picked = pickExit()
+          return picked._tag === "Success" ? picked.value(request) : Exit.failCause(picked.cause)
+        }
+  const isDone = (attempt: Effect.Effect<Res, E | BE>): attempt is Exit.Success<Res, never> =>
+    Exit.isExit(attempt) && attempt._tag === "Success"
+
   // the hot path allocates no named closures: they cost a lot under keep-names transpilers
   if (Option.isNone(timeout)) {
     return (request) =>
-      Effect.catchAll(
-        Effect.flatMap(balancer, (endpoint) => endpoint(request)),
-        (error) => retrying(request, [], error)
-      )
+      Effect.suspend(() => {
+        const attempt = firstAttempt(request)
+        return isDone(attempt) ? attempt : Effect.catchAll(attempt, (error) => retrying(request, [], error))
+      })
   }
   const duration = timeout.value
   const timeoutMessage = `retry timed out after ${Duration.format(duration)}`
   return (request) =>
     Effect.suspend(() => {
+      const attempt = firstAttempt(request)
+      if (isDone(attempt)) return attempt
       const errors: Array<E | BE> = []
       return timeoutFail(
-        Effect.catchAll(
-          Effect.flatMap(balancer, (endpoint) => endpoint(request)),
-          (error) => retrying(request, errors, error)
-        ),
+        Effect.catchAll(attempt, (error) => retrying(request, errors, error)),
         duration,
         () => failure(errors, new Cause.TimeoutException(timeoutMessage), true)
       )

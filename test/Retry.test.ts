@@ -4,12 +4,18 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
+import type * as Scope from "effect/Scope"
 import * as Balancer from "../src/Balancer.js"
 import type { Endpoint } from "../src/Endpoint.js"
+import * as EtcdClient from "../src/EtcdClient.js"
+import type { EtcdError } from "../src/EtcdError.js"
 import * as Retry from "../src/Retry.js"
+import * as Subscriber from "../src/Subscriber.js"
 
 class Boom {
   readonly _tag = "Boom"
@@ -27,23 +33,62 @@ const flaky = (failures: number) =>
     return { endpoint, calls: Ref.get(calls) }
   })
 
-describe("Retry", () => {
+/**
+ * Where the round robin takes the endpoints from: an effect yielding an array, or a Subscriber over
+ * the in-memory etcd with one instance per endpoint (whose balancer picks synchronously, so that a
+ * retried call over it takes another path when the endpoint's answer is already complete).
+ */
+type Kind = "array" | "subscriber"
+
+let prefixes = 0
+
+const roundRobinOver =
+  (kind: Kind) =>
+  <Req, Res, E>(
+    endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
+  ): Effect.Effect<Balancer.Balancer<Req, Res, E, EtcdError>, never, EtcdClient.EtcdClient | Scope.Scope> =>
+    kind === "array"
+      ? Effect.succeed(Balancer.roundRobin(Effect.succeed(endpoints)))
+      : Effect.gen(function* () {
+          const client = yield* EtcdClient.EtcdClient
+          const prefix = `/svc${++prefixes}/`
+          // keys in the endpoints' order
+          for (let i = 0; i < endpoints.length; i++) {
+            yield* Effect.orDie(client.put(`${prefix}${String(i).padStart(3, "0")}`, String(i)))
+          }
+          const subscriber = yield* Effect.orDie(
+            Subscriber.make<Req, Res, E>({ prefix, factory: (value) => Effect.succeed(endpoints[Number(value)]!) })
+          )
+          const ready = yield* subscriber.endpointSet.changes.pipe(
+            Stream.filter((set) => set.endpoints.length === endpoints.length),
+            Stream.runHead
+          )
+          if (Option.isNone(ready)) return yield* Effect.dieMessage("the subscriber's changes ended")
+          return Balancer.roundRobin(subscriber)
+        })
+
+const onMemory = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  effect.pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+
+describe.each<Kind>(["array", "subscriber"])("Retry over a round robin from %s", (kind) => {
+  const balancerOf = roundRobinOver(kind)
+
   it.effect("succeeds on the 3rd attempt with max 3", () =>
     Effect.gen(function* () {
       const { calls, endpoint } = yield* flaky(2)
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+      const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
         max: 3,
         timeout: "1 second"
       })
       expect(yield* call("hi")).toBe("ok hi")
       expect(yield* calls).toBe(3)
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("fails after 3 attempts with a RetryError holding the 3 errors", () =>
     Effect.gen(function* () {
       const { calls, endpoint } = yield* flaky(10)
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+      const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
         max: 3,
         timeout: "1 second"
       })
@@ -56,7 +101,7 @@ describe("Retry", () => {
       // the error can be handled by tag
       const message = yield* call("again").pipe(Effect.catchTag("RetryError", (e) => Effect.succeed(e.message)))
       expect(message).toContain("after 3 attempts")
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("a timeout yields a RetryError with the errors so far", () =>
@@ -70,7 +115,7 @@ describe("Retry", () => {
           (n) =>
             n <= 2 ? Effect.fail(new Boom(n)) : Effect.zipRight(Deferred.succeed(thirdStarted, undefined), Effect.never)
         )
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+      const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
         max: 5,
         timeout: "3 seconds"
       })
@@ -82,7 +127,7 @@ describe("Retry", () => {
       expect(error.errors).toEqual([new Boom(1), new Boom(2)])
       expect(error.final).toBeInstanceOf(Cause.TimeoutException)
       expect(yield* Ref.get(attempts)).toBe(3)
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("the attempt in flight is interrupted when the timeout fires, and when the caller is interrupted", () =>
@@ -95,7 +140,7 @@ describe("Retry", () => {
           Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
             Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
           )
-        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+        const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
           max: 3,
           timeout: "1 second"
         })
@@ -114,14 +159,14 @@ describe("Retry", () => {
       yield* Deferred.await(second.started)
       yield* Fiber.interrupt(caller)
       yield* Deferred.await(second.interrupted)
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("the callback stops early and replaces the error", () =>
     Effect.gen(function* () {
       const { calls, endpoint } = yield* flaky(10)
       const seen: Array<readonly [number, number]> = []
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+      const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
         max: 5,
         timeout: "1 second",
         callback: (attempt, error) => {
@@ -137,27 +182,27 @@ describe("Retry", () => {
       expect(error.errors).toEqual([new Boom(1), new Boom(2)])
       expect(error.final).toBe("gave up")
       expect(yield* calls).toBe(2)
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("retryWithCallback: the callback alone decides when to stop", () =>
     Effect.gen(function* () {
       const { calls, endpoint } = yield* flaky(10)
-      const call = yield* Retry.retryWithCallback(Balancer.roundRobin(Effect.succeed([endpoint])), {
+      const call = yield* Retry.retryWithCallback(yield* balancerOf([endpoint]), {
         timeout: "1 second",
         callback: (attempt) => ({ keepTrying: attempt < 7 })
       })
       const error = yield* Effect.flip(call("hi"))
       expect(error.errors.length).toBe(7)
       expect(yield* calls).toBe(7)
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("with 3 endpoints of which one always fails, retry(3) never fails", () =>
     Effect.gen(function* () {
       const good: Endpoint<number, number, Boom> = (n) => Effect.succeed(n)
       const bad: Endpoint<number, number, Boom> = (n) => Effect.fail(new Boom(n))
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([good, bad, good])), {
+      const call = yield* Retry.retry(yield* balancerOf([good, bad, good]), {
         max: 3,
         timeout: "1 second"
       })
@@ -166,7 +211,7 @@ describe("Retry", () => {
         call
       )
       expect(results).toEqual(Array.from({ length: 100 }, (_, i) => i))
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("a backoff schedule waits between attempts, and a fresh endpoint serves each attempt", () =>
@@ -180,7 +225,7 @@ describe("Retry", () => {
           if (name === "a") Deferred.unsafeDone(firstPicked, Effect.void)
           return name === "c" ? Effect.succeed("c answered") : Effect.fail(new Boom(picked.length))
         }
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed(["a", "b", "c"].map(make))), {
+      const call = yield* Retry.retry(yield* balancerOf(["a", "b", "c"].map(make)), {
         max: 3,
         timeout: "1 minute",
         schedule: Schedule.spaced("10 seconds")
@@ -194,26 +239,23 @@ describe("Retry", () => {
       yield* TestClock.adjust("10 seconds")
       expect(yield* Fiber.join(fiber)).toBe("c answered")
       expect(picked).toEqual(["a", "b", "c"])
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("NoEndpoints counts as a failed attempt", () =>
     Effect.gen(function* () {
-      const call = yield* Retry.retry(
-        Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([])),
-        {
-          max: 2,
-          timeout: "1 second"
-        }
-      )
+      const call = yield* Retry.retry(yield* balancerOf<string, string, never>([]), {
+        max: 2,
+        timeout: "1 second"
+      })
       const error = yield* Effect.flip(call("hi"))
       expect(error.errors.map((e) => e._tag)).toEqual(["NoEndpoints", "NoEndpoints"])
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("invalid options are a typed InvalidOptions error", () =>
     Effect.gen(function* () {
-      const balancer = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+      const balancer = yield* balancerOf<string, string, never>([])
       const zero = yield* Effect.flip(Retry.retry(balancer, { max: 0, timeout: "1 second" }))
       expect(zero._tag).toBe("InvalidOptions")
       expect(zero.option).toBe("max")
@@ -221,7 +263,7 @@ describe("Retry", () => {
       expect(fraction.option).toBe("max")
       const noTime = yield* Effect.flip(Retry.retry(balancer, { max: 3, timeout: Duration.zero }))
       expect(noTime.option).toBe("timeout")
-    })
+    }).pipe(onMemory)
   )
 
   it.effect("defects are not retried", () =>
@@ -232,10 +274,80 @@ describe("Retry", () => {
           Ref.update(calls, (n) => n + 1),
           Effect.die("bug")
         )
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([dying])), { max: 3, timeout: "1 second" })
+      const call = yield* Retry.retry(yield* balancerOf([dying]), { max: 3, timeout: "1 second" })
       const exit = yield* Effect.exit(call("hi"))
       expect(exit._tag === "Failure" && Cause.isDie(exit.cause)).toBe(true)
       expect(yield* Ref.get(calls)).toBe(1)
-    })
+    }).pipe(onMemory)
+  )
+
+  it.effect("endpoints answering with an already-complete effect: every attempt's error kept, in turn", () =>
+    Effect.gen(function* () {
+      const failing =
+        (n: number): Endpoint<string, string, Boom> =>
+        () =>
+          Effect.fail(new Boom(n))
+      const call = yield* Retry.retry(yield* balancerOf([failing(1), failing(2), failing(3), failing(4)]), {
+        max: 3,
+        timeout: "1 second"
+      })
+      const error = yield* Effect.flip(call("hi"))
+      expect(error.timedOut).toBe(false)
+      expect(error.errors).toEqual([new Boom(1), new Boom(2), new Boom(3)])
+      expect(error.final).toEqual(new Boom(3))
+      // the next call goes on from the 4th endpoint
+      const next = yield* Effect.flip(call("hi"))
+      expect(next.errors).toEqual([new Boom(4), new Boom(1), new Boom(2)])
+    }).pipe(onMemory)
+  )
+
+  it.effect("after an attempt that failed at once, the timeout covers the next ones, which it interrupts", () =>
+    Effect.gen(function* () {
+      const started = yield* Deferred.make<void>()
+      const interrupted = yield* Deferred.make<void>()
+      const failing: Endpoint<string, string, Boom> = () => Effect.fail(new Boom(1))
+      const hanging: Endpoint<string, string, Boom> = () =>
+        Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
+          Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
+        )
+      const call = yield* Retry.retry(yield* balancerOf([failing, hanging]), { max: 3, timeout: "2 seconds" })
+      const fiber = yield* Effect.fork(Effect.flip(call("hi")))
+      yield* Deferred.await(started)
+      yield* TestClock.adjust("1999 millis")
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 milli")
+      const error = yield* Fiber.join(fiber)
+      expect(error.timedOut).toBe(true)
+      expect(error.errors).toEqual([new Boom(1)])
+      expect(error.final).toBeInstanceOf(Cause.TimeoutException)
+      yield* Deferred.await(interrupted)
+    }).pipe(onMemory)
+  )
+
+  it.effect("a defect answered at once is not retried either", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const dying: Endpoint<string, string> = () => {
+        calls++
+        return Effect.die("bug")
+      }
+      const call = yield* Retry.retry(yield* balancerOf([dying]), { max: 3, timeout: "1 second" })
+      const exit = yield* Effect.exit(call("hi"))
+      expect(exit._tag === "Failure" && Cause.isDie(exit.cause)).toBe(true)
+      expect(calls).toBe(1)
+    }).pipe(onMemory)
+  )
+
+  it.effect("without a timeout: retries and keeps every error", () =>
+    Effect.gen(function* () {
+      const good: Endpoint<number, number, Boom> = (n) => Effect.succeed(n)
+      const bad: Endpoint<number, number, Boom> = (n) => Effect.fail(new Boom(n))
+      const mostlyGood = yield* Retry.retry(yield* balancerOf([bad, good]), { max: 2, timeout: Duration.infinity })
+      expect(yield* Effect.forEach([1, 2, 3, 4], mostlyGood)).toEqual([1, 2, 3, 4])
+      const allBad = yield* Retry.retry(yield* balancerOf([bad]), { max: 3, timeout: Duration.infinity })
+      const error = yield* Effect.flip(allBad(7))
+      expect(error.timedOut).toBe(false)
+      expect(error.errors).toEqual([new Boom(7), new Boom(7), new Boom(7)])
+    }).pipe(onMemory)
   )
 })
