@@ -18,6 +18,12 @@ import type * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 
+/** The child's flags: interruptible, yielding; the same for every call. */
+const childFlags = RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.CooperativeYielding)
+
+/** Start the child at once, in the caller's turn. */
+const immediately: Runtime.RunForkOptions = { immediate: true }
+
 export const timeoutFail = <A, E, R, E2>(
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
@@ -26,10 +32,10 @@ export const timeoutFail = <A, E, R, E2>(
   Effect.withFiberRuntime<A, E | E2, R>((parent) => {
     const runtime = Runtime.make({
       context: parent.currentContext as never,
-      runtimeFlags: RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.CooperativeYielding),
+      runtimeFlags: childFlags,
       fiberRefs: parent.getFiberRefs()
     }) as Runtime.Runtime<R>
-    const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime)(self, { immediate: true })
+    const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
     const done = child.unsafePoll()
     if (done !== null) return done
     return Effect.async<A, E | E2>((resume) => {
@@ -42,7 +48,7 @@ export const timeoutFail = <A, E, R, E2>(
         resume(exit)
       })
       if (settled) return
-      timer = Runtime.runFork(runtime as Runtime.Runtime<never>)(Effect.sleep(duration), { immediate: true })
+      timer = Runtime.runFork(runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
       timer.addObserver((exit) => {
         if (settled || !Exit.isSuccess(exit)) return
         settled = true
