@@ -7,6 +7,7 @@
 import * as Effect from "effect/Effect"
 import * as Effectable from "effect/Effectable"
 import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import { SingleShotGen, YieldWrap } from "effect/Utils"
@@ -107,7 +108,14 @@ export const roundRobin: {
   if (internal.isSubscriber(source)) {
     const subscriber = source as Subscriber<Req, Res, E>
     const current = internal.currentEndpointSet(subscriber)
-    if (current !== undefined) return new SubscriberRoundRobin(current, subscriber.prefix)
+    if (current !== undefined) return new RoundRobin(current, subscriber.prefix)
+  } else if (Exit.isExit(source) && source._tag === "Success") {
+    // a fixed array (`Effect.succeed(endpoints)`): nothing to run to read it
+    const set: CurrentSet<Req, Res, E> = {
+      endpoints: source.value as ReadonlyArray<Endpoint<Req, Res, E>>,
+      error: Option.none()
+    }
+    return new RoundRobin(() => set, undefined)
   }
   let counter = 0
   return fromSource(source, (endpoints) => {
@@ -124,12 +132,18 @@ export const roundRobin: {
  */
 const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
 
+/** What a {@link RoundRobin} reads on every pick. */
+interface CurrentSet<Req, Res, E> {
+  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
+  readonly error: Option.Option<EtcdError>
+}
+
 /**
- * Round robin over our own Subscriber: an effect of its own (`Effectable.Class`),
- * so a pick is one `commit()` that reads the current set synchronously and hands
- * back an already-completed effect: per endpoint of the current set, one
- * `Exit.succeed` made the first time that endpoint is picked and reused until the
- * set changes. A pick allocates nothing.
+ * Round robin over a set read synchronously (our own Subscriber's current set, or
+ * a fixed array): an effect of its own (`Effectable.Class`), so a pick is one
+ * `commit()` that hands back an already-completed effect: per position, an
+ * `Exit.succeed` of the endpoint there, made the first time and reused while the
+ * same endpoint is there. A pick allocates nothing.
  *
  * `yield*` in `Effect.gen` picks when the generator reaches it (which is when
  * the fiber would run the effect) and yields that `Exit`, which the runtime
@@ -137,15 +151,13 @@ const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
  * Every other way of running the balancer (`flatMap`, `whileLoop`, `Retry`)
  * goes through `commit()`.
  */
-class SubscriberRoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
+class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
   private counter = 0
-  /** The endpoints `exits` was made for. */
-  private endpoints: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
-  private exits: Array<Exit.Exit<Endpoint<Req, Res, E>> | undefined> = []
+  private readonly exits: Array<Exit.Exit<Endpoint<Req, Res, E>> | undefined> = []
 
   constructor(
-    private readonly current: () => EndpointSet<Req, Res, E>,
-    private readonly prefix: string
+    private readonly current: () => CurrentSet<Req, Res, E>,
+    private readonly prefix: string | undefined
   ) {
     super()
   }
@@ -163,15 +175,14 @@ class SubscriberRoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, R
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
     const endpoints = set.endpoints
     const n = endpoints.length
-    if (n === 0) return Exit.fail(new NoEndpoints({ prefix: this.prefix }))
-    if (endpoints !== this.endpoints) {
-      this.endpoints = endpoints
-      this.exits = new Array(n)
-    }
+    if (n === 0)
+      return Exit.fail(this.prefix === undefined ? new NoEndpoints() : new NoEndpoints({ prefix: this.prefix }))
     const i = this.counter % n
     this.counter = this.counter === 0x3fffffff ? 0 : this.counter + 1
+    const endpoint = endpoints[i]!
     const exit = this.exits[i]
-    return exit !== undefined ? exit : (this.exits[i] = Exit.succeed(endpoints[i]!))
+    if (exit !== undefined && exit._tag === "Success" && exit.value === endpoint) return exit
+    return (this.exits[i] = Exit.succeed(endpoint))
   }
 }
 

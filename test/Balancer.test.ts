@@ -23,12 +23,20 @@ const callMany = <E>(balancer: Balancer.Balancer<void, string, never, E>, n: num
   Effect.forEach(Array.from({ length: n }), () => Effect.flatMap(balancer, (endpoint) => endpoint()))
 
 describe("Balancer", () => {
-  it.effect("round robin visits every endpoint in turn", () =>
+  it.effect("round robin visits every endpoint in turn, from a fixed array or an effect", () =>
     Effect.gen(function* () {
       const endpoints = ["a", "b", "c"].map(named)
-      const balancer = Balancer.roundRobin(Effect.succeed(endpoints))
-      const names = yield* callMany(balancer, 7)
-      expect(names).toEqual(["a", "b", "c", "a", "b", "c", "a"])
+      for (const balancer of [
+        Balancer.roundRobin(Effect.succeed(endpoints)),
+        Balancer.roundRobin(Effect.sync(() => endpoints))
+      ]) {
+        const names = yield* callMany(balancer, 5)
+        // yield* in Effect.gen picks from the same turn
+        names.push(yield* Effect.flatMap(balancer, (endpoint) => endpoint()))
+        const endpoint = yield* balancer
+        names.push(yield* endpoint())
+        expect(names).toEqual(["a", "b", "c", "a", "b", "c", "a"])
+      }
     })
   )
 
@@ -64,7 +72,16 @@ describe("Balancer", () => {
       const empty = Effect.succeed<ReadonlyArray<Endpoint<void, string>>>([])
       const rr = yield* Effect.flip(Balancer.roundRobin(empty))
       const rnd = yield* Effect.flip(Balancer.random(empty))
+      const viaGen = yield* Effect.flip(
+        Effect.gen(function* () {
+          return yield* Balancer.roundRobin(empty)
+        })
+      )
+      const fromEffect = yield* Effect.flip(Balancer.roundRobin(Effect.sync(() => [])))
       expect(rr).toBeInstanceOf(Balancer.NoEndpoints)
+      expect(viaGen).toBeInstanceOf(Balancer.NoEndpoints)
+      expect(fromEffect).toBeInstanceOf(Balancer.NoEndpoints)
+      expect(viaGen.message).toBe("no endpoints available")
       expect(rnd._tag).toBe("NoEndpoints")
       const handled = yield* Balancer.roundRobin(empty).pipe(
         Effect.map(() => "picked"),

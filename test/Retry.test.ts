@@ -34,11 +34,12 @@ const flaky = (failures: number) =>
   })
 
 /**
- * Where the round robin takes the endpoints from: an effect yielding an array, or a Subscriber over
- * the in-memory etcd with one instance per endpoint (whose balancer picks synchronously, so that a
- * retried call over it takes another path when the endpoint's answer is already complete).
+ * Where the round robin takes the endpoints from: a fixed array (`Effect.succeed`), an effect to run
+ * (`Effect.sync`), or a Subscriber over the in-memory etcd with one instance per endpoint. Over the
+ * array and the Subscriber the balancer picks synchronously, so that a retried call takes another
+ * path when the endpoint's answer is already complete.
  */
-type Kind = "array" | "subscriber"
+type Kind = "array" | "effect" | "subscriber"
 
 let prefixes = 0
 
@@ -49,28 +50,30 @@ const roundRobinOver =
   ): Effect.Effect<Balancer.Balancer<Req, Res, E, EtcdError>, never, EtcdClient.EtcdClient | Scope.Scope> =>
     kind === "array"
       ? Effect.succeed(Balancer.roundRobin(Effect.succeed(endpoints)))
-      : Effect.gen(function* () {
-          const client = yield* EtcdClient.EtcdClient
-          const prefix = `/svc${++prefixes}/`
-          // keys in the endpoints' order
-          for (let i = 0; i < endpoints.length; i++) {
-            yield* Effect.orDie(client.put(`${prefix}${String(i).padStart(3, "0")}`, String(i)))
-          }
-          const subscriber = yield* Effect.orDie(
-            Subscriber.make<Req, Res, E>({ prefix, factory: (value) => Effect.succeed(endpoints[Number(value)]!) })
-          )
-          const ready = yield* subscriber.endpointSet.changes.pipe(
-            Stream.filter((set) => set.endpoints.length === endpoints.length),
-            Stream.runHead
-          )
-          if (Option.isNone(ready)) return yield* Effect.dieMessage("the subscriber's changes ended")
-          return Balancer.roundRobin(subscriber)
-        })
+      : kind === "effect"
+        ? Effect.succeed(Balancer.roundRobin(Effect.sync(() => endpoints)))
+        : Effect.gen(function* () {
+            const client = yield* EtcdClient.EtcdClient
+            const prefix = `/svc${++prefixes}/`
+            // keys in the endpoints' order
+            for (let i = 0; i < endpoints.length; i++) {
+              yield* Effect.orDie(client.put(`${prefix}${String(i).padStart(3, "0")}`, String(i)))
+            }
+            const subscriber = yield* Effect.orDie(
+              Subscriber.make<Req, Res, E>({ prefix, factory: (value) => Effect.succeed(endpoints[Number(value)]!) })
+            )
+            const ready = yield* subscriber.endpointSet.changes.pipe(
+              Stream.filter((set) => set.endpoints.length === endpoints.length),
+              Stream.runHead
+            )
+            if (Option.isNone(ready)) return yield* Effect.dieMessage("the subscriber's changes ended")
+            return Balancer.roundRobin(subscriber)
+          })
 
 const onMemory = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   effect.pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
 
-describe.each<Kind>(["array", "subscriber"])("Retry over a round robin from %s", (kind) => {
+describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin from %s", (kind) => {
   const balancerOf = roundRobinOver(kind)
 
   it.effect("succeeds on the 3rd attempt with max 3", () =>
