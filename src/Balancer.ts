@@ -52,9 +52,42 @@ export type Balancer<Req, Res, E = never, BE = never> = Effect.Effect<Endpoint<R
 export type Source<Req, Res, E = never, SE = never> =
   Subscriber<Req, Res, E> | Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>
 
+/** What a balancer over a set it can read synchronously reads on every pick. */
+interface CurrentSet<Req, Res, E> {
+  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
+  readonly error: Option.Option<EtcdError>
+}
+
 /**
- * Builds a balancer from a picking function over a non-empty array.
- * Reads the subscriber's endpoints straight from its ref, without copying.
+ * A source whose current set is read without running an effect: our own
+ * Subscriber (its current set), or a fixed array (`Effect.succeed(endpoints)`).
+ * `undefined` for any other source, which is run on every pick.
+ */
+const synchronousSource = <Req, Res, E, SE>(
+  source: Source<Req, Res, E, SE>
+): { readonly current: () => CurrentSet<Req, Res, E>; readonly prefix: string | undefined } | undefined => {
+  if (internal.isSubscriber(source)) {
+    const subscriber = source as Subscriber<Req, Res, E>
+    const current = internal.currentEndpointSet(subscriber)
+    return current === undefined ? undefined : { current, prefix: subscriber.prefix }
+  }
+  if (Exit.isExit(source) && source._tag === "Success") {
+    const set: CurrentSet<Req, Res, E> = {
+      endpoints: source.value as ReadonlyArray<Endpoint<Req, Res, E>>,
+      error: Option.none()
+    }
+    return { current: () => set, prefix: undefined }
+  }
+  return undefined
+}
+
+const noEndpoints = (prefix: string | undefined): NoEndpoints =>
+  prefix === undefined ? new NoEndpoints() : new NoEndpoints({ prefix })
+
+/**
+ * Builds a balancer from a picking function over a non-empty array, for a
+ * source that is run on every pick (another Subscriber implementation reads
+ * its endpoint set's ref, without copying).
  */
 const fromSource = <Req, Res, E, SE>(
   source: Source<Req, Res, E, SE>,
@@ -63,18 +96,6 @@ const fromSource = <Req, Res, E, SE>(
   if (internal.isSubscriber(source)) {
     const subscriber = source as Subscriber<Req, Res, E>
     const prefix = subscriber.prefix
-    const current = internal.currentEndpointSet(subscriber)
-    if (current !== undefined) {
-      // our own subscriber: its current set is read synchronously, without an effect of its own
-      return Effect.suspend((): Balancer<Req, Res, E, EtcdError> => {
-        const set = current()
-        return set.error._tag === "Some"
-          ? Effect.fail(set.error.value)
-          : set.endpoints.length === 0
-            ? Effect.fail(new NoEndpoints({ prefix }))
-            : pick(set.endpoints)
-      })
-    }
     return Effect.flatMap(
       subscriber.endpointSet.get,
       (set: EndpointSet<Req, Res, E>): Balancer<Req, Res, E, EtcdError> =>
@@ -105,18 +126,8 @@ export const roundRobin: {
   <Req, Res, E>(subscriber: Subscriber<Req, Res, E>): Balancer<Req, Res, E, EtcdError>
   <Req, Res, E, SE>(endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>): Balancer<Req, Res, E, SE>
 } = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> => {
-  if (internal.isSubscriber(source)) {
-    const subscriber = source as Subscriber<Req, Res, E>
-    const current = internal.currentEndpointSet(subscriber)
-    if (current !== undefined) return new RoundRobin(current, subscriber.prefix)
-  } else if (Exit.isExit(source) && source._tag === "Success") {
-    // a fixed array (`Effect.succeed(endpoints)`): nothing to run to read it
-    const set: CurrentSet<Req, Res, E> = {
-      endpoints: source.value as ReadonlyArray<Endpoint<Req, Res, E>>,
-      error: Option.none()
-    }
-    return new RoundRobin(() => set, undefined)
-  }
+  const synchronous = synchronousSource(source)
+  if (synchronous !== undefined) return new RoundRobin(synchronous.current, synchronous.prefix)
   let counter = 0
   return fromSource(source, (endpoints) => {
     const endpoint = endpoints[counter % endpoints.length]!
@@ -131,12 +142,6 @@ export const roundRobin: {
  * that `Retry` finds it without a public export.
  */
 const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
-
-/** What a {@link RoundRobin} reads on every pick. */
-interface CurrentSet<Req, Res, E> {
-  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
-  readonly error: Option.Option<EtcdError>
-}
 
 /**
  * Round robin over a set read synchronously (our own Subscriber's current set, or
@@ -198,5 +203,20 @@ class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, No
 export const random: {
   <Req, Res, E>(subscriber: Subscriber<Req, Res, E>): Balancer<Req, Res, E, EtcdError>
   <Req, Res, E, SE>(endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>): Balancer<Req, Res, E, SE>
-} = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> =>
-  fromSource(source, (endpoints) => Effect.map(Random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!))
+} = <Req, Res, E, SE>(source: Source<Req, Res, E, SE>): Balancer<Req, Res, E, SE | EtcdError> => {
+  const synchronous = synchronousSource(source)
+  if (synchronous === undefined) {
+    return fromSource(source, (endpoints) =>
+      Effect.map(Random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!)
+    )
+  }
+  const { current, prefix } = synchronous
+  // one effect reads the set and the fiber's Random service
+  return Effect.randomWith((random): Balancer<Req, Res, E, EtcdError> => {
+    const set = current()
+    if (set.error._tag === "Some") return Exit.fail(set.error.value)
+    const endpoints = set.endpoints
+    if (endpoints.length === 0) return Exit.fail(noEndpoints(prefix))
+    return Effect.map(random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!)
+  })
+}

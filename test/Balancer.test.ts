@@ -64,6 +64,9 @@ describe("Balancer", () => {
       expect(other).not.toEqual(first)
       // every endpoint gets picked
       expect(new Set(first)).toEqual(new Set(["a", "b", "c", "d", "e"]))
+      // the same draws from a source that is run on every pick
+      const fromEffect = Balancer.random(Effect.sync(() => endpoints))
+      expect(yield* callMany(fromEffect, 50).pipe(Effect.withRandom(Random.make("seed-1")))).toEqual(first)
     })
   )
 
