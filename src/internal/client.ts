@@ -6,10 +6,10 @@
  */
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId, WatchEvent } from "../EtcdClient.js"
 import { EtcdError, NoKey, NoValue } from "../EtcdError.js"
@@ -26,17 +26,27 @@ export type RawWatchEvent =
       readonly cluster: string
     }
 
+/** Where one watch connection hands over what it delivers. Both are called outside any fiber. */
+export interface WatchSink {
+  /** Events that arrived together, in order; never empty. */
+  readonly events: (events: ReadonlyArray<RawWatchEvent>) => void
+  /** The connection is lost or canceled; nothing comes after it. */
+  readonly fail: (error: EtcdError) => void
+}
+
 /**
- * What an implementation provides. `watchOnce` is one watch connection: it
- * emits `Created` (with the store revision and the cluster id) first, then the changes from
- * `fromRevision` in order; it fails with `Unavailable` when the connection is
- * lost and with the cancel reason when etcd cancels the watch.
+ * What an implementation provides. `watchOnce` opens one watch connection
+ * that hands `sink` `Created` (with the store revision and the cluster id)
+ * first, then the changes from `fromRevision` in order; it fails the sink with
+ * `Unavailable` when the connection is lost and with the cancel reason when
+ * etcd cancels the watch. It returns the function that closes the connection
+ * (after which the sink hears nothing more).
  */
 export interface Primitives extends Pick<
   EtcdClient,
   "grant" | "keepAliveOnce" | "revoke" | "put" | "get" | "delete" | "list" | "compact" | "revision"
 > {
-  readonly watchOnce: (prefix: string, fromRevision: number) => Stream.Stream<RawWatchEvent, EtcdError>
+  readonly watchOnce: (prefix: string, fromRevision: number, sink: WatchSink) => Effect.Effect<() => void>
 }
 
 /** The default reconnect schedule of a watch: jittered exponential from 100 ms, capped at 2 s, forever. */
@@ -49,7 +59,30 @@ export const defaultReconnect: Schedule.Schedule<unknown, EtcdError> = Schedule.
 export const isTransient = (error: EtcdError): boolean => error.reason === "Unavailable" || error.reason === "Timeout"
 
 /**
- * A watch that reconnects by itself from the last revision seen. Emits
+ * A watch read batch by batch: what the subscriber's engine drives directly,
+ * and what the `watch` stream is made of.
+ */
+export interface WatchBatches {
+  /**
+   * The events that arrived since the last take, in order, waiting for some if
+   * none has; fails with the error that ends the watch.
+   */
+  readonly take: Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError>
+}
+
+/** One watch connection's mailbox: what its sink was handed and the engine has not taken yet. */
+interface Connection {
+  /** The first revision to deliver (earlier ones were delivered by a previous connection). */
+  readonly from: number
+  batches: Array<ReadonlyArray<RawWatchEvent>>
+  error: EtcdError | undefined
+  /** Wakes the fiber waiting in `take`. */
+  wake: (() => void) | undefined
+  close: (() => void) | undefined
+}
+
+/**
+ * A watch that reconnects by itself from the last revision seen. Delivers
  * `Disconnected` on a transient failure and `Reconnected` when live again. Fails
  * with `Rewound` when, on reconnecting, the cluster is another one (a wiped or
  * replaced cluster has a new cluster id, whatever its revision has reached by
@@ -58,98 +91,224 @@ export const isTransient = (error: EtcdError): boolean => error.reason === "Unav
  * revision: a linearizable read of the revision tells it apart from a store
  * that went back. A resumed watch is complete or fails with `Compacted`: it
  * never skips the deletes of a compacted revision.
+ *
+ * No Stream in between: a connection hands its events to a mailbox outside any
+ * fiber, and `take` empties it (everything that arrived since the last take is
+ * one batch). The connection open is closed with the scope.
  */
+export const openWatch = (
+  primitives: Primitives,
+  prefix: string,
+  fromRevision: number,
+  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
+): Effect.Effect<WatchBatches, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const driver = yield* Schedule.driver(Schedule.whileInput(reconnect, isTransient))
+    // the watch's state, touched only by the fiber taking from it (and the sinks, which only fill mailboxes)
+    let next = fromRevision // the next revision to deliver
+    let disconnected = false
+    let cluster: string | undefined = undefined // the cluster followed, from the first connection on
+    let connection: Connection | undefined = undefined
+    // the transient failure to back off from before connecting again
+    let retryAfter: EtcdError | undefined = undefined
+    // the error that ended the watch
+    let ended: EtcdError | undefined = undefined
+    let closed = false
+
+    const wake = (c: Connection) => {
+      const waiter = c.wake
+      if (waiter !== undefined) {
+        c.wake = undefined
+        waiter()
+      }
+    }
+
+    const connect = Effect.suspend(() => {
+      if (closed) return Effect.interrupt
+      const from = next
+      // etcd keeps revision C readable after a compaction at C, but drops the tombstones of
+      // its deletes: a watch resumed from exactly C would be accepted and miss them for good.
+      // Resuming one revision early (and dropping what was delivered already) turns that case
+      // into Compacted, so that the caller lists again.
+      const start = cluster !== undefined && from > 1 ? from - 1 : from
+      const c: Connection = { from, batches: [], error: undefined, wake: undefined, close: undefined }
+      connection = c
+      const sink: WatchSink = {
+        events: (events) => {
+          if (connection !== c || c.error !== undefined) return
+          c.batches.push(events)
+          wake(c)
+        },
+        fail: (error) => {
+          if (connection !== c || c.error !== undefined) return
+          c.error = error
+          wake(c)
+        }
+      }
+      return Effect.map(primitives.watchOnce(prefix, start, sink), (close) => {
+        c.close = close
+      })
+    }).pipe(Effect.uninterruptible)
+
+    const disconnect = () => {
+      const c = connection
+      connection = undefined
+      c?.close?.()
+    }
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        closed = true
+        disconnect()
+      })
+    )
+
+    /** A connection's `Created`: checks that the cluster is the one followed and has not gone back. */
+    const created = (event: { readonly revision: number; readonly cluster: string }, from: number) =>
+      Effect.gen(function* () {
+        const known = cluster
+        cluster = event.cluster
+        if (known !== undefined && known !== event.cluster) {
+          return yield* new EtcdError({
+            operation: "watch",
+            reason: "Rewound",
+            detail: `the cluster was replaced (cluster id ${event.cluster}, was ${known}); revision ${from - 1} already seen`
+          })
+        }
+        if (event.revision < from - 1) {
+          const current = yield* primitives.revision
+          if (current < from - 1) {
+            return yield* new EtcdError({
+              operation: "watch",
+              reason: "Rewound",
+              detail: `store revision ${current} is behind revision ${from - 1} already seen`
+            })
+          }
+        }
+        // connected: the next outage starts its backoff afresh
+        yield* driver.reset
+      })
+
+    /** The connection failed: a terminal error ends the watch; a transient one is announced once, then retried. */
+    const lost = (error: EtcdError): Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError> => {
+      disconnect()
+      if (!isTransient(error)) {
+        ended = error
+        return Effect.fail(error)
+      }
+      retryAfter = error
+      if (disconnected) return take
+      disconnected = true
+      return Effect.succeed([{ _tag: "Disconnected", error }])
+    }
+
+    /** Hands over what the connection delivered: the changes not delivered yet, and `Reconnected` after an outage. */
+    const deliver = (c: Connection): Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError> => {
+      const batches = c.batches
+      c.batches = []
+      let createdEvent: { readonly revision: number; readonly cluster: string } | undefined = undefined
+      let last = next
+      const out: Array<WatchEvent> = []
+      for (const batch of batches) {
+        for (const event of batch) {
+          if (event._tag === "Created") {
+            createdEvent = event
+          } else if (event.revision >= c.from) {
+            out.push(event)
+            last = event.revision + 1
+          }
+        }
+      }
+      if (createdEvent === undefined) {
+        // the common case, changes on a connection already checked, costs no effect at all
+        next = last
+        return out.length === 0 ? take : Effect.succeed(out)
+      }
+      const event = createdEvent
+      return Effect.matchEffect(created(event, c.from), {
+        onFailure: (error) => lost(error),
+        onSuccess: () => {
+          next = last
+          if (disconnected) {
+            disconnected = false
+            out.unshift({ _tag: "Reconnected", revision: event.revision })
+          }
+          return out.length === 0 ? take : Effect.succeed(out)
+        }
+      })
+    }
+
+    const take: Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError> = Effect.suspend(() => {
+      if (ended !== undefined) return Effect.fail(ended)
+      const c = connection
+      if (c === undefined) {
+        // reconnect as the schedule says, from the last revision seen
+        const error = retryAfter
+        retryAfter = undefined
+        if (error === undefined) return Effect.zipRight(connect, take)
+        return Effect.matchEffect(driver.next(error), {
+          onFailure: () => {
+            ended = error
+            return Effect.fail(error)
+          },
+          onSuccess: () => Effect.zipRight(connect, take)
+        })
+      }
+      if (c.batches.length > 0) return deliver(c)
+      if (c.error !== undefined) return lost(c.error)
+      return Effect.async<ReadonlyArray<WatchEvent>, EtcdError>((resume) => {
+        c.wake = () => resume(take)
+        return Effect.sync(() => {
+          c.wake = undefined
+        })
+      })
+    })
+
+    yield* connect
+    return { take }
+  })
+
+/** {@link openWatch} as a stream. */
 export const reconnectingWatch = (
   primitives: Primitives,
   prefix: string,
   fromRevision: number,
   reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
 ): Stream.Stream<WatchEvent, EtcdError> =>
-  Stream.unwrap(
-    Effect.map(Schedule.driver(Schedule.whileInput(reconnect, isTransient)), (driver) => {
-      // the watch's state, touched only by this stream's fiber: plain variables, not Refs,
-      // because every chunk of every event goes through here
-      let next = fromRevision // the next revision to deliver
-      let disconnected = false
-      let cluster: string | undefined = undefined // the cluster followed, from the first connection on
-
-      /** A connection's `Created`: checks that the cluster is the one followed and has not gone back. */
-      const created = (event: { readonly revision: number; readonly cluster: string }, from: number) =>
-        Effect.gen(function* () {
-          const known = cluster
-          cluster = event.cluster
-          if (known !== undefined && known !== event.cluster) {
-            return yield* new EtcdError({
-              operation: "watch",
-              reason: "Rewound",
-              detail: `the cluster was replaced (cluster id ${event.cluster}, was ${known}); revision ${from - 1} already seen`
-            })
-          }
-          if (event.revision < from - 1) {
-            const current = yield* primitives.revision
-            if (current < from - 1) {
-              return yield* new EtcdError({
-                operation: "watch",
-                reason: "Rewound",
-                detail: `store revision ${current} is behind revision ${from - 1} already seen`
-              })
-            }
-          }
-          // connected: the next outage starts its backoff afresh
-          yield* driver.reset
-        })
-
-      const connection = (from: number, start: number): Stream.Stream<WatchEvent, EtcdError> =>
-        primitives.watchOnce(prefix, start).pipe(
-          Stream.mapChunksEffect((chunk): Effect.Effect<Chunk.Chunk<WatchEvent>, EtcdError> => {
-            let check: Effect.Effect<void, EtcdError> | undefined = undefined
-            const out: Array<WatchEvent> = []
-            for (const event of chunk) {
-              if (event._tag === "Created") {
-                check = created(event, from)
-                if (disconnected) {
-                  disconnected = false
-                  out.push({ _tag: "Reconnected", revision: event.revision })
-                }
-              } else if (event.revision >= from) {
-                out.push(event)
-                next = event.revision + 1
-              }
-            }
-            const result = Chunk.unsafeFromArray(out)
-            // the common case, a chunk of changes, costs no effect at all
-            return check === undefined ? Exit.succeed(result) : Effect.as(check, result)
-          })
-        )
-
-      const loop: Stream.Stream<WatchEvent, EtcdError> = Stream.suspend(() => {
-        const from = next
-        // etcd keeps revision C readable after a compaction at C, but drops the tombstones of
-        // its deletes: a watch resumed from exactly C would be accepted and miss them for good.
-        // Resuming one revision early (and dropping what was delivered already) turns that case
-        // into Compacted, so that the caller lists again.
-        const start = cluster !== undefined && from > 1 ? from - 1 : from
-        return connection(from, start).pipe(
-          Stream.catchAll((error) => {
-            if (!isTransient(error)) return Stream.fail(error)
-            // announce an outage once; then reconnect as the schedule says, from the last revision seen
-            const announce = disconnected ? Stream.empty : Stream.succeed<WatchEvent>({ _tag: "Disconnected", error })
-            disconnected = true
-            return Stream.concat(
-              announce,
-              Stream.unwrap(
-                Effect.match(driver.next(error), {
-                  onFailure: () => Stream.fail(error),
-                  onSuccess: () => loop
-                })
-              )
-            )
-          })
-        )
-      })
-      return loop
-    })
+  Stream.unwrapScoped(
+    Effect.map(openWatch(primitives, prefix, fromRevision, reconnect), (watch) =>
+      Stream.repeatEffectChunk(Effect.map(watch.take, (events) => Chunk.unsafeFromArray(events)))
+    )
   )
+
+type OpenWatchOf = (
+  prefix: string,
+  fromRevision: number,
+  reconnect: Schedule.Schedule<unknown, EtcdError> | undefined
+) => Effect.Effect<WatchBatches, never, Scope.Scope>
+
+/** Where an EtcdClient made by {@link fromPrimitives} keeps its {@link openWatch}. */
+const OpenWatch: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/openWatch")
+
+/**
+ * The watch of `client` read batch by batch: {@link openWatch} directly for a
+ * client made here, its `watch` stream for any other implementation.
+ */
+export const watchBatches = (
+  client: EtcdClient,
+  prefix: string,
+  options: { readonly fromRevision: number; readonly reconnect?: Schedule.Schedule<unknown, EtcdError> | undefined }
+): Effect.Effect<WatchBatches, never, Scope.Scope> => {
+  const direct = (client as { readonly [OpenWatch]?: OpenWatchOf })[OpenWatch]
+  if (direct !== undefined) return direct(prefix, options.fromRevision, options.reconnect)
+  return Effect.map(Stream.toPull(client.watch(prefix, options)), (pull) => ({
+    take: Effect.mapBoth(pull, {
+      onFailure: Option.getOrElse(
+        () => new EtcdError({ operation: "watch", reason: "Canceled", detail: "the watch ended" })
+      ),
+      onSuccess: (chunk) => Chunk.toReadonlyArray(chunk)
+    })
+  }))
+}
 
 /** Builds the whole service from the primitives. */
 export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient> =>
@@ -217,7 +376,7 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
         }
       })
 
-    return {
+    const client = {
       getEntries,
       watchPrefix,
       register,
@@ -233,4 +392,9 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
       compact: primitives.compact,
       revision: primitives.revision
     } satisfies EtcdClient
+    // not enumerable: a client spread into a wrapper (which may change `watch`) uses that `watch`
+    const direct: OpenWatchOf = (prefix, fromRevision, reconnect) =>
+      openWatch(primitives, prefix, fromRevision, reconnect)
+    Object.defineProperty(client, OpenWatch, { value: direct })
+    return client
   })

@@ -15,13 +15,12 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel"
 import * as Etcd3 from "etcd3"
 import type { ConnectionPool } from "etcd3/lib/connection-pool.js"
 import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdClient.js"
 import { EtcdError, InvalidOptions } from "../EtcdError.js"
-import type { RawWatchEvent } from "./client.js"
+import type { RawWatchEvent, WatchSink } from "./client.js"
 import { fromPrimitives, isTransient } from "./client.js"
 
 const defaultTimeout = Duration.seconds(3)
@@ -533,166 +532,157 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       Effect.map((r) => Number(r.header.revision))
     )
 
-    const watchOnce = (prefix: string, fromRevision: number): Stream.Stream<RawWatchEvent, EtcdError> =>
-      Stream.asyncPush<RawWatchEvent, EtcdError>(
-        (emit) =>
-          Effect.acquireRelease(
-            Effect.sync(() => {
-              let stream: Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse> | undefined
-              let closed = false
-              /**
-               * A member that accepts the connection but does not answer (paused,
-               * partitioned) is found out by one timer: the watch must be created
-               * within `requestTimeout`; after `dialKeepAlive` without a message it
-               * asks for a progress report, which must come within `requestTimeout`.
-               */
-              let phase: "creating" | "idle" | "probing" = "creating"
-              // what arrived in this turn of the event loop, handed over as one batch
-              let pending: Array<RawWatchEvent> = []
-              let flushing = false
-              const flush = () => {
-                flushing = false
-                if (closed || pending.length === 0) return
-                const batch = pending
-                pending = []
-                emit.array(batch)
-              }
-              const fail = (error: EtcdError, options?: { readonly hung: boolean }) => {
-                if (closed) return
-                closed = true
-                clearTimeout(timer)
-                if (pending.length > 0) {
-                  emit.array(pending)
-                  pending = []
-                }
-                if (stream !== undefined) {
-                  // a hung member: cancelling a writable stream makes etcd3 count it against
-                  // the member's circuit breaker, so that reconnecting goes to another member
-                  if (options?.hung === true) stream.cancel()
-                  else abort(stream)
-                }
-                emit.fail(error)
-              }
-              // when the last message came: a busy watch does not re-arm its timer per message
-              let lastHeard = 0
-              const onTimer = () => {
-                if (closed) return
-                if (phase === "idle" && stream !== undefined) {
-                  const silent = Date.now() - lastHeard
-                  if (silent < keepAliveMillis) {
-                    timer = setTimeout(onTimer, keepAliveMillis - silent)
-                    return
-                  }
-                  phase = "probing"
-                  stream.write({ progress_request: {} })
-                  timer = setTimeout(onTimer, requestMillis)
-                  return
-                }
+    const watchOnce = (prefix: string, fromRevision: number, sink: WatchSink): Effect.Effect<() => void> =>
+      Effect.sync(() => {
+        let stream: Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse> | undefined
+        let closed = false
+        /**
+         * A member that accepts the connection but does not answer (paused,
+         * partitioned) is found out by one timer: the watch must be created
+         * within `requestTimeout`; after `dialKeepAlive` without a message it
+         * asks for a progress report, which must come within `requestTimeout`.
+         */
+        let phase: "creating" | "idle" | "probing" = "creating"
+        // what arrived in this turn of the event loop, handed over as one batch
+        let pending: Array<RawWatchEvent> = []
+        let flushing = false
+        const flush = () => {
+          flushing = false
+          if (closed || pending.length === 0) return
+          const batch = pending
+          pending = []
+          sink.events(batch)
+        }
+        const fail = (error: EtcdError, options?: { readonly hung: boolean }) => {
+          if (closed) return
+          closed = true
+          clearTimeout(timer)
+          if (pending.length > 0) {
+            sink.events(pending)
+            pending = []
+          }
+          if (stream !== undefined) {
+            // a hung member: cancelling a writable stream makes etcd3 count it against
+            // the member's circuit breaker, so that reconnecting goes to another member
+            if (options?.hung === true) stream.cancel()
+            else abort(stream)
+          }
+          sink.fail(error)
+        }
+        // when the last message came: a busy watch does not re-arm its timer per message
+        let lastHeard = 0
+        const onTimer = () => {
+          if (closed) return
+          if (phase === "idle" && stream !== undefined) {
+            const silent = Date.now() - lastHeard
+            if (silent < keepAliveMillis) {
+              timer = setTimeout(onTimer, keepAliveMillis - silent)
+              return
+            }
+            phase = "probing"
+            stream.write({ progress_request: {} })
+            timer = setTimeout(onTimer, requestMillis)
+            return
+          }
+          fail(
+            new EtcdError({
+              operation: "watch",
+              reason: "Timeout",
+              detail:
+                phase === "creating"
+                  ? `watch not created within ${Duration.format(requestTimeout)}`
+                  : `no answer to a progress request within ${Duration.format(requestTimeout)}`
+            }),
+            { hung: true }
+          )
+        }
+        let timer = setTimeout(onTimer, requestMillis)
+        /** Any message: the member is alive. */
+        const heard = () => {
+          lastHeard = Date.now()
+          if (phase === "idle") return
+          phase = "idle"
+          clearTimeout(timer)
+          timer = setTimeout(onTimer, keepAliveMillis)
+        }
+        etcd.watchClient.watch().then(
+          (s) => {
+            stream = s
+            if (closed) {
+              abort(s)
+              return
+            }
+            s.on("data", (res: Etcd3.IWatchResponse) => {
+              if (closed) return
+              if (res.canceled) {
+                const compacted = res.compact_revision !== undefined && Number(res.compact_revision) > 0
+                const reason = compacted
+                  ? "Compacted"
+                  : res.cancel_reason.includes("permission denied")
+                    ? "PermissionDenied"
+                    : res.cancel_reason.includes("compacted")
+                      ? "Compacted"
+                      : "Canceled"
                 fail(
                   new EtcdError({
                     operation: "watch",
-                    reason: "Timeout",
-                    detail:
-                      phase === "creating"
-                        ? `watch not created within ${Duration.format(requestTimeout)}`
-                        : `no answer to a progress request within ${Duration.format(requestTimeout)}`
-                  }),
-                  { hung: true }
+                    reason,
+                    detail: compacted
+                      ? `revision ${fromRevision} is compacted (compact revision ${res.compact_revision})`
+                      : res.cancel_reason || "watch canceled by etcd"
+                  })
+                )
+                return
+              }
+              if (res.created || phase !== "creating") heard()
+              if (res.created) {
+                pending.push({
+                  _tag: "Created",
+                  revision: Number(res.header.revision),
+                  cluster: String(res.header.cluster_id)
+                })
+              }
+              for (const event of res.events) {
+                const kv = event.kv
+                pending.push(
+                  event.type === "Put"
+                    ? {
+                        _tag: "Put",
+                        key: kv.key.toString("utf8"),
+                        value: kv.value.toString("utf8"),
+                        malformed: !isUtf8(kv.value),
+                        revision: Number(kv.mod_revision),
+                        lease: leaseOf(kv.lease)
+                      }
+                    : { _tag: "Delete", key: kv.key.toString("utf8"), revision: Number(kv.mod_revision) }
                 )
               }
-              let timer = setTimeout(onTimer, requestMillis)
-              /** Any message: the member is alive. */
-              const heard = () => {
-                lastHeard = Date.now()
-                if (phase === "idle") return
-                phase = "idle"
-                clearTimeout(timer)
-                timer = setTimeout(onTimer, keepAliveMillis)
+              // one batch per turn of the event loop: under churn a turn brings ~10 responses,
+              // and waking the consumer's fiber once per response cost more than decoding them
+              if (pending.length > 0 && !flushing) {
+                flushing = true
+                setImmediate(flush)
               }
-              etcd.watchClient.watch().then(
-                (s) => {
-                  stream = s
-                  if (closed) {
-                    abort(s)
-                    return
-                  }
-                  s.on("data", (res: Etcd3.IWatchResponse) => {
-                    if (closed) return
-                    if (res.canceled) {
-                      const compacted = res.compact_revision !== undefined && Number(res.compact_revision) > 0
-                      const reason = compacted
-                        ? "Compacted"
-                        : res.cancel_reason.includes("permission denied")
-                          ? "PermissionDenied"
-                          : res.cancel_reason.includes("compacted")
-                            ? "Compacted"
-                            : "Canceled"
-                      fail(
-                        new EtcdError({
-                          operation: "watch",
-                          reason,
-                          detail: compacted
-                            ? `revision ${fromRevision} is compacted (compact revision ${res.compact_revision})`
-                            : res.cancel_reason || "watch canceled by etcd"
-                        })
-                      )
-                      return
-                    }
-                    if (res.created || phase !== "creating") heard()
-                    if (res.created) {
-                      pending.push({
-                        _tag: "Created",
-                        revision: Number(res.header.revision),
-                        cluster: String(res.header.cluster_id)
-                      })
-                    }
-                    for (const event of res.events) {
-                      const kv = event.kv
-                      pending.push(
-                        event.type === "Put"
-                          ? {
-                              _tag: "Put",
-                              key: kv.key.toString("utf8"),
-                              value: kv.value.toString("utf8"),
-                              malformed: !isUtf8(kv.value),
-                              revision: Number(kv.mod_revision),
-                              lease: leaseOf(kv.lease)
-                            }
-                          : { _tag: "Delete", key: kv.key.toString("utf8"), revision: Number(kv.mod_revision) }
-                      )
-                    }
-                    // one batch per turn of the event loop: under churn a turn brings ~10 responses,
-                    // and waking the consumer's fiber once per response cost more than decoding them
-                    if (pending.length > 0 && !flushing) {
-                      flushing = true
-                      setImmediate(flush)
-                    }
-                  })
-                  s.on("error", (cause: unknown) => fail(toEtcdError("watch", cause)))
-                  s.on("end", () =>
-                    fail(new EtcdError({ operation: "watch", reason: "Unavailable", detail: "watch stream ended" }))
-                  )
-                  s.write({
-                    create_request: {
-                      ...rangeOf(prefix),
-                      start_revision: fromRevision
-                    }
-                  })
-                },
-                (cause: unknown) => fail(toEtcdError("watch", cause))
-              )
-              return {
-                close: () => {
-                  closed = true
-                  clearTimeout(timer)
-                  if (stream !== undefined) abort(stream)
-                }
+            })
+            s.on("error", (cause: unknown) => fail(toEtcdError("watch", cause)))
+            s.on("end", () =>
+              fail(new EtcdError({ operation: "watch", reason: "Unavailable", detail: "watch stream ended" }))
+            )
+            s.write({
+              create_request: {
+                ...rangeOf(prefix),
+                start_revision: fromRevision
               }
-            }),
-            (handle) => Effect.sync(() => handle.close())
-          ),
-        { bufferSize: "unbounded" }
-      )
+            })
+          },
+          (cause: unknown) => fail(toEtcdError("watch", cause))
+        )
+        return () => {
+          closed = true
+          clearTimeout(timer)
+          if (stream !== undefined) abort(stream)
+        }
+      })
 
     return yield* fromPrimitives({
       grant,

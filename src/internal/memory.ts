@@ -31,17 +31,15 @@
  *
  * @internal
  */
-import * as Chunk from "effect/Chunk"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Random from "effect/Random"
 import type * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import type { EtcdClient, KeyValue, LeaseId, MemoryEtcdControl } from "../EtcdClient.js"
 import { EtcdError, type EtcdErrorReason } from "../EtcdError.js"
-import { fromPrimitives, type Primitives, type RawWatchEvent } from "./client.js"
+import { fromPrimitives, type Primitives, type RawWatchEvent, type WatchSink } from "./client.js"
 
 /** The smallest lease TTL etcd 3.4 grants with its default timing flags, in seconds. */
 export const minLeaseTtlSeconds = 2
@@ -71,17 +69,13 @@ interface LogEntry {
   changes: ReadonlyArray<Change>
 }
 
-type WatchItem =
-  | { readonly _tag: "Events"; readonly events: Chunk.Chunk<RawWatchEvent> }
-  | { readonly _tag: "Fail"; readonly error: EtcdError }
-
 interface Watcher {
   readonly prefix: string
   /** The first revision to deliver. */
   readonly from: number
   /** Whether outages reach it (a watch of the faulty client). */
   readonly faulty: boolean
-  readonly queue: Queue.Queue<WatchItem>
+  readonly sink: WatchSink
 }
 
 /**
@@ -174,7 +168,7 @@ export const make: Effect.Effect<
   const deliver = (watcher: Watcher, entry: LogEntry) => {
     if (entry.revision < watcher.from) return
     const events = entry.changes.filter((change) => change.key.startsWith(watcher.prefix))
-    if (events.length > 0) watcher.queue.unsafeOffer({ _tag: "Events", events: Chunk.unsafeFromArray(events) })
+    if (events.length > 0) watcher.sink.events(events)
   }
 
   /** Records the changes of a new revision and hands them to the watchers. */
@@ -188,7 +182,7 @@ export const make: Effect.Effect<
     for (const watcher of [...watchers]) {
       if (which(watcher)) {
         watchers.delete(watcher)
-        watcher.queue.unsafeOffer({ _tag: "Fail", error: failure })
+        watcher.sink.fail(failure)
       }
     }
   }
@@ -239,17 +233,12 @@ export const make: Effect.Effect<
     })
 
   /**
-   * Registers a watcher, queueing `Created` and the history from `fromRevision`
-   * first; or queues the failure and registers nothing.
+   * Registers a watcher, handing its sink `Created` and the history from
+   * `fromRevision` first; or fails the sink and registers nothing.
    */
-  const openWatch = (
-    prefix: string,
-    fromRevision: number,
-    faulty: boolean,
-    queue: Queue.Queue<WatchItem>
-  ): Watcher | undefined => {
+  const openWatch = (prefix: string, fromRevision: number, faulty: boolean, sink: WatchSink): Watcher | undefined => {
     const fail = (failure: EtcdError) => {
-      queue.unsafeOffer({ _tag: "Fail", error: failure })
+      sink.fail(failure)
       return undefined
     }
     if (closed) return fail(error("watch", "Unavailable", "the in-memory etcd is closed"))
@@ -257,7 +246,7 @@ export const make: Effect.Effect<
       return fail(error("watch", "Unavailable", "the in-memory etcd is unavailable (MemoryEtcd.setUnavailable)"))
     }
     expireDue(clock.unsafeCurrentTimeMillis())
-    queue.unsafeOffer({ _tag: "Events", events: Chunk.of({ _tag: "Created", revision, cluster: String(cluster) }) })
+    sink.events([{ _tag: "Created", revision, cluster: String(cluster) }])
     // etcd: a watch from below the compacted revision is canceled; revision 0 means "from now"
     if (fromRevision > 0 && fromRevision < compacted) {
       return fail(
@@ -268,7 +257,7 @@ export const make: Effect.Effect<
         )
       )
     }
-    const watcher: Watcher = { prefix, from: fromRevision > 0 ? fromRevision : revision + 1, faulty, queue }
+    const watcher: Watcher = { prefix, from: fromRevision > 0 ? fromRevision : revision + 1, faulty, sink }
     for (let i = lowerBound(log, (entry) => entry.revision < watcher.from); i < log.length; i++) {
       deliver(watcher, log[i] as LogEntry)
     }
@@ -278,24 +267,13 @@ export const make: Effect.Effect<
 
   const watchOnce =
     (faulty: boolean) =>
-    (prefix: string, fromRevision: number): Stream.Stream<RawWatchEvent, EtcdError> =>
-      Stream.unwrapScoped(
-        Effect.gen(function* () {
-          const queue = yield* Queue.unbounded<WatchItem>()
-          yield* Effect.acquireRelease(
-            Effect.sync(() => openWatch(prefix, fromRevision, faulty, queue)),
-            (watcher) =>
-              Effect.sync(() => {
-                if (watcher !== undefined) watchers.delete(watcher)
-              })
-          )
-          return Stream.repeatEffectChunkOption(
-            Effect.flatMap(Queue.take(queue), (item) =>
-              item._tag === "Events" ? Effect.succeed(item.events) : Effect.fail(Option.some(item.error))
-            )
-          )
-        })
-      )
+    (prefix: string, fromRevision: number, sink: WatchSink): Effect.Effect<() => void> =>
+      Effect.sync(() => {
+        const watcher = openWatch(prefix, fromRevision, faulty, sink)
+        return () => {
+          if (watcher !== undefined) watchers.delete(watcher)
+        }
+      })
 
   const primitives = (faulty: boolean): Primitives => ({
     grant: (ttlSeconds) =>

@@ -36,9 +36,10 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { Endpoint } from "../Endpoint.js"
 import { EtcdClient } from "../EtcdClient.js"
 import type { Listing, WatchEvent } from "../EtcdClient.js"
-import { EtcdError, InvalidOptions } from "../EtcdError.js"
+import type { EtcdError } from "../EtcdError.js"
+import { InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
-import { defaultReconnect } from "./client.js"
+import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
 
 /** @internal */
@@ -951,29 +952,35 @@ export const make = <Req, Res, E, FE, R>(
         // has passed it, the watch fails with Compacted. Starting one later would be accepted
         // after a compaction at exactly that revision, whose deletes etcd no longer has: they
         // would be missed for good.
-        let progressed = false
-        const watched = yield* client.watch(prefix, { fromRevision: listed, reconnect: options.reconnect }).pipe(
-          Stream.runForEachChunk((chunk) => {
-            const events = Chunk.toReadonlyArray(chunk)
-            if (!progressed) {
-              for (const event of events) {
-                if (
-                  event._tag === "Reconnected" ||
-                  ((event._tag === "Put" || event._tag === "Delete") && event.revision > listed)
-                ) {
-                  progressed = true
+        // the watch ends only with an error
+        const error = yield* Effect.scoped(
+          Effect.flatMap(
+            watchBatches(client, prefix, { fromRevision: listed, reconnect: options.reconnect }),
+            (watch) => {
+              let progressed = false
+              const step = (events: ReadonlyArray<WatchEvent>) => {
+                if (!progressed) {
+                  for (const event of events) {
+                    if (
+                      event._tag === "Reconnected" ||
+                      ((event._tag === "Put" || event._tag === "Delete") && event.revision > listed)
+                    ) {
+                      progressed = true
+                    }
+                  }
+                  if (progressed) return Effect.zipRight(driver.reset, applyEvents(events, listed))
                 }
+                return applyEvents(events, listed)
               }
-              if (progressed) return Effect.zipRight(driver.reset, applyEvents(events, listed))
+              // not Effect.forever, which yields to the scheduler between two batches
+              const loop: Effect.Effect<never, EtcdError, Exclude<R, Scope.Scope>> = Effect.flatMap(
+                Effect.flatMap(watch.take, step),
+                () => loop
+              )
+              return loop
             }
-            return applyEvents(events, listed)
-          }),
-          Effect.either
-        )
-        const error =
-          watched._tag === "Left"
-            ? watched.left
-            : new EtcdError({ operation: "watch", reason: "Canceled", detail: "the watch ended" })
+          )
+        ).pipe(Effect.flip)
         if (error.reason === "Compacted" || error.reason === "Rewound") {
           yield* Effect.logInfo(`watch canceled; listing again: ${error.message}`)
         } else {
