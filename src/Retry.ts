@@ -14,7 +14,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
-import { timeoutFail } from "./internal/timeout.js"
+import { timeoutFailIn } from "./internal/timeout.js"
 
 /**
  * A retried call failed: the callback (or `max`) said stop, or the timeout
@@ -216,25 +216,36 @@ const make = <Req, Res, E, BE, E2>(
   const isDone = (attempt: Effect.Effect<Res, E | BE>): attempt is Exit.Success<Res, never> =>
     Exit.isExit(attempt) && attempt._tag === "Success"
 
+  // After a failed first attempt, `retrying` goes on. `catchAllCause` puts a frame that a
+  // success skips (`catchAll` would add a turn and an allocation to every successful call);
+  // only a failure pays for handing its cause to `catchAll`, which keeps its semantics
+  // exactly (defects and interruptions are not retried).
+  const orRetry = (
+    attempt: Effect.Effect<Res, E | BE>,
+    request: Req,
+    errors: Array<E | BE>
+  ): Effect.Effect<Res, Failure<E | BE, E2>> =>
+    Effect.catchAllCause(attempt, (cause) =>
+      Effect.catchAll(Effect.failCause(cause), (error) => retrying(request, errors, error))
+    )
+
   // the hot path allocates no named closures: they cost a lot under keep-names transpilers
   if (Option.isNone(timeout)) {
     return (request) =>
       Effect.suspend(() => {
         const attempt = firstAttempt(request)
-        return isDone(attempt) ? attempt : Effect.catchAll(attempt, (error) => retrying(request, [], error))
+        return isDone(attempt) ? attempt : orRetry(attempt, request, [])
       })
   }
   const duration = timeout.value
   const timeoutMessage = `retry timed out after ${Duration.format(duration)}`
   return (request) =>
-    Effect.suspend(() => {
+    Effect.withFiberRuntime((parent) => {
       const attempt = firstAttempt(request)
       if (isDone(attempt)) return attempt
       const errors: Array<E | BE> = []
-      return timeoutFail(
-        Effect.catchAll(attempt, (error) => retrying(request, errors, error)),
-        duration,
-        () => failure(errors, new Cause.TimeoutException(timeoutMessage), true)
+      return timeoutFailIn(parent, orRetry(attempt, request, errors), duration, () =>
+        failure(errors, new Cause.TimeoutException(timeoutMessage), true)
       )
     })
 }

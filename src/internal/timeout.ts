@@ -29,37 +29,48 @@ export const timeoutFail = <A, E, R, E2>(
   duration: Duration.Duration,
   onTimeout: () => E2
 ): Effect.Effect<A, E | E2, R> =>
-  Effect.withFiberRuntime<A, E | E2, R>((parent) => {
-    const runtime = Runtime.make({
-      context: parent.currentContext as never,
-      runtimeFlags: childFlags,
-      fiberRefs: parent.getFiberRefs()
-    }) as Runtime.Runtime<R>
-    const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
-    const done = child.unsafePoll()
-    if (done !== null) return done
-    return Effect.async<A, E | E2>((resume) => {
-      let settled = false
-      let timer: Fiber.RuntimeFiber<void> | undefined = undefined
-      child.addObserver((exit) => {
-        if (settled) return
-        settled = true
-        timer?.unsafeInterruptAsFork(parent.id())
-        resume(exit)
-      })
+  Effect.withFiberRuntime<A, E | E2, R>((parent) => timeoutFailIn(parent, self, duration, onTimeout))
+
+/**
+ * {@link timeoutFail} for a caller already in `Effect.withFiberRuntime`: the
+ * effect to run in the caller's fiber `parent` in place of `self`.
+ */
+export const timeoutFailIn = <A, E, R, E2>(
+  parent: Fiber.RuntimeFiber<unknown, unknown>,
+  self: Effect.Effect<A, E, R>,
+  duration: Duration.Duration,
+  onTimeout: () => E2
+): Effect.Effect<A, E | E2> => {
+  const runtime = Runtime.make({
+    context: parent.currentContext as never,
+    runtimeFlags: childFlags,
+    fiberRefs: parent.getFiberRefs()
+  }) as Runtime.Runtime<R>
+  const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
+  const done = child.unsafePoll()
+  if (done !== null) return done
+  return Effect.async<A, E | E2>((resume) => {
+    let settled = false
+    let timer: Fiber.RuntimeFiber<void> | undefined = undefined
+    child.addObserver((exit) => {
       if (settled) return
-      timer = Runtime.runFork(runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
-      timer.addObserver((exit) => {
-        if (settled || !Exit.isSuccess(exit)) return
-        settled = true
-        child.unsafeInterruptAsFork(parent.id())
-        resume(Effect.fail(onTimeout()))
-      })
-      // the caller was interrupted: stop both
-      return Effect.sync(() => {
-        settled = true
-        timer?.unsafeInterruptAsFork(parent.id())
-        child.unsafeInterruptAsFork(parent.id())
-      })
+      settled = true
+      timer?.unsafeInterruptAsFork(parent.id())
+      resume(exit)
+    })
+    if (settled) return
+    timer = Runtime.runFork(runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
+    timer.addObserver((exit) => {
+      if (settled || !Exit.isSuccess(exit)) return
+      settled = true
+      child.unsafeInterruptAsFork(parent.id())
+      resume(Effect.fail(onTimeout()))
+    })
+    // the caller was interrupted: stop both
+    return Effect.sync(() => {
+      settled = true
+      timer?.unsafeInterruptAsFork(parent.id())
+      child.unsafeInterruptAsFork(parent.id())
     })
   })
+}
