@@ -6,6 +6,18 @@
  *
  * The balancer reads a real Subscriber (over the in-memory EtcdClient, with 100
  * instances), which is the path an application takes.
+ *
+ * Beside the headline figure (picks by `yield*` in an `Effect.gen` loop), the
+ * same loop yielding `Effect.void` gives the loop's own cost, and an
+ * `Effect.whileLoop` runs the balancer as an effect (through `commit()`, as
+ * `flatMap` does): the marginal cost of a pick is the difference to the void
+ * loop of the same kind. The variants are timed interleaved, since a process's
+ * history (call sites of the runtime going megamorphic) moves every figure.
+ *
+ * The retried endpoints answer with `Effect.succeed`, an already-complete
+ * effect: a successful call then needs neither timer nor fiber. Endpoints that
+ * answer with `Effect.sync` are timed too: their calls fork the attempt, as
+ * every call to an endpoint that may suspend does.
  */
 import * as Effect from "effect/Effect"
 import * as Balancer from "../src/Balancer.js"

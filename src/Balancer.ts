@@ -119,6 +119,11 @@ const fromSource = <Req, Res, E, SE>(
  * same counter over the new set. A subscriber's endpoints are read from its ref
  * without copying; an invalidated subscriber fails with its `EtcdError`.
  *
+ * Over a subscriber made by `Subscriber.make` or a fixed array
+ * (`Effect.succeed(endpoints)`) a pick runs no effect of its own and allocates
+ * nothing; `yield*` in `Effect.gen` picks without a turn of the run loop, and
+ * `Retry` picks synchronously. Any other source is run on every pick.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -137,7 +142,7 @@ export const roundRobin: {
 }
 
 /**
- * The key of a balancer's synchronous pick (see {@link SubscriberRoundRobin}):
+ * The key of a balancer's synchronous pick (see {@link RoundRobin}):
  * `Retry` calls it to pick without running an effect. A `Symbol.for` key, so
  * that `Retry` finds it without a public export.
  */
@@ -180,8 +185,7 @@ class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, No
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
     const endpoints = set.endpoints
     const n = endpoints.length
-    if (n === 0)
-      return Exit.fail(this.prefix === undefined ? new NoEndpoints() : new NoEndpoints({ prefix: this.prefix }))
+    if (n === 0) return Exit.fail(noEndpoints(this.prefix))
     const i = this.counter % n
     this.counter = this.counter === 0x3fffffff ? 0 : this.counter + 1
     const endpoint = endpoints[i]!
