@@ -172,7 +172,7 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
       if (endpoints.length !== n) return yield* Effect.dieMessage(`expected ${n} endpoints, got ${endpoints.length}`)
       const balancer = Balancer.roundRobin(subscriber)
       const arrayBalancer = Balancer.roundRobin(Effect.succeed(endpoints))
-      // the least any pick inside a fiber can cost: one Effect.sync reading an array
+      // the least a pick that runs as an effect of its own costs: one Effect.sync reading an array
       let turn = 0
       const syncPick = Effect.sync(() => {
         const endpoint = endpoints[turn % endpoints.length]!
