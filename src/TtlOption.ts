@@ -92,5 +92,22 @@ export const make = (options?: {
         )}), got ${Duration.format(ttl)}`
       })
     }
-    return { _tag: "TtlOption", heartbeat, ttl, ttlSeconds: Math.ceil(Duration.toMillis(ttl) / 1000) } as const
+    const option: TtlOption = Object.freeze({
+      _tag: "TtlOption",
+      heartbeat,
+      ttl,
+      ttlSeconds: Math.ceil(Duration.toMillis(ttl) / 1000)
+    })
+    validated.add(option)
+    return option
   })
+
+/** The options `make` returned: frozen, so they are still valid (the Registrar checks any other again). */
+const validated = new WeakSet<TtlOption>()
+
+/**
+ * Whether `option` is one that {@link make} returned (and so is valid as it is).
+ *
+ * @internal
+ */
+export const isValidated = (option: TtlOption): boolean => validated.has(option)

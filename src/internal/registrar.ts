@@ -38,6 +38,7 @@ export const validate = (service: Service): Effect.Effect<Service, NoKey | NoVal
     if (service.key.length === 0) return yield* new NoKey()
     if (service.value.length === 0) return yield* new NoValue()
     if (service.ttl === undefined) return { key: service.key, value: service.value }
+    if (TtlOption.isValidated(service.ttl)) return { key: service.key, value: service.value, ttl: service.ttl }
     const ttl = yield* TtlOption.make({ heartbeat: service.ttl.heartbeat, ttl: service.ttl.ttl })
     return { key: service.key, value: service.value, ttl }
   })
