@@ -8,10 +8,11 @@
  * instances), which is the path an application takes.
  *
  * Beside the headline figure (picks by `yield*` in an `Effect.gen` loop), the
- * same loop yielding `Effect.void` gives the loop's own cost, and an
- * `Effect.whileLoop` runs the balancer as an effect (through `commit()`, as
- * `flatMap` does): the marginal cost of a pick is the difference to the void
- * loop of the same kind. The variants are timed interleaved, since a process's
+ * same loop yielding `Effect.void` gives the loop's own cost, the same loop
+ * yielding one constant `Effect.succeed(endpoint)` and using it as a pick is
+ * used gives all but the pick, and an `Effect.whileLoop` runs the balancer as
+ * an effect (through `commit()`, as `flatMap` does): the marginal cost of a
+ * pick is the difference to the void or constant loop of the same kind. The variants are timed interleaved, since a process's
  * history (call sites of the runtime going megamorphic) moves every figure.
  *
  * The retried endpoints answer with `Effect.succeed`, an already-complete
@@ -179,6 +180,7 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
         turn = turn === 0x3fffffff ? 0 : turn + 1
         return endpoint
       })
+      const constant = Effect.succeed(endpoints[0]!)
       const useEndpoint = (endpoint: Endpoint<number, number>) => {
         sink += endpoint.length
       }
@@ -193,9 +195,12 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
         arrayPick: genLoop(arrayBalancer, useEndpoint),
         syncPick: genLoop(syncPick, useEndpoint),
         void: genLoop(Effect.void, useVoid),
+        // the loop with the same use of an endpoint, always the same one: all but the pick
+        constant: genLoop(constant, useEndpoint),
         whilePick: whileLoop(balancer, useEndpoint),
         whileSyncPick: whileLoop(syncPick, useEndpoint),
-        whileVoid: whileLoop(Effect.void, useVoid)
+        whileVoid: whileLoop(Effect.void, useVoid),
+        whileConstant: whileLoop(constant, useEndpoint)
       })
       // endpoints that answer with Effect.sync: not an already-complete effect, so every retried
       // call runs its attempt in a child fiber (the path of any endpoint that might suspend)
@@ -258,6 +263,8 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
     whilePickNs: ours.picks.whilePick,
     whileSyncPickNs: ours.picks.whileSyncPick,
     whileVoidNs: ours.picks.whileVoid,
+    constantLoopNs: ours.picks.constant,
+    whileConstantNs: ours.picks.whileConstant,
     timeoutOverheadNs: ours.timedCallNs - ours.callNs,
     plainPickNs,
     callNs: ours.callNs,

@@ -358,6 +358,8 @@ const micro = async () => {
     readonly whilePickNs: number
     readonly whileSyncPickNs: number
     readonly whileVoidNs: number
+    readonly constantLoopNs: number
+    readonly whileConstantNs: number
     readonly timeoutOverheadNs: number
     readonly plainPickNs: number
     readonly callNs: number
@@ -389,7 +391,12 @@ const micro = async () => {
         whileLoopPickNs: r.whilePickNs,
         whileLoopSyncPickNs: r.whileSyncPickNs,
         whileLoopVoidNs: r.whileVoidNs,
-        whileLoopPickOverVoidNs: r.whilePickNs - r.whileVoidNs
+        whileLoopPickOverVoidNs: r.whilePickNs - r.whileVoidNs,
+        // the same loops yielding one constant Effect.succeed(endpoint), used as a pick is: all but the pick
+        genConstantLoopNs: r.constantLoopNs,
+        oursPickOverConstantNs: r.pickNs - r.constantLoopNs,
+        whileLoopConstantNs: r.whileConstantNs,
+        whileLoopPickOverConstantNs: r.whilePickNs - r.whileConstantNs
       }
     })
   )
