@@ -3,6 +3,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
@@ -173,6 +174,89 @@ describe("Subscriber (in-memory etcd)", () => {
         ["WARN", "/svc/typed"]
       ])
     })
+  )
+
+  it.effect(
+    "a large batch of changes (new, changed, deleted, failing) is applied at once, as one change after another would be",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          const memory = yield* EtcdClient.MemoryEtcd
+          const name = (i: number) => `/svc/${String(i).padStart(3, "0")}`
+          for (let i = 0; i < 60; i++) yield* put(name(i), `v${i}`)
+          const listed = yield* memory.client.revision
+          // one watch batch of 100 changes, out of key order: 40 new instances (one failing, and one
+          // deleted again in the same batch), 20 changed values, 20 deletes, a delete of an unknown key
+          const events: Array<EtcdClient.WatchEvent> = []
+          let revision = listed
+          const putEvent = (key: string, value: string): EtcdClient.WatchEvent => ({
+            _tag: "Put",
+            key,
+            value,
+            malformed: false,
+            revision: ++revision,
+            lease: undefined
+          })
+          for (let i = 99; i >= 60; i--) events.push(putEvent(name(i), i === 70 ? "fail" : `v${i}`))
+          for (let i = 0; i < 20; i++) events.push(putEvent(name(i * 3), `changed${i * 3}`))
+          for (let i = 0; i < 20; i++) events.push({ _tag: "Delete", key: name(i * 3 + 1), revision: ++revision })
+          events.push({ _tag: "Delete", key: name(80), revision: ++revision })
+          events.push({ _tag: "Delete", key: "/svc/unknown", revision: ++revision })
+          const gate = yield* Deferred.make<void>()
+          const batched: EtcdClient.EtcdClient = {
+            ...memory.client,
+            watch: () =>
+              Stream.drain(Stream.fromEffect(Deferred.await(gate))).pipe(
+                Stream.concat(Stream.fromChunk(Chunk.unsafeFromArray(events))),
+                Stream.concat(Stream.never)
+              )
+          }
+          const made = yield* Ref.make<ReadonlyArray<string>>([])
+          const closed = yield* Ref.make<ReadonlyArray<string>>([])
+          const factory: Factory<string, string> = (instance) =>
+            instance === "fail"
+              ? Effect.fail("no endpoint for this one")
+              : Effect.gen(function* () {
+                  yield* Ref.update(made, (xs) => [...xs, instance])
+                  yield* Effect.addFinalizer(() => Ref.update(closed, (xs) => [...xs, instance]))
+                  return (request: string) => Effect.succeed(`${instance} got ${request}`)
+                })
+          const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, batched)
+          )
+          const before = yield* subscriber.endpointSet.get
+          expect(before.keys.length).toBe(60)
+          // every endpoint set published is the one before or the one after the batch
+          const seen = yield* Ref.make<ReadonlyArray<number>>([])
+          yield* Effect.forkScoped(
+            Stream.runForEach(subscriber.endpointSet.changes, (set) =>
+              Ref.update(seen, (xs) => [...xs, set.keys.length])
+            )
+          )
+          yield* Deferred.succeed(gate, undefined)
+          const expected: Record<string, string> = {}
+          for (let i = 0; i < 100; i++) {
+            if (i < 60 && i % 3 === 1) continue
+            if (i === 80) continue
+            expected[name(i)] = i < 60 && i % 3 === 0 ? `changed${i}` : i === 70 ? "fail" : `v${i}`
+          }
+          yield* waitForInstances(subscriber, expected)
+          const after = yield* subscriber.endpointSet.get
+          const withEndpoints = Object.keys(expected).filter((key) => key !== name(70))
+          expect(after.keys).toEqual(withEndpoints)
+          expect(yield* callAll(subscriber)).toEqual(withEndpoints.map((key) => `${expected[key]} got ping`))
+          // the endpoints of changed and deleted instances are closed, each once; an instance that
+          // came and went within the batch had no endpoint made
+          const gone = [
+            ...Array.from({ length: 20 }, (_, i) => `v${i * 3}`),
+            ...Array.from({ length: 20 }, (_, i) => `v${i * 3 + 1}`)
+          ]
+          expect([...(yield* closed)].sort()).toEqual(gone.sort())
+          expect((yield* made).length).toBe(60 + 38 + 20)
+          yield* waitFor(subscriber.endpointSet, (set) => set.keys.length === withEndpoints.length, "the batch")
+          expect((yield* Ref.get(seen)).every((n) => n === 60 || n === withEndpoints.length)).toBe(true)
+        })
+      )
   )
 
   it.effect("values that are not valid UTF-8 are logged and skipped", () => {

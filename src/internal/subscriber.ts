@@ -569,11 +569,92 @@ export const make = <Req, Res, E, FE, R>(
     }
 
     /**
+     * {@link applyChanges} as one merge of the sorted changes into new arrays:
+     * O(N + k log k) for k changes, where splicing is O(k N).
+     */
+    const mergeChanges = (changes: ReadonlyMap<string, string | undefined>, made: Made<Req, Res, E>) => {
+      // the changes in key order, each with its job's index (-1 for a delete)
+      const changedKeys: Array<string> = []
+      const jobs: Array<number> = []
+      let j = 0
+      for (const [key, value] of changes) {
+        changedKeys.push(key)
+        jobs.push(value === undefined ? -1 : j++)
+      }
+      let order: Array<number> | undefined = undefined
+      if (!isSorted(changedKeys)) {
+        order = changedKeys.map((_, i) => i).sort((a, b) => (changedKeys[a]! < changedKeys[b]! ? -1 : 1))
+      }
+      const nextKeys: Array<string> = []
+      const nextValues: Array<string> = []
+      const nextEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
+      const n = keys.length
+      let o = 0
+      for (let c = 0; c < changedKeys.length; c++) {
+        const at = order === undefined ? c : order[c]!
+        const key = changedKeys[at]!
+        const job = jobs[at]!
+        // unchanged instances before this key
+        while (o < n && keys[o]! < key) {
+          nextKeys.push(keys[o]!)
+          nextValues.push(values[o]!)
+          nextEndpoints.push(endpoints[o])
+          o++
+        }
+        const present = o < n && keys[o] === key
+        if (job < 0) {
+          // a delete
+          if (!present) continue
+          if (endpoints[o] === undefined) missing--
+          else endpointsChanged = true
+          release(key)
+          instancesChanged = true
+          o++
+          continue
+        }
+        const value = changes.get(key)!
+        const endpoint = made.endpoints[job]
+        if (present) {
+          if (values[o] !== value) instancesChanged = true
+          const previous = endpoints[o]
+          if (previous === undefined) missing--
+          if (previous !== undefined || endpoint !== undefined) endpointsChanged = true
+          release(key)
+          o++
+        } else {
+          if (endpoint !== undefined) endpointsChanged = true
+          instancesChanged = true
+        }
+        if (endpoint === undefined) missing++
+        keep(key, endpoint, made.scopes[job])
+        nextKeys.push(key)
+        nextValues.push(value)
+        nextEndpoints.push(endpoint)
+      }
+      for (; o < n; o++) {
+        nextKeys.push(keys[o]!)
+        nextValues.push(values[o]!)
+        nextEndpoints.push(endpoints[o])
+      }
+      keys = nextKeys
+      values = nextValues
+      endpoints = nextEndpoints
+      keysShared = valuesShared = endpointsShared = false
+      making = notMaking
+    }
+
+    /**
      * Applies a batch of changes (key → new value, or undefined for a delete; in
      * the order of each key's last change) whose factories have run, with no
      * yield: a reader never sees half a batch.
      */
     const applyChanges = (changes: ReadonlyMap<string, string | undefined>, made: Made<Req, Res, E>) => {
+      // splicing moves the arrays' tails once per change (after copying them if a snapshot shares
+      // them): past a few changes, one merge into new arrays costs less
+      if (changes.size > 32) {
+        mergeChanges(changes, made)
+        return
+      }
       let j = 0
       for (const [key, value] of changes) {
         const i = search(keys, key)
