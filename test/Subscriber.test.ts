@@ -213,7 +213,7 @@ describe("Subscriber (in-memory etcd)", () => {
           }
           const made = yield* Ref.make<ReadonlyArray<string>>([])
           const closed = yield* Ref.make<ReadonlyArray<string>>([])
-          const factory: Factory<string, string> = (instance) =>
+          const factory: Factory<string, string, never, string> = (instance) =>
             instance === "fail"
               ? Effect.fail("no endpoint for this one")
               : Effect.gen(function* () {
