@@ -284,8 +284,11 @@ interface LeaseService {
  * etcd3's connection pool. etcd3 keeps it protected, but a keep-alive needs its
  * `withConnection` to fail over the way a unary call does (see `keepAliveOnce`).
  */
-const poolOf = (etcd: Etcd3.Etcd3): Pick<ConnectionPool, "withConnection"> =>
-  (etcd as unknown as { readonly pool: ConnectionPool }).pool
+const poolOf = (etcd: Etcd3.Etcd3): Pick<ConnectionPool, "withConnection"> & { readonly shuffledHosts: () => Hosts } =>
+  (etcd as unknown as { readonly pool: ConnectionPool & { readonly shuffledHosts: () => Hosts } }).pool
+
+/** The pool's endless generator of its hosts in shuffled order (what a unary call fails over along). */
+type Hosts = NonNullable<Parameters<ConnectionPool["withConnection"]>[2]>
 
 /**
  * Whether an error says something about the member (retry elsewhere, count it
@@ -432,7 +435,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
      * merely opened would count as a success, and every keep-alive would go back
      * to the hung member).
      */
-    const keepAliveAttempt = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
+    const keepAliveAttempt = (lease: LeaseId, hosts: Hosts): Effect.Effect<number, EtcdError> =>
       Effect.async<number, EtcdError>((resume) => {
         let call: KeepAliveCall | undefined
         let done = false
@@ -454,7 +457,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                 s.on("error", (cause: Error) => (done ? resolve(undefined) : reject(Etcd3.castGrpcError(cause))))
                 s.on("end", () => reject(new Etcd3.GRPCUnavailableError("keep-alive stream ended")))
                 s.write({ ID: lease })
-              })
+              }),
+            hosts
           )
           .then(
             (res) => {
@@ -493,11 +497,19 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         })
       )
 
-    /** A keep-alive that fails over to another member like a unary call: one attempt per member at most. */
+    /**
+     * A keep-alive that fails over to another member like a unary call: one
+     * attempt per member at most, along one shuffled order of the members (each
+     * attempt starting a new order could try a hung member again, a whole
+     * request timeout each time, and let a short TTL expire).
+     */
     const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
-      keepAliveAttempt(lease).pipe(
-        Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
-      )
+      Effect.suspend(() => {
+        const hosts = poolOf(etcd).shuffledHosts()
+        return keepAliveAttempt(lease, hosts).pipe(
+          Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
+        )
+      })
 
     const revoke = (lease: LeaseId) => Effect.asVoid(call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })))
 

@@ -235,6 +235,42 @@ describe("Reliability: a 3-member cluster", () => {
     }
 
     it.scoped(
+      "a keep-alive whose first member hangs fails over to the next member within one request timeout, not one per attempt",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          const target = (yield* cluster.followers)[0]
+          if (target === undefined) return yield* Effect.dieMessage("no follower")
+          const others = cluster.members.filter((member) => member !== target)
+          // the hung member first on every call (etcd3's test switch), as in the tests above
+          const pool = ConnectionPool as unknown as { deterministicOrder: boolean }
+          yield* Effect.acquireRelease(
+            Effect.sync(() => {
+              pool.deterministicOrder = true
+            }),
+            () =>
+              Effect.sync(() => {
+                pool.deterministicOrder = false
+              })
+          )
+          const headerTimeout = 1000
+          const client = yield* EtcdClient.make({
+            endpoints: [...others.map((member) => member.clientUrl), target.clientUrl],
+            headerTimeoutPerRequest: `${headerTimeout} millis`
+          })
+          const lease = yield* client.grant(10)
+          yield* Effect.acquireRelease(target.pause, () => target.resume)
+          // one attempt on the hung member (a whole request timeout), then the next member: each
+          // attempt starting the host order over went back to the hung member, and a 2 s TTL expired
+          const [ttl, took] = yield* timed(client.keepAliveOnce(lease))
+          expect(ttl).toBeGreaterThan(0)
+          expect(took).toBeGreaterThanOrEqual(headerTimeout - 50)
+          expect(took).toBeLessThan(2 * headerTimeout)
+          yield* measure("keep-alive with a hung first member", took)
+        })
+    )
+
+    it.scoped(
       "every member stopped for 2x the TTL, then started with its data: every registration comes back with no user action; the subscriber equals etcd",
       () =>
         Effect.gen(function* () {
