@@ -12,6 +12,7 @@ import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
+import { traced } from "./internal/tracing.js"
 
 /**
  * An instance string that is not an http(s) base URL. The subscriber logs it
@@ -90,22 +91,24 @@ export const parseInstance = (instance: string): Effect.Effect<string, InvalidIn
  * @since 0.1.0
  * @category constructors
  */
-export const factory = (
-  options: Options = {}
-): Factory<
-  HttpClientRequest.HttpClientRequest,
-  HttpClientResponse.HttpClientResponse,
-  HttpClientError.HttpClientError,
-  InvalidInstance,
-  HttpClient.HttpClient
-> =>
-  Effect.fn("HttpEndpoint.factory")(function* (instance: string) {
-    const base = yield* parseInstance(instance)
-    const http = yield* HttpClient.HttpClient
-    const prefixed = HttpClient.mapRequest(http, (request) =>
-      HttpClientRequest.prependUrl(request, request.url.startsWith("/") || request.url === "" ? base : `${base}/`)
-    )
-    const client = options.filterStatusOk === true ? HttpClient.filterStatusOk(prefixed) : prefixed
-    const endpoint: HttpEndpoint = (request) => client.execute(request)
-    return endpoint
-  })
+export const factory =
+  (
+    options: Options = {}
+  ): Factory<
+    HttpClientRequest.HttpClientRequest,
+    HttpClientResponse.HttpClientResponse,
+    HttpClientError.HttpClientError,
+    InvalidInstance,
+    HttpClient.HttpClient
+  > =>
+  (instance: string) =>
+    Effect.gen(function* () {
+      const base = yield* parseInstance(instance)
+      const http = yield* HttpClient.HttpClient
+      const prefixed = HttpClient.mapRequest(http, (request) =>
+        HttpClientRequest.prependUrl(request, request.url.startsWith("/") || request.url === "" ? base : `${base}/`)
+      )
+      const client = options.filterStatusOk === true ? HttpClient.filterStatusOk(prefixed) : prefixed
+      const endpoint: HttpEndpoint = (request) => client.execute(request)
+      return endpoint
+    }).pipe(traced("HttpEndpoint.factory"))

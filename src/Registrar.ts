@@ -35,6 +35,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { EtcdClient } from "./EtcdClient.js"
 import type { EtcdError, InvalidOptions, NoKey, NoValue } from "./EtcdError.js"
 import * as internal from "./internal/registrar.js"
+import { traced } from "./internal/tracing.js"
 import * as Lease from "./internal/registrarLease.js"
 import * as internalState from "./internal/registrarState.js"
 import type { Service } from "./Service.js"
@@ -111,13 +112,10 @@ export class Registrar extends Context.Tag("effect-sd-etcd/Registrar")<Registrar
  * @since 0.1.0
  * @category constructors
  */
-export const make: (
+export const make = (
   service: Service
-) => Effect.Effect<Registration, NoKey | NoValue | InvalidOptions | EtcdError, EtcdClient | Scope.Scope> = Effect.fn(
-  "Registrar.make"
-)(function* (service: Service) {
-  return yield* internal.make(service)
-})
+): Effect.Effect<Registration, NoKey | NoValue | InvalidOptions | EtcdError, EtcdClient | Scope.Scope> =>
+  internal.make(service).pipe(traced("Registrar.make", service.key))
 
 /**
  * Registers the service while the layer lives; deregisters in its finalizer.

@@ -20,6 +20,7 @@ import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
+import * as Tracer from "effect/Tracer"
 import { type EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
 import type { EtcdError, InvalidOptions } from "../src/EtcdError.js"
 import { NoKey, NoValue } from "../src/EtcdError.js"
@@ -416,6 +417,28 @@ describe("Registrar on the in-memory etcd", () => {
       expect(yield* keepAlives).toBe(0)
       yield* Scope.close(scope, Exit.void)
       expect(yield* stored("/svc/plain/1")).toBeUndefined()
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("with a tracer provided, make, register and deregister are spans with the key", () =>
+    Effect.gen(function* () {
+      const builtIn = yield* Effect.tracer
+      const spans: Array<Tracer.Span> = []
+      const recording = Tracer.make({
+        span: (...args) => {
+          const span = builtIn.span(...args)
+          spans.push(span)
+          return span
+        },
+        context: (f, fiber) => builtIn.context(f, fiber)
+      })
+      const ttl = yield* standard
+      yield* Effect.scoped(Registrar.make(service("/svc/traced/1", ttl))).pipe(Effect.withTracer(recording))
+      expect(spans.map((span) => span.name)).toEqual(["Registrar.make", "Registrar.register", "Registrar.deregister"])
+      for (const span of spans) {
+        expect(span.attributes.get("key")).toBe("/svc/traced/1")
+        expect(span.status._tag).toBe("Ended")
+      }
     }).pipe(Effect.provide(layerMemory))
   )
 

@@ -18,6 +18,7 @@ import { NoKey, NoValue } from "../EtcdError.js"
 import type { Service } from "../Service.js"
 import * as TtlOption from "../TtlOption.js"
 import * as Lease from "./registrarLease.js"
+import { traced } from "./tracing.js"
 import { RegistrationState } from "./registrarState.js"
 
 /** A registration handle (the public `Registration`). */
@@ -92,7 +93,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
           })
         )
       )
-      .pipe(Effect.withSpan("Registrar.register", { attributes: { key: service.key }, captureStackTrace: false }))
+      .pipe(traced("Registrar.register", service.key))
 
     const deregister = lock
       .withPermits(1)(
@@ -113,10 +114,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
           return yield* left
         })
       )
-      .pipe(
-        Effect.uninterruptible,
-        Effect.withSpan("Registrar.deregister", { attributes: { key: service.key }, captureStackTrace: false })
-      )
+      .pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
 
     return { service, state, register, deregister } satisfies Registration
   })
