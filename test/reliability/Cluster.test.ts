@@ -258,7 +258,8 @@ describe("Reliability: a 3-member cluster", () => {
             endpoints: [...others.map((member) => member.clientUrl), target.clientUrl],
             headerTimeoutPerRequest: `${headerTimeout} millis`
           })
-          const lease = yield* client.grant(10)
+          // revoked at the end: the next tests count the leases left in this cluster
+          const lease = yield* Effect.acquireRelease(client.grant(10), (id) => Effect.ignore(client.revoke(id)))
           yield* Effect.acquireRelease(target.pause, () => target.resume)
           // one attempt on the hung member (a whole request timeout), then the next member: each
           // attempt starting the host order over went back to the hung member, and a 2 s TTL expired
