@@ -631,8 +631,9 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
  *
  * The key goes first: setting the state, stopping the member's watch and the
  * group's fibers (a few milliseconds of stream teardown) come after the
- * request, so that they do not delay the key's removal. Nothing puts the key back meanwhile: the
- * member is out of the group, and a closed group neither heals nor joins.
+ * request, so that they do not delay the key's removal. Nothing puts the key
+ * back meanwhile: the member is out of the group, and a closed group neither
+ * heals nor joins.
  */
 export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
   group.lock.exclusive(
