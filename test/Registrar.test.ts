@@ -21,9 +21,9 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
-import { type EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
-import type { EtcdError, InvalidOptions } from "../src/EtcdError.js"
-import { NoKey, NoValue } from "../src/EtcdError.js"
+import { EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
+import type { InvalidOptions } from "../src/EtcdError.js"
+import { EtcdError, NoKey, NoValue } from "../src/EtcdError.js"
 import * as Registrar from "../src/Registrar.js"
 import type { Service } from "../src/Service.js"
 import * as TtlOption from "../src/TtlOption.js"
@@ -239,6 +239,50 @@ describe("Registrar on the in-memory etcd", () => {
         // the abandoned lease (which etcd refreshed on its return) is revoked
         expect(yield* leaseIds).toEqual([second])
       }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("an abandoned lease whose revoke fails once is revoked in the background", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      const unavailable = (operation: string) =>
+        Effect.fail(new EtcdError({ operation, reason: "Unavailable", detail: "injected" }))
+      // this process cannot reach etcd for its keep-alives (while etcd itself, kept alive by
+      // someone else here, does not expire the lease); and its first revoke fails
+      let cutOff = true
+      let failRevokes = 1
+      const flaky: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) => (cutOff ? unavailable("keepAlive") : client.keepAliveOnce(lease)),
+        revoke: (lease) => (failRevokes-- > 0 ? unavailable("revoke") : client.revoke(lease))
+      }
+      const registration = yield* Registrar.make(service("/svc/abandoned/1", yield* standard)).pipe(
+        Effect.provideService(EtcdClient, flaky)
+      )
+      const first = (yield* leaseOf(registration))!
+      // given up after a TTL without keep-alive; a new lease holds the key
+      yield* advanceUntil(
+        Effect.zipRight(
+          Effect.ignore(etcd.client.keepAliveOnce(first)),
+          Effect.map(Registrar.state(registration), (s) => s._tag === "Registered" && s.lease !== first)
+        ),
+        "100 millis",
+        "30 seconds"
+      )
+      cutOff = false
+      const second = (yield* leaseOf(registration))!
+      expect((yield* stored("/svc/abandoned/1"))?.lease).toBe(second)
+      // the revoke of the abandoned lease failed once: it is still there
+      expect(new Set(yield* leaseIds)).toEqual(new Set([first, second]))
+      const took = yield* advanceUntil(
+        Effect.map(leaseIds, (ids) => ids.length === 1 && ids[0] === second),
+        "10 millis",
+        "3 seconds"
+      )
+      // then revoked in the background, 200 ms later
+      expect(took).toBeGreaterThanOrEqual(190)
+      expect(took).toBeLessThanOrEqual(210)
+    }).pipe(Effect.provide(layerMemory))
   )
 
   it.scoped("a short outage (less than the TTL) keeps the lease: heartbeat failures only", () =>

@@ -279,7 +279,31 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
     const abandoned = group.abandoned
     group.abandoned = undefined
     // it no longer holds any of our keys; if etcd kept it alive, don't leave it to expire by itself
-    if (abandoned !== undefined) yield* Effect.ignore(group.client.revoke(abandoned))
+    if (abandoned !== undefined) yield* revokeAbandoned(group, ttl, abandoned)
+  })
+
+/**
+ * Revokes a lease given up after a whole TTL without keep-alive, once a new
+ * lease holds the keys. A failure right after an outage (a member still
+ * electing, a breaker still open) is retried in the background, from 200 ms
+ * on with the healing backoff, for one TTL: past that the lease, which nobody
+ * renews, has expired by itself.
+ */
+const revokeAbandoned = (group: Group, ttl: TtlOption, lease: LeaseId): Effect.Effect<void> =>
+  Effect.flatMap(Effect.either(group.client.revoke(lease)), (first) => {
+    if (Either.isRight(first) || first.left.reason === "LeaseNotFound") return Effect.void
+    const again = group.client.revoke(lease).pipe(
+      Effect.catchIf(
+        (error) => error.reason === "LeaseNotFound",
+        () => Effect.void
+      ),
+      Effect.retry(healSchedule),
+      Effect.timeout(Duration.seconds(ttl.ttlSeconds)),
+      Effect.ignore
+    )
+    return Effect.asVoid(
+      Effect.forkIn(Effect.interruptible(Effect.zipRight(Effect.sleep(Duration.millis(200)), again)), group.scope)
+    )
   })
 
 /** Re-grants the lease and re-puts every key, with backoff, until it works or the group has no one left. */
