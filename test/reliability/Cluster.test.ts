@@ -43,6 +43,21 @@ import { etcd3 } from "../testing-helpers.js"
 
 const run = randomUUID().slice(0, 8)
 
+/**
+ * etcd3 tries the hosts of every call in a shuffled order. Its test switch fixes the order (last
+ * endpoint first) for the scope, so that a hung member listed last is the one the client talks to
+ * first, on every call, stream or not: the worst case, every time, instead of a third of the time.
+ */
+const lastEndpointFirst = Effect.acquireRelease(
+  Effect.sync(() => {
+    ;(ConnectionPool as unknown as { deterministicOrder: boolean }).deterministicOrder = true
+  }),
+  () =>
+    Effect.sync(() => {
+      ;(ConnectionPool as unknown as { deterministicOrder: boolean }).deterministicOrder = false
+    })
+)
+
 /** Every member running and unpaused, whatever an earlier test left behind. */
 const healthyCluster = Effect.gen(function* () {
   const cluster = yield* EtcdCluster.EtcdCluster
@@ -155,19 +170,7 @@ describe("Reliability: a 3-member cluster", () => {
             const target = role === "leader" ? yield* cluster.leader : (yield* cluster.followers)[0]
             if (target === undefined) return yield* Effect.dieMessage("no follower")
             const others = cluster.members.filter((member) => member !== target)
-            // etcd3 tries the hosts of every call in a shuffled order. Its test switch fixes the order
-            // (last endpoint first), so that the hung member is the one the client talks to first, on
-            // every call, stream or not: the worst case, every time, instead of a third of the time.
-            const pool = ConnectionPool as unknown as { deterministicOrder: boolean }
-            yield* Effect.acquireRelease(
-              Effect.sync(() => {
-                pool.deterministicOrder = true
-              }),
-              () =>
-                Effect.sync(() => {
-                  pool.deterministicOrder = false
-                })
-            )
+            yield* lastEndpointFirst
             const headerTimeout = 1000
             const keepAlive = 1000
             const client = yield* EtcdClient.make({
@@ -242,17 +245,8 @@ describe("Reliability: a 3-member cluster", () => {
           const target = (yield* cluster.followers)[0]
           if (target === undefined) return yield* Effect.dieMessage("no follower")
           const others = cluster.members.filter((member) => member !== target)
-          // the hung member first on every call (etcd3's test switch), as in the tests above
-          const pool = ConnectionPool as unknown as { deterministicOrder: boolean }
-          yield* Effect.acquireRelease(
-            Effect.sync(() => {
-              pool.deterministicOrder = true
-            }),
-            () =>
-              Effect.sync(() => {
-                pool.deterministicOrder = false
-              })
-          )
+          // the hung member first on every call, as in the tests above
+          yield* lastEndpointFirst
           const headerTimeout = 1000
           const client = yield* EtcdClient.make({
             endpoints: [...others.map((member) => member.clientUrl), target.clientUrl],
