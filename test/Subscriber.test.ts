@@ -177,6 +177,73 @@ describe("Subscriber (in-memory etcd)", () => {
   )
 
   it.effect(
+    "factories of every shape in one batch: results, sync thunks, throws and scoped effects, in key order",
+    () =>
+      Effect.gen(function* () {
+        const { layer, logs } = capturingLogger()
+        const closed: Array<string> = []
+        yield* onMemory(
+          Effect.gen(function* () {
+            // succeed, sync, a sync that throws, a factory that throws, a scoped gen, a fail, in key order
+            const shapes = ["a-succeed", "b-sync", "c-sync-throws", "d-throws", "e-scoped", "f-fail", "g-sync"]
+            for (const shape of shapes) yield* put(`/svc/${shape}`, shape)
+            const endpoint = (instance: string) => (request: string) => Effect.succeed(`${instance} got ${request}`)
+            const factory: Factory<string, string, never, string> = (instance) => {
+              if (instance.endsWith("-succeed")) return Effect.succeed(endpoint(instance))
+              if (instance.endsWith("-sync")) return Effect.sync(() => endpoint(instance))
+              if (instance.endsWith("c-sync-throws"))
+                return Effect.sync(() => {
+                  throw new Error("thrown in a sync factory")
+                })
+              if (instance.endsWith("d-throws")) throw new Error("thrown before any effect")
+              if (instance.endsWith("f-fail")) return Effect.fail("cannot reach it")
+              return Effect.gen(function* () {
+                yield* Effect.addFinalizer(() => Effect.sync(() => closed.push(instance)))
+                return endpoint(instance)
+              })
+            }
+            const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+            expect(yield* callAll(subscriber)).toEqual([
+              "a-succeed got ping",
+              "b-sync got ping",
+              "e-scoped got ping",
+              "g-sync got ping"
+            ])
+            // the same shapes again, as one watch batch
+            for (const shape of shapes) yield* put(`/svc/x${shape}`, `x${shape}`)
+            yield* waitFor(subscriber.instances, (m) => m.size === 14, "the second batch")
+            expect(yield* callAll(subscriber)).toEqual([
+              "a-succeed got ping",
+              "b-sync got ping",
+              "e-scoped got ping",
+              "g-sync got ping",
+              "xa-succeed got ping",
+              "xb-sync got ping",
+              "xe-scoped got ping",
+              "xg-sync got ping"
+            ])
+            // the scoped endpoint's scope closes when its instance leaves; the others had none
+            yield* del("/svc/e-scoped")
+            yield* del("/svc/b-sync")
+            yield* waitFor(subscriber.instances, (m) => m.size === 12, "the deletes")
+            expect(closed).toEqual(["e-scoped"])
+          })
+        ).pipe(Effect.provide(layer))
+        // ... and the other when the subscriber closes
+        expect(closed).toEqual(["e-scoped", "xe-scoped"])
+        const failures = logs.filter((l) => l.message === "endpoint factory failed; instance skipped")
+        expect(failures.map((l) => l.key)).toEqual([
+          "/svc/c-sync-throws",
+          "/svc/d-throws",
+          "/svc/f-fail",
+          "/svc/xc-sync-throws",
+          "/svc/xd-throws",
+          "/svc/xf-fail"
+        ])
+      })
+  )
+
+  it.effect(
     "a large batch of changes (new, changed, deleted, failing) is applied at once, as one change after another would be",
     () =>
       onMemory(

@@ -343,6 +343,31 @@ interface Made<Req, Res, E> {
   readonly scopes: Array<EndpointScope | undefined>
 }
 
+/**
+ * The result of an effect that cannot see the fiber it runs in, computed here:
+ * an effect that is already its result (`Effect.succeed`, `Effect.fail`, any
+ * `Exit`), or a plain synchronous thunk (`Effect.sync`; a throw is a defect, as
+ * in the run loop). `undefined` for any other effect, which must run in a fiber.
+ *
+ * `Effect.sync` has no public test: it is recognized by its instruction in
+ * Effect 3's core (`_op` "Sync", the thunk in `effect_instruction_i0`), and
+ * anything else takes the general path, so a change there costs speed, not
+ * correctness.
+ */
+const runsAlone = <A, E>(effect: Effect.Effect<A, E, unknown>): Exit.Exit<A, E> | undefined => {
+  // an Exit that is an Effect<A, E> succeeds with an A or fails with an E
+  if (Exit.isExit(effect)) return effect as Exit.Exit<A, E>
+  const primitive = effect as unknown as { readonly _op?: unknown; readonly effect_instruction_i0?: unknown }
+  if (primitive._op !== "Sync") return undefined
+  const thunk = primitive.effect_instruction_i0
+  if (typeof thunk !== "function") return undefined
+  try {
+    return Exit.succeed((thunk as () => A)())
+  } catch (defect) {
+    return Exit.die(defect)
+  }
+}
+
 /** Whether `keys` is in ascending (JavaScript string) order. */
 const isSorted = (keys: ReadonlyArray<string>): boolean => {
   for (let i = 1; i < keys.length; i++) if (!(keys[i - 1]! < keys[i]!)) return false
@@ -484,6 +509,11 @@ export const make = <Req, Res, E, FE, R>(
      * whole batch (a listing of 100,000 instances is one run), each factory with
      * its own endpoint scope in its context. A failing factory (a typed failure, a
      * defect, or a throw) is logged, its scope closed, and its instance skipped.
+     *
+     * A factory whose effect cannot see its context (see {@link runsAlone}) is run
+     * right here, without a scope and without a turn of the run loop: changing the
+     * fiber's context copies its FiberRefs, which was about half of what an
+     * instance cost in the initial sync (issue 7).
      */
     const runFactories = (
       jobKeys: ReadonlyArray<string>,
@@ -498,12 +528,20 @@ export const make = <Req, Res, E, FE, R>(
             const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
             making = { keys: jobKeys, scopes: made.scopes }
             let failures: Array<readonly [number, Cause.Cause<FE>]> | undefined = undefined
+            let contextChanged = false
             let i = 0
-            const loop = Effect.whileLoop({
-              while: () => i < n,
-              body: () => {
-                const endpointScope = new EndpointScope()
-                made.scopes.push(endpointScope)
+            const record = (exit: Exit.Exit<Endpoint<Req, Res, E>, FE>) => {
+              if (exit._tag === "Success") {
+                made.endpoints.push(exit.value)
+              } else {
+                made.endpoints.push(undefined)
+                ;(failures ??= []).push([i, exit.cause])
+              }
+              i++
+            }
+            // the factories from job i on; returns at the first that needs the run loop
+            const runFrom = (): Effect.Effect<void, never, R | Scope.Scope> => {
+              while (i < n) {
                 // a factory that throws instead of returning an Effect is a defect like any other
                 let effect: Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope>
                 try {
@@ -511,32 +549,44 @@ export const make = <Req, Res, E, FE, R>(
                 } catch (defect) {
                   effect = Effect.die(defect)
                 }
-                return Effect.zipRight(
-                  FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
-                  Effect.exit(effect)
-                )
-              },
-              step: (exit) => {
-                if (exit._tag === "Success") {
-                  made.endpoints.push(exit.value)
-                } else {
-                  made.endpoints.push(undefined)
-                  ;(failures ??= []).push([i, exit.cause])
+                const exit = runsAlone(effect)
+                if (exit !== undefined) {
+                  made.scopes.push(undefined)
+                  record(exit)
+                  continue
                 }
-                i++
+                const endpointScope = new EndpointScope()
+                made.scopes.push(endpointScope)
+                contextChanged = true
+                return Effect.flatMap(
+                  Effect.zipRight(
+                    FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
+                    Effect.exit(effect)
+                  ),
+                  (exit) => {
+                    record(exit)
+                    return runFrom()
+                  }
+                )
               }
-            }) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
-            return Effect.flatMap(Effect.ensuring(loop, FiberRef.set(FiberRef.currentContext, base)), () =>
+              return Effect.void
+            }
+            const loop = Effect.suspend(runFrom) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
+            const restored = Effect.ensuring(
+              loop,
+              Effect.suspend(() => (contextChanged ? FiberRef.set(FiberRef.currentContext, base) : Effect.void))
+            )
+            return Effect.flatMap(restored, () =>
               failures === undefined
                 ? Effect.succeed(made)
                 : Effect.as(
                     Effect.forEach(
                       failures,
                       ([j, cause]) => {
-                        const endpointScope = made.scopes[j]!
+                        const endpointScope = made.scopes[j]
                         made.scopes[j] = undefined
                         return Effect.zipRight(
-                          closeEndpoint(jobKeys[j]!, endpointScope),
+                          endpointScope === undefined ? Effect.void : closeEndpoint(jobKeys[j]!, endpointScope),
                           Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
                             Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
                           )
