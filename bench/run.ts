@@ -11,7 +11,8 @@
  * BENCH_MICRO_PICKS (1000000), BENCH_MICRO_CALLS (20000),
  * BENCH_ONLY (scenario numbers, e.g. `1,3`), BENCH_OUT (results file),
  * BENCH_CPU_PROF (worker names such as `sub-ours,reg-ours`, or `all`: run them
- * with `--cpu-prof`, profiles in bench/results/profiles/).
+ * with `--cpu-prof`, profiles in bench/results/profiles/), BENCH_CPU_PROF_WINDOWS
+ * (a directory: each churn window of each subscriber profiled alone).
  */
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"

@@ -4,6 +4,9 @@
  * `micro`; `setup` says which side (`ours`, `raw`, `floor`) it runs.
  */
 import type { Etcd3 } from "etcd3"
+import * as Fs from "node:fs"
+import * as Inspector from "node:inspector"
+import * as Path from "node:path"
 import { serve, now } from "./ipc.js"
 import type { RegistrarSide, SideOptions, SubscriberSide } from "./side.js"
 import { cpuMicros, Tracker, untilIdle } from "./view.js"
@@ -31,6 +34,37 @@ let nextWait = 0
 let setWait: { readonly at: Promise<bigint>; readonly cpu0: number } | undefined
 const registered: Array<string> = []
 
+/**
+ * BENCH_CPU_PROF_WINDOWS (a directory): a subscriber profiles each churn window
+ * alone, from arming the set wait until idle again, into one `.cpuprofile`
+ * per window (`--cpu-prof` would also hold the start-up and the initial sync).
+ */
+const windowDir = process.env["BENCH_CPU_PROF_WINDOWS"]
+let inspector: Inspector.Session | undefined
+let windows = 0
+let sideName = ""
+const post = (method: string): Promise<unknown> =>
+  new Promise((resolve, reject) =>
+    need(inspector, "inspector session").post(method, (error, result) =>
+      error === null ? resolve(result) : reject(error)
+    )
+  )
+const startWindow = async (): Promise<void> => {
+  if (windowDir === undefined) return
+  if (inspector === undefined) {
+    inspector = new Inspector.Session()
+    inspector.connect()
+    await post("Profiler.enable")
+  }
+  await post("Profiler.start")
+}
+const stopWindow = async (): Promise<void> => {
+  if (windowDir === undefined) return
+  const { profile } = (await post("Profiler.stop")) as { readonly profile: unknown }
+  Fs.mkdirSync(windowDir, { recursive: true })
+  Fs.writeFileSync(Path.join(windowDir, `${sideName}-${process.pid}-${windows++}.cpuprofile`), JSON.stringify(profile))
+}
+
 const need = <A>(a: A | undefined, what: string): A => {
   if (a === undefined) throw new Error(`no ${what} in this worker`)
   return a
@@ -39,6 +73,7 @@ const need = <A>(a: A | undefined, what: string): A => {
 serve({
   setup: async (args: { readonly side: Side; readonly options: SideOptions }) => {
     const role = process.argv[2]
+    sideName = args.side
     if (role === "sub") {
       const m = args.side === "ours" ? await import("./oursSide.js") : await import("./rawSide.js")
       subscriberSide = await m.subscriber(args.options)
@@ -85,9 +120,10 @@ serve({
     return w
   },
   /** Arms a wait for the view to equal `values` (`newcomers` among them), then collects garbage and reads the CPU clock. */
-  armSet: (args: { readonly values: ReadonlyArray<string>; readonly newcomers: ReadonlyArray<string> }) => {
+  armSet: async (args: { readonly values: ReadonlyArray<string>; readonly newcomers: ReadonlyArray<string> }) => {
     const at = tracker.untilSet(new Set(args.values), args.newcomers)
     gc()
+    await startWindow()
     setWait = { at, cpu0: cpuMicros() }
     return tracker.size
   },
@@ -97,6 +133,7 @@ serve({
     setWait = undefined
     const at = await w.at
     const idle = await untilIdle()
+    await stopWindow()
     return { at, cpuMicros: idle - w.cpu0, exact: tracker.verifySet() }
   },
   heapUsed: () => {

@@ -326,6 +326,55 @@ describe("Subscriber (in-memory etcd)", () => {
       )
   )
 
+  it.effect("a batch of thousands of changes, each between two known instances, is applied in key order", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const memory = yield* EtcdClient.MemoryEtcd
+        // known: /svc/00000, /svc/00002, ...; the batch puts every odd name and deletes every fourth known
+        const name = (i: number) => `/svc/${String(i).padStart(5, "0")}`
+        const known = 3000
+        for (let i = 0; i < known; i++) yield* put(name(2 * i), "known")
+        let revision = yield* memory.client.revision
+        const events: Array<EtcdClient.WatchEvent> = []
+        for (let i = 0; i < known; i++) {
+          events.push({
+            _tag: "Put",
+            key: name(2 * i + 1),
+            value: "new",
+            malformed: false,
+            revision: ++revision,
+            lease: undefined
+          })
+          if (i % 4 === 0) events.push({ _tag: "Delete", key: name(2 * i), revision: ++revision })
+        }
+        const gate = yield* Deferred.make<void>()
+        const batched: EtcdClient.EtcdClient = {
+          ...memory.client,
+          watch: () =>
+            Stream.drain(Stream.fromEffect(Deferred.await(gate))).pipe(
+              Stream.concat(Stream.fromChunk(Chunk.unsafeFromArray(events))),
+              Stream.concat(Stream.never)
+            )
+        }
+        const factory: Factory<string, string> = (instance) =>
+          Effect.succeed((request: string) => Effect.succeed(`${instance} got ${request}`))
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+          Effect.provideService(EtcdClient.EtcdClient, batched)
+        )
+        yield* Deferred.succeed(gate, undefined)
+        const expected: Array<string> = []
+        for (let i = 0; i < 2 * known; i++) if (i % 2 === 1 || (i / 2) % 4 !== 0) expected.push(name(i))
+        const set = yield* waitFor(subscriber.endpointSet, (set) => set.keys.length === expected.length, "the batch")
+        expect(set.keys).toEqual(expected)
+        const instances = yield* subscriber.instances.get
+        expect([...instances.keys()]).toEqual(expected)
+        expect(instances.get(name(1))).toBe("new")
+        expect(instances.get(name(2))).toBe("known")
+        expect(instances.has(name(0))).toBe(false)
+      })
+    )
+  )
+
   it.effect("values that are not valid UTF-8 are logged and skipped", () => {
     const { layer, logs } = capturingLogger()
     return onMemory(
