@@ -424,6 +424,11 @@ class Edits<A> {
 /** How many arrays one `concat` call joins at most. */
 const maxConcatParts = 4096
 
+/** Whether factories' results are already made (they all ran alone), not an effect still to run. */
+const isMade = <Req, Res, E, R>(
+  made: Made<Req, Res, E> | Effect.Effect<Made<Req, Res, E>, never, R>
+): made is Made<Req, Res, E> => !Effect.isEffect(made)
+
 /** Whether `keys` is in ascending (JavaScript string) order. */
 const isSorted = (keys: ReadonlyArray<string>): boolean => {
   for (let i = 1; i < keys.length; i++) if (!(keys[i - 1]! < keys[i]!)) return false
@@ -565,86 +570,85 @@ export const make = <Req, Res, E, FE, R>(
     const runFactories = (
       jobKeys: ReadonlyArray<string>,
       jobValues: ReadonlyArray<string>
-    ): Effect.Effect<Made<Req, Res, E>, never, Exclude<R, Scope.Scope>> =>
-      jobKeys.length === 0
-        ? Effect.succeed(noneMade)
-        : Effect.withFiberRuntime((fiber) => {
-            const base = fiber.getFiberRef(FiberRef.currentContext)
-            const n = jobKeys.length
-            // filled by push, not preallocated: a holey array makes every later splice slow
-            const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
-            making = { keys: jobKeys, scopes: made.scopes }
-            let failures: Array<readonly [number, Cause.Cause<FE>]> | undefined = undefined
-            let contextChanged = false
-            let i = 0
-            const record = (exit: Exit.Exit<Endpoint<Req, Res, E>, FE>) => {
-              if (exit._tag === "Success") {
-                made.endpoints.push(exit.value)
-              } else {
-                made.endpoints.push(undefined)
-                ;(failures ??= []).push([i, exit.cause])
-              }
-              i++
-            }
-            // the factories from job i on; returns at the first that needs the run loop
-            const runFrom = (): Effect.Effect<void, never, R | Scope.Scope> => {
-              while (i < n) {
-                // a factory that throws instead of returning an Effect is a defect like any other
-                let effect: Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope>
-                try {
-                  effect = factory(jobValues[i]!)
-                } catch (defect) {
-                  effect = Effect.die(defect)
-                }
-                const exit = runsAlone(effect)
-                if (exit !== undefined) {
-                  made.scopes.push(undefined)
-                  record(exit)
-                  continue
-                }
-                const endpointScope = new EndpointScope()
-                made.scopes.push(endpointScope)
-                contextChanged = true
-                return Effect.flatMap(
-                  Effect.zipRight(
-                    FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
-                    Effect.exit(effect)
-                  ),
-                  (exit) => {
-                    record(exit)
-                    return runFrom()
-                  }
-                )
-              }
-              return Effect.void
-            }
-            const loop = Effect.suspend(runFrom) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
-            const restored = Effect.ensuring(
-              loop,
-              Effect.suspend(() => (contextChanged ? FiberRef.set(FiberRef.currentContext, base) : Effect.void))
-            )
-            return Effect.flatMap(restored, () =>
-              failures === undefined
-                ? Effect.succeed(made)
-                : Effect.as(
-                    Effect.forEach(
-                      failures,
-                      ([j, cause]) => {
-                        const endpointScope = made.scopes[j]
-                        made.scopes[j] = undefined
-                        return Effect.zipRight(
-                          endpointScope === undefined ? Effect.void : closeEndpoint(jobKeys[j]!, endpointScope),
-                          Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
-                            Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
-                          )
-                        )
-                      },
-                      { discard: true }
-                    ),
-                    made
+    ): Made<Req, Res, E> | Effect.Effect<Made<Req, Res, E>, never, Exclude<R, Scope.Scope>> => {
+      const n = jobKeys.length
+      if (n === 0) return noneMade
+      // filled by push, not preallocated: a holey array makes every later splice slow
+      const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
+      making = { keys: jobKeys, scopes: made.scopes }
+      let failures: Array<readonly [number, Cause.Cause<FE>]> | undefined = undefined
+      let i = 0
+      const record = (exit: Exit.Exit<Endpoint<Req, Res, E>, FE>) => {
+        if (exit._tag === "Success") {
+          made.endpoints.push(exit.value)
+        } else {
+          made.endpoints.push(undefined)
+          ;(failures ??= []).push([i, exit.cause])
+        }
+        i++
+      }
+      // the factories from job i on that run alone, here and now; returns the effect of the first
+      // that needs the run loop
+      const runAloneFrom = (): Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope> | undefined => {
+        while (i < n) {
+          // a factory that throws instead of returning an Effect is a defect like any other
+          let effect: Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope>
+          try {
+            effect = factory(jobValues[i]!)
+          } catch (defect) {
+            effect = Effect.die(defect)
+          }
+          const exit = runsAlone(effect)
+          if (exit === undefined) return effect
+          made.scopes.push(undefined)
+          record(exit)
+        }
+        return undefined
+      }
+      const logFailures = (): Effect.Effect<Made<Req, Res, E>> =>
+        failures === undefined
+          ? Effect.succeed(made)
+          : Effect.as(
+              Effect.forEach(
+                failures,
+                ([j, cause]) => {
+                  const endpointScope = made.scopes[j]
+                  made.scopes[j] = undefined
+                  return Effect.zipRight(
+                    endpointScope === undefined ? Effect.void : closeEndpoint(jobKeys[j]!, endpointScope),
+                    Effect.logWarning("endpoint factory failed; instance skipped", cause).pipe(
+                      Effect.annotateLogs({ key: jobKeys[j]!, instance: jobValues[j]! })
+                    )
                   )
+                },
+                { discard: true }
+              ),
+              made
             )
-          })
+      const first = runAloneFrom()
+      if (first === undefined) return failures === undefined ? made : logFailures()
+      // the others in the fiber, each with its own scope in its context
+      return Effect.withFiberRuntime((fiber) => {
+        const base = fiber.getFiberRef(FiberRef.currentContext)
+        const runFrom = (effect: Effect.Effect<Endpoint<Req, Res, E>, FE, R | Scope.Scope>) => {
+          const endpointScope = new EndpointScope()
+          made.scopes.push(endpointScope)
+          return Effect.flatMap(
+            Effect.zipRight(
+              FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
+              Effect.exit(effect)
+            ),
+            (exit): Effect.Effect<void, never, R | Scope.Scope> => {
+              record(exit)
+              const next = runAloneFrom()
+              return next === undefined ? Effect.void : runFrom(next)
+            }
+          )
+        }
+        const rest = runFrom(first) as Effect.Effect<void, never, Exclude<R, Scope.Scope>>
+        return Effect.flatMap(Effect.ensuring(rest, FiberRef.set(FiberRef.currentContext, base)), logFailures)
+      })
+    }
 
     /**
      * Applies a batch of changes (key → new value, or undefined for a delete; in
@@ -905,15 +909,13 @@ export const make = <Req, Res, E, FE, R>(
             jobValues.push(listedValues[m]!)
           }
         }
-        const made = runFactories(jobKeys, jobValues).pipe(
-          Effect.flatMap((made) =>
-            Effect.suspend(() => {
-              applyListed(listedKeys, listedValues, jobKeys, made)
-              return Effect.zipRight(markLive, publish)
-            })
-          )
-        )
-        return malformed.length === 0 ? made : Effect.zipRight(warnMalformed(malformed), made)
+        const apply = (made: Made<Req, Res, E>) => {
+          applyListed(listedKeys, listedValues, jobKeys, made)
+          return Effect.zipRight(markLive, publish)
+        }
+        const made = runFactories(jobKeys, jobValues)
+        const applied = isMade(made) ? apply(made) : Effect.flatMap(made, apply)
+        return malformed.length === 0 ? applied : Effect.zipRight(warnMalformed(malformed), applied)
       })
 
     /** Applies one batch of watched changes: key → new value, or undefined for a delete. */
@@ -932,14 +934,12 @@ export const make = <Req, Res, E, FE, R>(
           jobKeys.push(key)
           jobValues.push(value)
         }
-        const applied = runFactories(jobKeys, jobValues).pipe(
-          Effect.flatMap((made) =>
-            Effect.suspend(() => {
-              applyChanges(changes, made)
-              return Effect.zipRight(markLive, publish)
-            })
-          )
-        )
+        const apply = (made: Made<Req, Res, E>) => {
+          applyChanges(changes, made)
+          return live ? publish : Effect.zipRight(markLive, publish)
+        }
+        const made = runFactories(jobKeys, jobValues)
+        const applied = isMade(made) ? apply(made) : Effect.flatMap(made, apply)
         return malformed === undefined ? applied : Effect.zipRight(warnMalformed(malformed), applied)
       })
 
