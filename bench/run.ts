@@ -206,6 +206,8 @@ const churn = async (options: SideOptions, writer: Worker) => {
     const random = prng(n)
     const times = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     const cpus = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
+    // the main thread's share (JavaScript; the rest is V8's garbage collection and compilation threads)
+    const mains = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     for (let round = 0; round <= config.churnRounds; round++) {
       // half puts of new instances, half deletes of present ones, interleaved
       const deleted = new Set<string>()
@@ -227,11 +229,12 @@ const churn = async (options: SideOptions, writer: Worker) => {
         const ops: Array<Op> = plan.map((p) => ({ put: p.put, key: keyOf(prefix(s), p.value), value: p.value }))
         await sub.call("armSet", { values: current, newcomers: plan.filter((p) => p.put).map((p) => p.value) })
         const t0 = await writer.call<bigint>("churn", { ops, inflight: config.churnInflight })
-        const r = await sub.call<{ at: bigint; cpuMicros: number; exact: boolean }>("waitSet")
+        const r = await sub.call<{ at: bigint; cpuMicros: number; mainMicros?: number; exact: boolean }>("waitSet")
         if (!r.exact) throw new Error(`churn N=${n} ${s}: the final view is not the final set`)
         if (round > 0) {
           times.get(s)!.push(ms(r.at - t0))
           cpus.get(s)!.push(r.cpuMicros / 1000)
+          if (r.mainMicros !== undefined) mains.get(s)!.push(r.mainMicros / 1000)
         }
       }
     }
@@ -257,7 +260,15 @@ const churn = async (options: SideOptions, writer: Worker) => {
         raw: median(cpus.get("raw")!),
         unit: "ms",
         bar: 1.2,
-        samples: config.churnRounds
+        samples: config.churnRounds,
+        ...(mains.get("ours")!.length > 0 && mains.get("raw")!.length > 0
+          ? {
+              extra: {
+                oursMainThreadMs: median(mains.get("ours")!),
+                rawMainThreadMs: median(mains.get("raw")!)
+              }
+            }
+          : {})
       })
     )
   }

@@ -9,6 +9,7 @@
  * the tracker does O(1) work, so it costs both sides the same and never grows
  * with N.
  */
+import * as Fs from "node:fs"
 import { now } from "./ipc.js"
 
 /** The subscriber's view at one moment. */
@@ -108,6 +109,20 @@ export class Tracker {
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/**
+ * CPU time of this process's main thread (the JavaScript thread) in
+ * microseconds, from Linux's per-thread scheduler statistics; `undefined`
+ * where there are none. The rest of the process's CPU is V8's own threads
+ * (garbage collection, compilation) and libuv's.
+ */
+export const mainThreadCpuMicros = (): number | undefined => {
+  try {
+    return Number(Fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]) / 1000
+  } catch {
+    return undefined
+  }
+}
 
 /** CPU time (user + system) of this process in microseconds. */
 export const cpuMicros = (): number => {

@@ -9,7 +9,7 @@ import * as Inspector from "node:inspector"
 import * as Path from "node:path"
 import { serve, now } from "./ipc.js"
 import type { RegistrarSide, SideOptions, SubscriberSide } from "./side.js"
-import { cpuMicros, Tracker, untilIdle } from "./view.js"
+import { cpuMicros, mainThreadCpuMicros, Tracker, untilIdle } from "./view.js"
 import type { ViewSnapshot } from "./view.js"
 import type { Op } from "./writer.js"
 import { instance, keyOf } from "./keys.js"
@@ -31,7 +31,7 @@ let tracker = new Tracker()
 let stopSubscriber: (() => Promise<void>) | undefined
 const waits = new Map<number, Promise<bigint>>()
 let nextWait = 0
-let setWait: { readonly at: Promise<bigint>; readonly cpu0: number } | undefined
+let setWait: { readonly at: Promise<bigint>; readonly cpu0: number; readonly main0: number | undefined } | undefined
 const registered: Array<string> = []
 
 /**
@@ -119,22 +119,30 @@ serve({
     waits.delete(args.id)
     return w
   },
-  /** Arms a wait for the view to equal `values` (`newcomers` among them), then collects garbage and reads the CPU clock. */
+  /**
+   * Arms a wait for the view to equal `values` (`newcomers` among them), then
+   * collects garbage, waits until the process is idle (V8 finishes a full
+   * collection on its own threads: that work belongs to no side's churn), and
+   * reads the CPU clocks.
+   */
   armSet: async (args: { readonly values: ReadonlyArray<string>; readonly newcomers: ReadonlyArray<string> }) => {
     const at = tracker.untilSet(new Set(args.values), args.newcomers)
     gc()
+    await untilIdle()
     await startWindow()
-    setWait = { at, cpu0: cpuMicros() }
+    setWait = { at, cpu0: cpuMicros(), main0: mainThreadCpuMicros() }
     return tracker.size
   },
-  /** When the view first equaled the armed set, and the CPU used from arming until idle again (µs). */
+  /** When the view first equaled the armed set, and the CPU used from arming until idle again (µs: the process's, and its main thread's). */
   waitSet: async () => {
     const w = need(setWait, "armed set")
     setWait = undefined
     const at = await w.at
     const idle = await untilIdle()
+    const main1 = mainThreadCpuMicros()
     await stopWindow()
-    return { at, cpuMicros: idle - w.cpu0, exact: tracker.verifySet() }
+    const mainMicros = main1 === undefined || w.main0 === undefined ? undefined : main1 - w.main0
+    return { at, cpuMicros: idle - w.cpu0, mainMicros, exact: tracker.verifySet() }
   },
   heapUsed: () => {
     gc()
