@@ -207,7 +207,9 @@ const reasonOf = (cause: unknown, name: string, message: string): EtcdError["rea
           : message.includes("mvcc: required revision has been compacted")
             ? "Compacted"
             : cause instanceof Etcd3.GRPCDeadlineExceededError ||
-                message.includes("Deadline exceeded") ||
+                // gRPC's "Deadline exceeded", and etcd's "context deadline exceeded" (code 2, UNKNOWN):
+                // a member that could not reach the leader in time, during an election for one
+                /deadline exceeded/i.test(message) ||
                 message.includes("request timed out")
               ? "Timeout"
               : cause instanceof Etcd3.GRPCUnavailableError ||
