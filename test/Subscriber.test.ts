@@ -92,6 +92,20 @@ const del = (key: string) => Effect.flatMap(EtcdClient.MemoryEtcd, (m) => m.clie
 
 const spaced10s = Schedule.spaced("10 seconds")
 
+/** `client` with a watch that delivers `events` as one batch once `open` has run, then nothing. */
+const batchedWatch = (client: EtcdClient.EtcdClient, events: ReadonlyArray<EtcdClient.WatchEvent>) =>
+  Effect.map(Deferred.make<void>(), (gate) => ({
+    client: {
+      ...client,
+      watch: () =>
+        Stream.drain(Stream.fromEffect(Deferred.await(gate))).pipe(
+          Stream.concat(Stream.fromChunk(Chunk.unsafeFromArray(events))),
+          Stream.concat(Stream.never)
+        )
+    } satisfies EtcdClient.EtcdClient,
+    open: Deferred.succeed(gate, undefined)
+  }))
+
 describe("Subscriber (in-memory etcd)", () => {
   it.effect("lists the instances, then follows puts and deletes; endpoints come in key order", () =>
     onMemory(
@@ -269,15 +283,7 @@ describe("Subscriber (in-memory etcd)", () => {
           for (let i = 0; i < 20; i++) events.push({ _tag: "Delete", key: name(i * 3 + 1), revision: ++revision })
           events.push({ _tag: "Delete", key: name(80), revision: ++revision })
           events.push({ _tag: "Delete", key: "/svc/unknown", revision: ++revision })
-          const gate = yield* Deferred.make<void>()
-          const batched: EtcdClient.EtcdClient = {
-            ...memory.client,
-            watch: () =>
-              Stream.drain(Stream.fromEffect(Deferred.await(gate))).pipe(
-                Stream.concat(Stream.fromChunk(Chunk.unsafeFromArray(events))),
-                Stream.concat(Stream.never)
-              )
-          }
+          const batched = yield* batchedWatch(memory.client, events)
           const made = yield* Ref.make<ReadonlyArray<string>>([])
           const closed = yield* Ref.make<ReadonlyArray<string>>([])
           const factory: Factory<string, string, never, string> = (instance) =>
@@ -289,7 +295,7 @@ describe("Subscriber (in-memory etcd)", () => {
                   return (request: string) => Effect.succeed(`${instance} got ${request}`)
                 })
           const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
-            Effect.provideService(EtcdClient.EtcdClient, batched)
+            Effect.provideService(EtcdClient.EtcdClient, batched.client)
           )
           const before = yield* subscriber.endpointSet.get
           expect(before.keys.length).toBe(60)
@@ -300,7 +306,7 @@ describe("Subscriber (in-memory etcd)", () => {
               Ref.update(seen, (xs) => [...xs, set.keys.length])
             )
           )
-          yield* Deferred.succeed(gate, undefined)
+          yield* batched.open
           const expected: Record<string, string> = {}
           for (let i = 0; i < 100; i++) {
             if (i < 60 && i % 3 === 1) continue
@@ -347,21 +353,13 @@ describe("Subscriber (in-memory etcd)", () => {
           })
           if (i % 4 === 0) events.push({ _tag: "Delete", key: name(2 * i), revision: ++revision })
         }
-        const gate = yield* Deferred.make<void>()
-        const batched: EtcdClient.EtcdClient = {
-          ...memory.client,
-          watch: () =>
-            Stream.drain(Stream.fromEffect(Deferred.await(gate))).pipe(
-              Stream.concat(Stream.fromChunk(Chunk.unsafeFromArray(events))),
-              Stream.concat(Stream.never)
-            )
-        }
+        const batched = yield* batchedWatch(memory.client, events)
         const factory: Factory<string, string> = (instance) =>
           Effect.succeed((request: string) => Effect.succeed(`${instance} got ${request}`))
         const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
-          Effect.provideService(EtcdClient.EtcdClient, batched)
+          Effect.provideService(EtcdClient.EtcdClient, batched.client)
         )
-        yield* Deferred.succeed(gate, undefined)
+        yield* batched.open
         const expected: Array<string> = []
         for (let i = 0; i < 2 * known; i++) if (i % 2 === 1 || (i / 2) % 4 !== 0) expected.push(name(i))
         const set = yield* waitFor(subscriber.endpointSet, (set) => set.keys.length === expected.length, "the batch")
