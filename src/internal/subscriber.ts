@@ -5,12 +5,12 @@
  * Where the time goes (issue 7): an instance costs a slot in three parallel
  * arrays (key, value, endpoint), and an endpoint scope only if its factory used
  * it; factories run in one loop per batch, each with its own scope in its
- * context; a batch of changes (a listing, or what the watch delivered in one
- * turn of the event loop) is applied without a yield, so that a reader never
- * sees half of it; and the published snapshots are built when someone reads
- * them, sharing the arrays until the next change (copy on write): a change
- * costs O(log N) work plus at most one copy of the arrays per batch that is
- * read.
+ * context unless its effect cannot see the context; a batch of changes (a
+ * listing, or what the watch delivered in one turn of the event loop) is
+ * applied without a yield, so that a reader never sees half of it; and the
+ * published snapshots are built when someone reads them, sharing the arrays,
+ * which a batch never changes in place: it rebuilds the ones it changes, one
+ * native copy each (O(N) per batch, not per change).
  *
  * @internal
  */
@@ -573,7 +573,7 @@ export const make = <Req, Res, E, FE, R>(
     ): Made<Req, Res, E> | Effect.Effect<Made<Req, Res, E>, never, Exclude<R, Scope.Scope>> => {
       const n = jobKeys.length
       if (n === 0) return noneMade
-      // filled by push, not preallocated: a holey array makes every later splice slow
+      // filled by push, not preallocated: a holey array is slower to read and to copy
       const made: Made<Req, Res, E> = { endpoints: [], scopes: [] }
       making = { keys: jobKeys, scopes: made.scopes }
       let failures: Array<readonly [number, Cause.Cause<FE>]> | undefined = undefined
