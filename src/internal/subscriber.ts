@@ -656,11 +656,11 @@ export const make = <Req, Res, E, FE, R>(
      * yield: a reader never sees half a batch.
      *
      * The arrays are never changed in place: the changed ones are rebuilt from
-     * slices of the old (see {@link rebuild}), so a published snapshot can
+     * slices of the old (see {@link Edits}), so a published snapshot can
      * share them as they are. Splicing an array that has lived long enough to
-     * be in the old generation cost about 9 µs per change at 10,000 instances
-     * (each element moved is a pointer the GC must be told about), and a copy
-     * before the splice whenever a snapshot had been read (issue 7).
+     * be in the old generation cost about 9 µs per array and change at 10,000
+     * instances (each element moved is a pointer the GC must be told about),
+     * and a copy before the splice whenever a snapshot had been read (issue 7).
      */
     const applyChanges = (changes: ReadonlyMap<string, string | undefined>, made: Made<Req, Res, E>) => {
       // the changes in key order, each with its job's index (-1 for a delete)
