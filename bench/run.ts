@@ -5,7 +5,7 @@
  *
  * Sizes come from the environment (defaults are the issue's sizes):
  * BENCH_SAMPLES (200), BENCH_CHURN_N (1000,10000), BENCH_CHURN_OPS (500),
- * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (10), BENCH_SYNC_N
+ * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (10), BENCH_CHURN_WARMUP (10), BENCH_SYNC_N
  * (10000,100000), BENCH_SYNC_ROUNDS (5), BENCH_MEM_N (100000),
  * BENCH_MEM_ROUNDS (2), BENCH_KEEPALIVE_N (1000), BENCH_KEEPALIVE_SECONDS (30),
  * BENCH_MICRO_PICKS (1000000), BENCH_MICRO_CALLS (20000),
@@ -47,6 +47,7 @@ const config = {
   churnOps: int("BENCH_CHURN_OPS", 500),
   churnInflight: int("BENCH_CHURN_INFLIGHT", 16),
   churnRounds: int("BENCH_CHURN_ROUNDS", 10),
+  churnWarmup: int("BENCH_CHURN_WARMUP", 10),
   syncSizes: ints("BENCH_SYNC_N", [10000, 100000]),
   syncRounds: int("BENCH_SYNC_ROUNDS", 5),
   memN: int("BENCH_MEM_N", 100000),
@@ -190,7 +191,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
   const cpuBy = new Map<string, number>()
   for (const n of config.churnSizes) {
     console.log(
-      `\n3. churn: N = ${n}, ${config.churnOps} puts + deletes, ${config.churnInflight} in flight, ${config.churnRounds} rounds (+1 warm-up)`
+      `\n3. churn: N = ${n}, ${config.churnOps} puts + deletes, ${config.churnInflight} in flight, ${config.churnRounds} rounds (+${config.churnWarmup} warm-up)`
     )
     const prefix = (s: SideName) => `/bench/churn/${n}/${s}/`
     let current: Array<string> = []
@@ -208,7 +209,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
     const cpus = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     // the main thread's share (JavaScript; the rest is V8's garbage collection and compilation threads)
     const mains = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
-    for (let round = 0; round <= config.churnRounds; round++) {
+    for (let round = 0; round < config.churnWarmup + config.churnRounds; round++) {
       // half puts of new instances, half deletes of present ones, interleaved
       const deleted = new Set<string>()
       const plan: Array<{ readonly put: boolean; readonly value: string }> = []
@@ -231,7 +232,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
         const t0 = await writer.call<bigint>("churn", { ops, inflight: config.churnInflight })
         const r = await sub.call<{ at: bigint; cpuMicros: number; mainMicros?: number; exact: boolean }>("waitSet")
         if (!r.exact) throw new Error(`churn N=${n} ${s}: the final view is not the final set`)
-        if (round > 0) {
+        if (round >= config.churnWarmup) {
           times.get(s)!.push(ms(r.at - t0))
           cpus.get(s)!.push(r.cpuMicros / 1000)
           if (r.mainMicros !== undefined) mains.get(s)!.push(r.mainMicros / 1000)

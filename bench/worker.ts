@@ -120,14 +120,18 @@ serve({
     return w
   },
   /**
-   * Arms a wait for the view to equal `values` (`newcomers` among them), then
-   * collects garbage, waits until the process is idle (V8 finishes a full
-   * collection on its own threads: that work belongs to no side's churn), and
-   * reads the CPU clocks.
+   * Arms a wait for the view to equal `values` (`newcomers` among them), waits
+   * until the process is idle, and reads the CPU clocks.
+   *
+   * No garbage is collected by force here: a forced full collection makes V8
+   * throw away optimized code, so every window then paid ~20 to 30 ms of
+   * TurboFan compilation on V8's threads (both sides; `--trace-opt` counted
+   * 20 to 50 functions recompiled per window), which is no production
+   * subscriber's steady state. The warm-up rounds before the measured ones
+   * collect the earlier phases' garbage and let compilation settle.
    */
   armSet: async (args: { readonly values: ReadonlyArray<string>; readonly newcomers: ReadonlyArray<string> }) => {
     const at = tracker.untilSet(new Set(args.values), args.newcomers)
-    gc()
     await untilIdle()
     await startWindow()
     setWait = { at, cpu0: cpuMicros(), main0: mainThreadCpuMicros() }
