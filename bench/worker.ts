@@ -36,16 +36,18 @@ const registered: Array<string> = []
 
 /**
  * BENCH_CPU_PROF_WINDOWS (a directory): a subscriber profiles each churn window
- * alone, from arming the set wait until idle again, into one `.cpuprofile`
- * per window (`--cpu-prof` would also hold the start-up and the initial sync).
+ * alone, from arming the set wait until 50 ms after its view is complete (the
+ * sampler, every 50 µs, would keep the process from idling), into one
+ * `.cpuprofile` per window (`--cpu-prof` would also hold the start-up and the
+ * initial sync).
  */
 const windowDir = process.env["BENCH_CPU_PROF_WINDOWS"]
 let inspector: Inspector.Session | undefined
 let windows = 0
 let sideName = ""
-const post = (method: string): Promise<unknown> =>
+const post = (method: string, params?: object): Promise<unknown> =>
   new Promise((resolve, reject) =>
-    need(inspector, "inspector session").post(method, (error, result) =>
+    need(inspector, "inspector session").post(method, params, (error, result) =>
       error === null ? resolve(result) : reject(error)
     )
   )
@@ -55,11 +57,12 @@ const startWindow = async (): Promise<void> => {
     inspector = new Inspector.Session()
     inspector.connect()
     await post("Profiler.enable")
+    // a window is a few tens of ms of CPU: sample every 50 µs, not every 1 ms
+    await post("Profiler.setSamplingInterval", { interval: 50 })
   }
   await post("Profiler.start")
 }
-const stopWindow = async (): Promise<void> => {
-  if (windowDir === undefined) return
+const stopWindow = async (windowDir: string): Promise<void> => {
   const { profile } = (await post("Profiler.stop")) as { readonly profile: unknown }
   Fs.mkdirSync(windowDir, { recursive: true })
   Fs.writeFileSync(Path.join(windowDir, `${sideName}-${process.pid}-${windows++}.cpuprofile`), JSON.stringify(profile))
@@ -142,9 +145,13 @@ serve({
     const w = need(setWait, "armed set")
     setWait = undefined
     const at = await w.at
+    // a profile stops 50 ms after the view is complete: its sampler would keep the process from idling
+    if (windowDir !== undefined) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      await stopWindow(windowDir)
+    }
     const idle = await untilIdle()
     const main1 = mainThreadCpuMicros()
-    await stopWindow()
     const mainMicros = main1 === undefined || w.main0 === undefined ? undefined : main1 - w.main0
     return { at, cpuMicros: idle - w.cpu0, mainMicros, exact: tracker.verifySet() }
   },
