@@ -11,7 +11,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
-import * as SubscriptionRef from "effect/SubscriptionRef"
+import type * as SubscriptionRef from "effect/SubscriptionRef"
 import { EtcdClient } from "../EtcdClient.js"
 import type { InvalidOptions, EtcdError } from "../EtcdError.js"
 import { NoKey, NoValue } from "../EtcdError.js"
@@ -19,7 +19,7 @@ import type { Service } from "../Service.js"
 import * as TtlOption from "../TtlOption.js"
 import * as Lease from "./registrarLease.js"
 import { traced } from "./tracing.js"
-import { RegistrationState } from "./registrarState.js"
+import { RegistrationState, StateCell } from "./registrarState.js"
 
 /** A registration handle (the public `Registration`). */
 export interface Registration {
@@ -60,8 +60,8 @@ const logInfo = (message: string, annotations: Record<string, unknown>): Effect.
 /** Builds an unregistered handle. */
 export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Registration> =>
   Effect.gen(function* () {
-    const state = yield* SubscriptionRef.make<RegistrationState>(RegistrationState.Registering())
-    const lock = yield* Effect.makeSemaphore(1)
+    const state = new StateCell(RegistrationState.Registering())
+    const lock = Effect.unsafeMakeSemaphore(1)
     let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
     // whether the state is Registering already (a new handle): the first register sends its grant sooner
     let fresh = true
@@ -72,7 +72,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
           Effect.gen(function* () {
             if (current !== undefined) return
             if (fresh) fresh = false
-            else yield* SubscriptionRef.set(state, RegistrationState.Registering())
+            else yield* state.set(RegistrationState.Registering())
             const member: Lease.Member = {
               entry: { key: service.key, value: service.value },
               state,
@@ -83,7 +83,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
             if (Exit.isFailure(joined)) {
               // interrupted after joining: undo it
               if (member.group !== undefined) yield* Effect.ignore(Lease.leave(member.group, member))
-              yield* SubscriptionRef.set(state, RegistrationState.Deregistered())
+              yield* state.set(RegistrationState.Deregistered())
               return yield* joined
             }
             const group = joined.value
@@ -116,7 +116,14 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       )
       .pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
 
-    return { service, state, register, deregister } satisfies Registration
+    return {
+      service,
+      get state() {
+        return state.ref
+      },
+      register,
+      deregister
+    } satisfies Registration
   })
 
 /** Validates, registers, and deregisters when the scope closes. */

@@ -27,10 +27,10 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
 import type { TtlOption } from "../TtlOption.js"
+import type { StateCell } from "./registrarState.js";
 import { RegistrationState } from "./registrarState.js"
 
 // ---- metrics ----
@@ -72,7 +72,7 @@ export interface Entry {
 /** One registration's part of a group. Mutable fields change under the group lock. */
 export interface Member {
   readonly entry: Entry
-  readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
+  readonly state: StateCell
   /** The revision of the last put of this key by this member. */
   lastPut: number
   /** The group it joined (set the moment it joins, so an interrupted register can undo it). */
@@ -139,7 +139,7 @@ const describeKeys = (members: Iterable<Member>): string => {
 }
 
 const setAll = (members: Iterable<Member>, state: RegistrationState): Effect.Effect<void> =>
-  Effect.forEach(members, (m) => SubscriptionRef.set(m.state, state), { discard: true })
+  Effect.forEach(members, (m) => m.state.set(state), { discard: true })
 
 // ---- the group lock ----
 
@@ -272,7 +272,7 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
       const member = members[i]!
       member.lastPut = revisions[i]!
       if (member === joining) continue
-      yield* SubscriptionRef.set(member.state, RegistrationState.Registered({ lease }))
+      yield* member.state.set(RegistrationState.Registered({ lease }))
       yield* Metric.increment(reRegistrations)
       yield* Effect.logInfo("re-registered").pipe(Effect.annotateLogs({ key: member.entry.key, lease }))
     }
@@ -353,7 +353,7 @@ const repairOnce = (group: Group, member: Member, deletedAt: number): Effect.Eff
           return yield* result.left
         }
         member.lastPut = result.right
-        yield* SubscriptionRef.set(member.state, RegistrationState.Registered({ lease: lease?.id }))
+        yield* member.state.set(RegistrationState.Registered({ lease: lease?.id }))
         yield* Metric.increment(reRegistrations)
         yield* Effect.logInfo("re-registered").pipe(
           Effect.annotateLogs({ key: member.entry.key, lease: lease?.id ?? "none", reason: "key deleted" })
@@ -377,7 +377,7 @@ export const repair = (group: Group, member: Member, deletedAt: number): Effect.
         Effect.gen(function* () {
           attempt++
           if (!group.members.has(member)) return
-          yield* SubscriptionRef.set(member.state, RegistrationState.Retrying({ attempt, error }))
+          yield* member.state.set(RegistrationState.Retrying({ attempt, error }))
           yield* Effect.logWarning("re-registration failed, retrying").pipe(
             Effect.annotateLogs({ key: member.entry.key, attempt, error: error.message })
           )
@@ -614,7 +614,7 @@ const addMember = (group: Group, member: Member): Effect.Effect<void> =>
     member.group = group
     const registered = Effect.zipRight(
       watchMember(group, member),
-      SubscriptionRef.set(member.state, RegistrationState.Registered({ lease: group.lease?.id }))
+      member.state.set(RegistrationState.Registered({ lease: group.lease?.id }))
     )
     if (group.beating || group.ttl === undefined) return registered
     group.beating = true
@@ -665,7 +665,7 @@ export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdErr
       if (!group.members.delete(member)) return
       const key = member.entry.key
       // the key's removal goes first; the state says Deregistered once it is done, whatever its outcome
-      const deregistered = SubscriptionRef.set(member.state, RegistrationState.Deregistered())
+      const deregistered = member.state.set(RegistrationState.Deregistered())
       if (group.members.size === 0) {
         const lease = group.lease
         group.closed = true

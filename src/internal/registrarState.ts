@@ -4,6 +4,8 @@
  * @internal
  */
 import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { LeaseId } from "../EtcdClient.js"
 import type { EtcdError } from "../EtcdError.js"
 
@@ -23,3 +25,35 @@ export type RegistrationState = Data.TaggedEnum<{
 }>
 
 export const RegistrationState = Data.taggedEnum<RegistrationState>()
+
+/**
+ * A registration's state as the Registrar writes it: a plain value until
+ * someone asks for `ref`, then a `SubscriptionRef` that starts from the
+ * current value. Most registrations are never watched, and making a
+ * `SubscriptionRef` (a PubSub, a Ref and a semaphore), then setting it under
+ * its semaphore on every transition, was a good part of what a registration
+ * cost before its grant went out (issue 7).
+ */
+export class StateCell {
+  private value: RegistrationState
+  private subscriptionRef: SubscriptionRef.SubscriptionRef<RegistrationState> | undefined = undefined
+
+  constructor(initial: RegistrationState) {
+    this.value = initial
+  }
+
+  /** The state and its changes, from now on through a SubscriptionRef. */
+  get ref(): SubscriptionRef.SubscriptionRef<RegistrationState> {
+    // making one only allocates: it runs to completion synchronously
+    this.subscriptionRef ??= Effect.runSync(SubscriptionRef.make(this.value))
+    return this.subscriptionRef
+  }
+
+  set(state: RegistrationState): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.subscriptionRef !== undefined) return SubscriptionRef.set(this.subscriptionRef, state)
+      this.value = state
+      return Effect.void
+    })
+  }
+}
