@@ -21,8 +21,9 @@ export type Endpoint<Req, Res, E = never> = (request: Req) => Effect.Effect<Res,
  * changes (go-kit's `io.Closer`). A failure, typed (`FE`) or a defect, skips the
  * instance.
  *
- * The subscriber runs factories one after another, in its own fiber. An effect
- * that cannot use its context (`Effect.succeed(endpoint)`,
+ * The subscriber runs factories one after another, in its own fiber: one that
+ * hangs holds up every later change, unless the subscriber's `factoryTimeout`
+ * bounds it. An effect that cannot use its context (`Effect.succeed(endpoint)`,
  * `Effect.sync(() => endpoint)`, `Effect.fail(...)`) is cheapest: it runs
  * without an endpoint scope or a turn of the run loop, about 1.5 µs less per
  * instance than an effect that may acquire something.

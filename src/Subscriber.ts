@@ -135,6 +135,17 @@ export interface Options<Req, Res, E = never, FE = never, R = never> {
    * ends is started over.
    */
   readonly retryList?: Schedule.Schedule<unknown, EtcdError> | undefined
+  /**
+   * How long one factory may run. Factories run one after another, so a factory
+   * that hangs holds up every later change (deletes included) until it ends.
+   * With this option, a factory still running after `factoryTimeout` is
+   * interrupted, its scope closed, and its instance skipped with a warning, like
+   * a failed one (it is made again when its value changes or the prefix is
+   * listed again). Factories that run without the run loop (see `Factory`) are
+   * not timed: they cannot hang. Off by default: timing a factory forks a fiber
+   * for it (a few µs per instance).
+   */
+  readonly factoryTimeout?: Duration.DurationInput | undefined
 }
 
 /**

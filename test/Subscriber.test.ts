@@ -643,6 +643,51 @@ describe("Subscriber (in-memory etcd)", () => {
     )
   )
 
+  it.effect(
+    "factoryTimeout: a factory that hangs is interrupted and skipped, its scope closed; later changes go on",
+    () => {
+      const { layer, logs } = capturingLogger()
+      return onMemory(
+        Effect.gen(function* () {
+          const closed = yield* Ref.make<ReadonlyArray<string>>([])
+          const stuck = yield* Deferred.make<void>()
+          // "http://stuck" acquires something, then never finishes
+          const factory: Factory<string, string> = (instance) =>
+            Effect.gen(function* () {
+              yield* Effect.addFinalizer(() => Ref.update(closed, (xs) => [...xs, instance]))
+              if (instance === "http://stuck") yield* Effect.zipRight(Deferred.succeed(stuck, undefined), Effect.never)
+              return (request: string) => Effect.succeed(`${instance} got ${request}`)
+            })
+          yield* put("/svc/a", "http://a")
+          const subscriber = yield* Subscriber.make({ prefix: "/svc", factory, factoryTimeout: "5 seconds" })
+          yield* put("/svc/b", "http://stuck")
+          yield* put("/svc/c", "http://c")
+          yield* del("/svc/a")
+          // the stuck factory holds up the rest of its batch and what follows, until it times out
+          yield* Deferred.await(stuck)
+          yield* TestClock.adjust("5 seconds")
+          const set = yield* waitFor(
+            subscriber.endpointSet,
+            (s) => s.keys.join() === "/svc/c",
+            "the set without the stuck instance"
+          )
+          expect(yield* Effect.forEach(set.endpoints, (endpoint) => endpoint("ping"))).toEqual(["http://c got ping"])
+          expect(yield* instancesOf(subscriber)).toEqual({ "/svc/b": "http://stuck", "/svc/c": "http://c" })
+          expect([...(yield* Ref.get(closed))].sort()).toEqual(["http://a", "http://stuck"])
+          const warning = logs.find((l) => l.key === "/svc/b")
+          expect(warning).toMatchObject({ message: "endpoint factory failed; instance skipped", level: "WARN" })
+          // a new value for the key is made again
+          yield* put("/svc/b", "http://b")
+          const again = yield* waitFor(subscriber.endpointSet, (s) => s.keys.join() === "/svc/b,/svc/c", "b made again")
+          expect(yield* Effect.forEach(again.endpoints, (endpoint) => endpoint("ping"))).toEqual([
+            "http://b got ping",
+            "http://c got ping"
+          ])
+        })
+      ).pipe(Effect.provide(layer))
+    }
+  )
+
   it.effect("invalid options are a typed InvalidOptions error", () =>
     onMemory(
       Effect.gen(function* () {
@@ -659,6 +704,13 @@ describe("Subscriber (in-memory etcd)", () => {
         const soon = "soon" as Duration.DurationInput
         expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: soon })).toEqual(
           Option.some("invalidateOnError")
+        )
+        expect(yield* rejected({ prefix: "/svc", factory, factoryTimeout: 0 })).toEqual(Option.some("factoryTimeout"))
+        expect(yield* rejected({ prefix: "/svc", factory, factoryTimeout: "-1 seconds" })).toEqual(
+          Option.some("factoryTimeout")
+        )
+        expect(yield* rejected({ prefix: "/svc", factory, factoryTimeout: soon })).toEqual(
+          Option.some("factoryTimeout")
         )
       })
     )

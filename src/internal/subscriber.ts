@@ -14,7 +14,7 @@
  *
  * @internal
  */
-import type * as Cause from "effect/Cause"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -70,30 +70,46 @@ export const currentEndpointSet = <Req, Res, E>(
 /** How long to wait before starting a retry schedule over when it has ended at once. */
 const scheduleEndedPause = Duration.seconds(1)
 
+/**
+ * A duration option: `Option.none()` when absent or infinite, else the
+ * duration, which must not be negative (and must be positive when `positive`).
+ */
+const durationOption = (
+  option: string,
+  input: Duration.DurationInput | undefined,
+  positive: boolean
+): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> => {
+  if (input === undefined) return Effect.succeed(Option.none())
+  const reason = positive ? "must be positive" : "must not be negative"
+  // Duration turns negative numbers into zero: reject them before decoding
+  if ((typeof input === "number" || typeof input === "bigint") && (positive ? input <= 0 : input < 0)) {
+    return Effect.fail(new InvalidOptions({ option, reason }))
+  }
+  const decoded = Duration.decodeUnknown(input)
+  if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
+    return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
+  }
+  const millis = Duration.toMillis(decoded.value)
+  if (positive ? millis <= 0 : millis < 0) return Effect.fail(new InvalidOptions({ option, reason }))
+  return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
+}
+
 const validate = (options: {
   readonly prefix: string
   readonly invalidateOnError?: Duration.DurationInput | undefined
-}): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> =>
+  readonly factoryTimeout?: Duration.DurationInput | undefined
+}): Effect.Effect<
+  { readonly invalidateAfter: Option.Option<Duration.Duration>; readonly factoryTimeout: Option.Option<Duration.Duration> },
+  InvalidOptions
+> =>
   Effect.suspend(() => {
     if (typeof options.prefix !== "string" || options.prefix.length === 0) {
       return Effect.fail(new InvalidOptions({ option: "prefix", reason: "must be a non-empty key prefix" }))
     }
-    const input = options.invalidateOnError
-    if (input === undefined) return Effect.succeed(Option.none())
-    // Duration turns negative numbers into zero: reject them before decoding
-    if ((typeof input === "number" || typeof input === "bigint") && input < 0) {
-      return Effect.fail(new InvalidOptions({ option: "invalidateOnError", reason: "must not be negative" }))
-    }
-    const decoded = Duration.decodeUnknown(input)
-    if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
-      return Effect.fail(
-        new InvalidOptions({ option: "invalidateOnError", reason: `not a duration: ${String(input)}` })
-      )
-    }
-    if (Duration.toMillis(decoded.value) < 0) {
-      return Effect.fail(new InvalidOptions({ option: "invalidateOnError", reason: "must not be negative" }))
-    }
-    return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
+    return Effect.all({
+      invalidateAfter: durationOption("invalidateOnError", options.invalidateOnError, false),
+      factoryTimeout: durationOption("factoryTimeout", options.factoryTimeout, true)
+    })
   })
 
 /** Index of `key` in the sorted array, or of where it would be inserted. */
@@ -440,7 +456,7 @@ export const make = <Req, Res, E, FE, R>(
   options: Options<Req, Res, E, FE, R>
 ): Effect.Effect<Subscriber<Req, Res, E>, InvalidOptions, EtcdClient | Scope.Scope | Exclude<R, Scope.Scope>> =>
   Effect.gen(function* () {
-    const invalidateAfter = yield* validate(options)
+    const { factoryTimeout, invalidateAfter } = yield* validate(options)
     const prefix = normalizePrefix(options.prefix)
     const client = yield* EtcdClient
     const scope = yield* Effect.scope
@@ -524,6 +540,15 @@ export const make = <Req, Res, E, FE, R>(
     )
 
     const noneMade: Made<Req, Res, E> = { endpoints: [], scopes: [] }
+
+    /** A factory's effect, bounded by `factoryTimeout` (a defect when it runs out: the instance is skipped). */
+    const timed: <A, R1>(effect: Effect.Effect<A, FE, R1>) => Effect.Effect<A, FE, R1> = Option.match(factoryTimeout, {
+      onNone: () => (effect) => effect,
+      onSome: (duration) => {
+        const message = `the endpoint factory did not finish within ${Duration.format(duration)}`
+        return (effect) => Effect.timeoutFailCause(effect, { duration, onTimeout: () => Cause.die(new Error(message)) })
+      }
+    })
 
     /**
      * A scope let go of (unused by its factory) is used after all: it is tracked
@@ -636,7 +661,7 @@ export const make = <Req, Res, E, FE, R>(
           return Effect.flatMap(
             Effect.zipRight(
               FiberRef.set(FiberRef.currentContext, Context.add(base, Scope.Scope, endpointScope)),
-              Effect.exit(effect)
+              Effect.exit(timed(effect))
             ),
             (exit): Effect.Effect<void, never, R | Scope.Scope> => {
               record(exit)
