@@ -247,6 +247,15 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
   return key.length === 0 ? { key: Buffer.from([0]), range_end: Buffer.from([0]) } : { key, range_end: prefixEnd(key) }
 }
 
+/**
+ * A watch batch is part of a burst when it comes within this long of the last
+ * one, and the last one held several changes or came within this long of the
+ * one before; a batch of a burst waits {@link burstDelayMillis} to gather more
+ * changes. A lone change (a registration, then its deregistration) never waits.
+ */
+const burstMillis = 2
+const burstDelayMillis = 1
+
 const leaseOf = (lease: string | undefined): LeaseId | undefined =>
   lease === undefined || lease === "0" || lease === "" ? undefined : lease
 
@@ -560,8 +569,15 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         // what arrived in this turn of the event loop, handed over as one batch
         let pending: Array<RawWatchEvent> = []
         let flushing = false
+        // when the last two batches were handed over (performance.now() ms), and the last one's size
+        let flushedAt = -Infinity
+        let flushedBefore = -Infinity
+        let flushedSize = 0
         const flush = () => {
           flushing = false
+          flushedBefore = flushedAt
+          flushedAt = performance.now()
+          flushedSize = pending.length
           if (closed || pending.length === 0) return
           const batch = pending
           pending = []
@@ -672,10 +688,17 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                 )
               }
               // one batch per turn of the event loop: under churn a turn brings ~10 responses,
-              // and waking the consumer's fiber once per response cost more than decoding them
+              // and waking the consumer's fiber once per response cost more than decoding them.
+              // In a burst (see burstMillis) the batch waits burstDelayMillis more: every batch
+              // costs the subscriber O(instances), so fewer, larger batches (issue 7)
               if (pending.length > 0 && !flushing) {
                 flushing = true
-                setImmediate(flush)
+                const now = performance.now()
+                if (now - flushedAt < burstMillis && (flushedSize > 1 || flushedAt - flushedBefore < burstMillis)) {
+                  setTimeout(flush, burstDelayMillis)
+                } else {
+                  setImmediate(flush)
+                }
               }
             })
             s.on("error", (cause: unknown) => fail(toEtcdError("watch", cause)))
