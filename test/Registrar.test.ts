@@ -167,25 +167,27 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
-  it.scoped("a state first looked at after the registration healed is the current one, and its changes go on from there", () =>
-    Effect.gen(function* () {
-      const registration = yield* Registrar.make(service("/svc/late/1", yield* standard))
-      const leases = yield* leaseIds
-      expect(leases).toHaveLength(1)
-      const first = leases[0]!
-      yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.loseLease(first))
-      // nothing has read the state yet: wait on the store, not on the state
-      yield* advanceUntil(Effect.map(stored("/svc/late/1"), (kv) => kv !== undefined && kv.lease !== first))
-      const second = (yield* stored("/svc/late/1"))!.lease
-      expect(yield* Registrar.state(registration)).toEqual(Registrar.RegistrationState.Registered({ lease: second }))
-      const states = yield* recordStates(registration)
-      yield* registration.deregister
-      yield* advanceUntil(Effect.map(Ref.get(states), (entries) => entries.length === 2))
-      expect((yield* Ref.get(states)).map(([, s]) => s)).toEqual([
-        Registrar.RegistrationState.Registered({ lease: second }),
-        Registrar.RegistrationState.Deregistered()
-      ])
-    }).pipe(Effect.provide(layerMemory))
+  it.scoped(
+    "a state first looked at after the registration healed is the current one, and its changes go on from there",
+    () =>
+      Effect.gen(function* () {
+        const registration = yield* Registrar.make(service("/svc/late/1", yield* standard))
+        const leases = yield* leaseIds
+        expect(leases).toHaveLength(1)
+        const first = leases[0]!
+        yield* Effect.flatMap(MemoryEtcd, (etcd) => etcd.loseLease(first))
+        // nothing has read the state yet: wait on the store, not on the state
+        yield* advanceUntil(Effect.map(stored("/svc/late/1"), (kv) => kv !== undefined && kv.lease !== first))
+        const second = (yield* stored("/svc/late/1"))!.lease
+        expect(yield* Registrar.state(registration)).toEqual(Registrar.RegistrationState.Registered({ lease: second }))
+        const states = yield* recordStates(registration)
+        yield* registration.deregister
+        yield* advanceUntil(Effect.map(Ref.get(states), (entries) => entries.length === 2))
+        expect((yield* Ref.get(states)).map(([, s]) => s)).toEqual([
+          Registrar.RegistrationState.Registered({ lease: second }),
+          Registrar.RegistrationState.Deregistered()
+        ])
+      }).pipe(Effect.provide(layerMemory))
   )
 
   it.scoped("a lease revoked by someone else is granted again and the key comes back", () =>

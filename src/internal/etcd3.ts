@@ -566,7 +566,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
          * asks for a progress report, which must come within `requestTimeout`.
          */
         let phase: "creating" | "idle" | "probing" = "creating"
-        // what arrived in this turn of the event loop, handed over as one batch
+        // what arrived in this turn of the event loop (or, in a burst, this millisecond), handed over as one batch
         let pending: Array<RawWatchEvent> = []
         let flushing = false
         // when the last two batches were handed over (performance.now() ms), and the last one's size

@@ -30,7 +30,7 @@ import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
 import type { TtlOption } from "../TtlOption.js"
-import type { StateCell } from "./registrarState.js";
+import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
 
 // ---- metrics ----
