@@ -186,6 +186,51 @@ const registration = async (options: SideOptions, writer: Worker) => {
   await writer.call("deletePrefix", { prefix: "/bench/registration/" })
 }
 
+/**
+ * 1, beside: puts one after another (each sent once the last is answered) →
+ * visible in a subscriber in another process. Changes that come one at a time
+ * but close together; no bar (the issue sets none), here to catch a subscriber
+ * that holds such changes back.
+ */
+const backToBack = async (options: SideOptions, writer: Worker) => {
+  const rounds = 4
+  const perRound = Math.ceil(config.samples / rounds)
+  console.log(`\n1. back-to-back puts → visible: ${rounds} rounds of ${perRound} puts per side (+1 warm-up round)`)
+  const prefix = (s: SideName) => `/bench/back-to-back/${s}/`
+  const subs = new Map<SideName, Worker>()
+  for (const s of sides) {
+    const w = await startWorker(`sub-${s}`, "sub", s, options)
+    subs.set(s, w)
+    await w.call("sync", { prefix: prefix(s), n: 0 })
+  }
+  const latencies = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
+  let next = 0
+  for (let round = 0; round <= rounds; round++) {
+    for (const s of order(sides, round)) {
+      const sub = subs.get(s)!
+      const values = Array.from({ length: perRound }, () => instance(next++))
+      await sub.call("armEach", { values })
+      const sent = await writer.call<Array<bigint>>("sequence", { prefix: prefix(s), values })
+      const seen = await sub.call<Array<bigint>>("waitEach")
+      if (round > 0) for (let i = 0; i < values.length; i++) latencies.get(s)!.push(ms(seen[i]! - sent[i]!))
+    }
+  }
+  for (const s of sides) await stopWorker(subs.get(s)!)
+  await writer.call("deletePrefix", { prefix: "/bench/back-to-back/" })
+  const ours = latencies.get("ours")!
+  const raw = latencies.get("raw")!
+  record(
+    row({
+      scenario: "1. back-to-back puts → visible, p50",
+      ours: percentile(ours, 50),
+      raw: percentile(raw, 50),
+      unit: "ms",
+      samples: ours.length,
+      extra: { oursP90: percentile(ours, 90), rawP90: percentile(raw, 90) }
+    })
+  )
+}
+
 /** 3: churn under N present instances. */
 const churn = async (options: SideOptions, writer: Worker) => {
   const cpuBy = new Map<string, number>()
@@ -551,6 +596,7 @@ const main = async () => {
   try {
     const writer = await startWorker("writer", "writer", "raw", options)
     if (only.has("1") || only.has("2")) await registration(options, writer)
+    if (only.has("1")) await backToBack(options, writer)
     if (only.has("3")) await churn(options, writer)
     if (only.has("4")) await initialSync(options, writer)
     if (only.has("5")) await memory(options, writer)

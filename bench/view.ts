@@ -42,6 +42,10 @@ export class Tracker {
   private expectedSize = 0
   private expected: ReadonlySet<string> | undefined
   private setWaiter: ((at: bigint) => void) | undefined
+  // the sequence wait: values expected to appear in this order, when each did, and its resolve
+  private sequence: ReadonlyArray<string> = []
+  private seenAt: Array<bigint> = []
+  private sequenceWaiter: ((at: ReadonlyArray<bigint>) => void) | undefined
 
   added(value: string): void {
     if (this.newcomers !== undefined && this.newcomers.delete(value) && this.newcomers.size === 0) this.checkSet()
@@ -58,6 +62,34 @@ export class Tracker {
       }
     }
     if (this.newcomers !== undefined && this.newcomers.size === 0) this.checkSet()
+    if (this.sequenceWaiter !== undefined) this.checkSequence()
+  }
+
+  private checkSequence(): void {
+    const at = now()
+    while (this.seenAt.length < this.sequence.length && this.view.has(this.sequence[this.seenAt.length]!)) {
+      this.seenAt.push(at)
+    }
+    if (this.seenAt.length === this.sequence.length) {
+      const resolve = this.sequenceWaiter!
+      this.sequenceWaiter = undefined
+      resolve(this.seenAt)
+    }
+  }
+
+  /**
+   * Arms a wait for `values` to appear in this order (each put after the last
+   * was answered, so the watch delivers them in order). Resolves with the time
+   * each first appeared in the view. O(1) per change and value, whatever the
+   * number of values.
+   */
+  untilEach(values: ReadonlyArray<string>): Promise<ReadonlyArray<bigint>> {
+    this.sequence = values
+    this.seenAt = []
+    return new Promise((resolve) => {
+      this.sequenceWaiter = resolve
+      this.checkSequence()
+    })
   }
 
   private checkSet(): void {

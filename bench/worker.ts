@@ -31,6 +31,7 @@ let tracker = new Tracker()
 let stopSubscriber: (() => Promise<void>) | undefined
 const waits = new Map<number, Promise<bigint>>()
 let nextWait = 0
+let eachWait: Promise<ReadonlyArray<bigint>> | undefined
 let setWait: { readonly at: Promise<bigint>; readonly cpu0: number; readonly main0: number | undefined } | undefined
 const registered: Array<string> = []
 
@@ -115,6 +116,17 @@ serve({
     const test = args.present ? (v: ViewSnapshot) => v.has(args.instance) : (v: ViewSnapshot) => !v.has(args.instance)
     waits.set(id, tracker.until(test))
     return id
+  },
+  /** Arms a wait for `values` to appear one after another; answers at once. */
+  armEach: (args: { readonly values: ReadonlyArray<string> }) => {
+    eachWait = tracker.untilEach(args.values)
+    return args.values.length
+  },
+  /** Waits for the armed sequence; returns when each value first appeared. */
+  waitEach: async () => {
+    const w = need(eachWait, "armed sequence")
+    eachWait = undefined
+    return w
   },
   /** Waits for an armed wait; returns when the view first satisfied it. */
   wait: async (args: { readonly id: number }) => {
@@ -209,6 +221,11 @@ serve({
     const t0 = now()
     await churn(need(writer, "writer"), args.ops, args.inflight)
     return t0
+  },
+  /** Puts `values` under `prefix` one after another; returns the time just before each put. */
+  sequence: async (args: { readonly prefix: string; readonly values: ReadonlyArray<string> }) => {
+    const { sequence } = await import("./writer.js")
+    return sequence(need(writer, "writer"), args.prefix, args.values)
   },
   deletePrefix: async (args: { readonly prefix: string }) => {
     const { deletePrefix } = await import("./writer.js")

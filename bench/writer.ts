@@ -45,6 +45,23 @@ export const churn = async (client: Etcd3, ops: ReadonlyArray<Op>, inflight: num
     return op.put ? client.put(op.key).value(op.value).exec() : client.delete().key(op.key).exec()
   })
 
+/**
+ * Puts `values` one after another under `prefix`, each once the last is
+ * answered; returns the time just before each put.
+ */
+export const sequence = async (
+  client: Etcd3,
+  prefix: string,
+  values: ReadonlyArray<string>
+): Promise<Array<bigint>> => {
+  const sent: Array<bigint> = []
+  for (const value of values) {
+    sent.push(process.hrtime.bigint())
+    await client.put(keyOf(prefix, value)).value(value).exec()
+  }
+  return sent
+}
+
 /** Deletes every key under `prefix`. */
 export const deletePrefix = async (client: Etcd3, prefix: string): Promise<void> => {
   await client.delete().prefix(prefix).exec()
