@@ -28,16 +28,19 @@ import type { Op } from "./writer.js"
 
 // ---- configuration ----
 
-const int = (name: string, fallback: number): number => {
-  const v = process.env[name]
-  if (v === undefined || v === "") return fallback
+const nonNegativeInt = (name: string, v: string): number => {
   const n = Number(v)
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${v}`)
+  if (v === "" || !Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${v}`)
   return n
 }
+const int = (name: string, fallback: number): number => {
+  const v = process.env[name]
+  return v === undefined || v === "" ? fallback : nonNegativeInt(name, v.trim())
+}
+/** A comma-separated list of integers, e.g. BENCH_CHURN_N=1000,10000. */
 const ints = (name: string, fallback: ReadonlyArray<number>): ReadonlyArray<number> => {
   const v = process.env[name]
-  return v === undefined || v === "" ? fallback : v.split(",").map((s) => int(name, Number(s.trim())))
+  return v === undefined || v === "" ? fallback : v.split(",").map((s) => nonNegativeInt(name, s.trim()))
 }
 
 const config = {

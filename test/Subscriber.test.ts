@@ -13,6 +13,7 @@ import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -371,6 +372,132 @@ describe("Subscriber (in-memory etcd)", () => {
         expect(instances.has(name(0))).toBe(false)
       })
     )
+  )
+
+  it.effect(
+    "random batches of puts and deletes: the view always equals etcd's, and a snapshot read earlier never changes",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          const memory = yield* EtcdClient.MemoryEtcd
+          // a deterministic PRNG (mulberry32), so that a failure replays
+          let seed = 7
+          const random = () => {
+            seed = (seed + 0x6d2b79f5) | 0
+            let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+            t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+            return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+          }
+          const name = (i: number) => `/svc/${String(i).padStart(4, "0")}`
+          // the model: what etcd holds; values starting with "bad" make the factory fail
+          const model = new Map<string, string>()
+          for (let i = 0; i < 200; i += 2) {
+            yield* put(name(i), `v${i}`)
+            model.set(name(i), `v${i}`)
+          }
+          let revision = yield* memory.client.revision
+          const batches = yield* Queue.unbounded<ReadonlyArray<EtcdClient.WatchEvent>>()
+          const client: EtcdClient.EtcdClient = {
+            ...memory.client,
+            watch: () => Stream.repeatEffectChunk(Effect.map(Queue.take(batches), Chunk.unsafeFromArray))
+          }
+          const factory: Factory<string, string, never, string> = (instance) =>
+            instance.startsWith("bad")
+              ? Effect.fail("bad instance")
+              : Effect.succeed((request: string) => Effect.succeed(`${instance} got ${request}`))
+          const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client),
+            Effect.provide(Logger.remove(Logger.defaultLogger))
+          )
+          const sorted = () => [...model.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
+          const good = () => sorted().filter(([, value]) => !value.startsWith("bad"))
+          const randomBatch = (marker: string) => {
+            const events: Array<EtcdClient.WatchEvent> = []
+            const size = 1 + Math.floor(random() * 40)
+            for (let e = 0; e < size; e++) {
+              // keys 0..239: some known, some new, some past the last known one
+              const key = name(Math.floor(random() * 240))
+              const roll = random()
+              if (roll < 0.45) {
+                model.delete(key)
+                events.push({ _tag: "Delete", key, revision: ++revision })
+              } else {
+                const value = roll < 0.55 ? `bad${revision}` : `v${revision}`
+                model.set(key, value)
+                events.push({ _tag: "Put", key, value, malformed: false, revision: ++revision, lease: undefined })
+              }
+            }
+            model.set("/svc/zz-marker", marker)
+            events.push({
+              _tag: "Put",
+              key: "/svc/zz-marker",
+              value: marker,
+              malformed: false,
+              revision: ++revision,
+              lease: undefined
+            })
+            return events
+          }
+          /** What the last endpoint (the marker's, last in key order) answers. */
+          const lastCalled = (set: Subscriber.EndpointSet<string, string>) =>
+            set.endpoints.length === 0 ? undefined : Effect.runSync(set.endpoints[set.endpoints.length - 1]!("ping"))
+          for (let round = 0; round < 60; round++) {
+            // every third round, snapshots taken before the batches, with what they held. Every sixth,
+            // only the endpoint set, after a batch that only it has seen (the instances, read at the end
+            // of every round, share the keys too)
+            let before:
+              | {
+                  readonly set: Subscriber.EndpointSet<string, string>
+                  readonly instances: ReadonlyMap<string, string> | undefined
+                }
+              | undefined = undefined
+            if (round % 6 === 0) {
+              yield* Queue.offer(batches, randomBatch(`p${round}`))
+              const set = yield* waitFor(
+                subscriber.endpointSet,
+                (set) => lastCalled(set) === `p${round} got ping`,
+                `batch p${round}`
+              )
+              before = { set, instances: undefined }
+            } else if (round % 6 === 3) {
+              before = { set: yield* subscriber.endpointSet.get, instances: yield* subscriber.instances.get }
+            }
+            const held =
+              before === undefined
+                ? undefined
+                : {
+                    keys: [...before.set.keys],
+                    endpoints: [...before.set.endpoints],
+                    instances: before.instances === undefined ? [] : [...before.instances.entries()]
+                  }
+            // 1 to 3 batches offered at once: those after the first are applied with no read in between,
+            // unless the test's read below comes first
+            const count = 1 + (round % 3)
+            let marker = ""
+            for (let b = 0; b < count; b++) {
+              marker = `m${round}.${b}`
+              yield* Queue.offer(batches, randomBatch(marker))
+            }
+            // even rounds wait on the endpoint set, odd ones on the instances: each read shares other arrays
+            const set = yield* round % 2 === 0
+              ? waitFor(subscriber.endpointSet, (set) => lastCalled(set) === `${marker} got ping`, `batch ${marker}`)
+              : Effect.zipRight(
+                  waitFor(subscriber.instances, (m) => m.get("/svc/zz-marker") === marker, `batch ${marker}`),
+                  subscriber.endpointSet.get
+                )
+            expect([...(yield* subscriber.instances.get).entries()]).toEqual(sorted())
+            expect(set.keys).toEqual(good().map(([key]) => key))
+            expect(yield* Effect.forEach(set.endpoints, (endpoint) => endpoint("ping"))).toEqual(
+              good().map(([, value]) => `${value} got ping`)
+            )
+            if (before !== undefined && held !== undefined) {
+              expect(before.set.keys).toEqual(held.keys)
+              expect(before.set.endpoints).toEqual(held.endpoints)
+              if (before.instances !== undefined) expect([...before.instances.entries()]).toEqual(held.instances)
+            }
+          }
+        })
+      )
   )
 
   it.effect("values that are not valid UTF-8 are logged and skipped", () => {
