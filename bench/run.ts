@@ -23,7 +23,8 @@ import { startEtcd } from "./etcdServer.js"
 import { Worker } from "./ipc.js"
 import { instance, keyOf } from "./keys.js"
 import type { SideOptions } from "./side.js"
-import { median, percentile, row, table, type Row } from "./stats.js"
+import { mean, median, percentile, row, table, type Row } from "./stats.js"
+import type { GcWindow } from "./view.js"
 import type { Op } from "./writer.js"
 
 // ---- configuration ----
@@ -257,6 +258,8 @@ const churn = async (options: SideOptions, writer: Worker) => {
     const cpus = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     // the main thread's share (JavaScript; the rest is V8's garbage collection and compilation threads)
     const mains = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
+    // the garbage collections in each window
+    const gcs = new Map<SideName, Array<GcWindow>>(sides.map((s) => [s, []]))
     for (let round = 0; round < config.churnWarmup + config.churnRounds; round++) {
       // half puts of new instances, half deletes of present ones, interleaved
       const deleted = new Set<string>()
@@ -278,12 +281,19 @@ const churn = async (options: SideOptions, writer: Worker) => {
         const ops: Array<Op> = plan.map((p) => ({ put: p.put, key: keyOf(prefix(s), p.value), value: p.value }))
         await sub.call("armSet", { values: current, newcomers: plan.filter((p) => p.put).map((p) => p.value) })
         const t0 = await writer.call<bigint>("churn", { ops, inflight: config.churnInflight })
-        const r = await sub.call<{ at: bigint; cpuMicros: number; mainMicros?: number; exact: boolean }>("waitSet")
+        const r = await sub.call<{
+          at: bigint
+          cpuMicros: number
+          mainMicros?: number
+          gc: GcWindow
+          exact: boolean
+        }>("waitSet")
         if (!r.exact) throw new Error(`churn N=${n} ${s}: the final view is not the final set`)
         if (round >= config.churnWarmup) {
           times.get(s)!.push(ms(r.at - t0))
           cpus.get(s)!.push(r.cpuMicros / 1000)
           if (r.mainMicros !== undefined) mains.get(s)!.push(r.mainMicros / 1000)
+          gcs.get(s)!.push(r.gc)
         }
       }
     }
@@ -310,14 +320,18 @@ const churn = async (options: SideOptions, writer: Worker) => {
         unit: "ms",
         bar: 1.2,
         samples: config.churnRounds,
-        ...(mains.get("ours")!.length > 0 && mains.get("raw")!.length > 0
-          ? {
-              extra: {
-                oursMainThreadMs: median(mains.get("ours")!),
-                rawMainThreadMs: median(mains.get("raw")!)
-              }
-            }
-          : {})
+        extra: {
+          ...(mains.get("ours")!.length > 0 && mains.get("raw")!.length > 0
+            ? { oursMainThreadMs: median(mains.get("ours")!), rawMainThreadMs: median(mains.get("raw")!) }
+            : {}),
+          // per window: young collections (count, and their pauses' sum in ms) and the others' pauses
+          oursScavenges: mean(gcs.get("ours")!.map((g) => g.young)),
+          rawScavenges: mean(gcs.get("raw")!.map((g) => g.young)),
+          oursScavengeMs: median(gcs.get("ours")!.map((g) => g.youngMs)),
+          rawScavengeMs: median(gcs.get("raw")!.map((g) => g.youngMs)),
+          oursOtherGcMs: median(gcs.get("ours")!.map((g) => g.otherMs)),
+          rawOtherGcMs: median(gcs.get("raw")!.map((g) => g.otherMs))
+        }
       })
     )
   }

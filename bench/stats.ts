@@ -10,6 +10,10 @@ export const percentile = (xs: ReadonlyArray<number>, p: number): number => {
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!
 }
 
+/** The mean; 0 for no values. */
+export const mean = (xs: ReadonlyArray<number>): number =>
+  xs.length === 0 ? 0 : xs.reduce((sum, x) => sum + x, 0) / xs.length
+
 export const median = (xs: ReadonlyArray<number>): number => {
   if (xs.length === 0) return Number.NaN
   const sorted = [...xs].sort((a, b) => a - b)

@@ -10,6 +10,7 @@
  * with N.
  */
 import * as Fs from "node:fs"
+import { constants, PerformanceObserver, type PerformanceEntry } from "node:perf_hooks"
 import { now } from "./ipc.js"
 
 /** The subscriber's view at one moment. */
@@ -153,6 +154,50 @@ export const mainThreadCpuMicros = (): number | undefined => {
     return Number(Fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]) / 1000
   } catch {
     return undefined
+  }
+}
+
+/** Garbage collections in a window: young ones (scavenges) and the rest, each with its pauses' sum (ms, wall time). */
+export interface GcWindow {
+  readonly young: number
+  readonly youngMs: number
+  readonly other: number
+  readonly otherMs: number
+}
+
+/**
+ * Counts this process's garbage collections from `reset` on, from a `gc`
+ * performance observer (one entry per collection, delivered a task later:
+ * read after the process has idled). Young collections are where a
+ * subscriber's churn garbage shows: their pause grows with what survives
+ * them, not with what was allocated.
+ */
+export class GcCounter {
+  private young = 0
+  private youngMs = 0
+  private other = 0
+  private otherMs = 0
+  constructor() {
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) {
+        // the gc entry's `detail` is missing from @types/node 20's PerformanceEntry
+        const kind = (entry as PerformanceEntry & { readonly detail?: { readonly kind?: number } }).detail?.kind
+        if (kind === constants.NODE_PERFORMANCE_GC_MINOR) {
+          this.young++
+          this.youngMs += entry.duration
+        } else {
+          this.other++
+          this.otherMs += entry.duration
+        }
+      }
+    }).observe({ entryTypes: ["gc"] })
+  }
+  reset(): void {
+    this.young = this.other = 0
+    this.youngMs = this.otherMs = 0
+  }
+  read(): GcWindow {
+    return { young: this.young, youngMs: this.youngMs, other: this.other, otherMs: this.otherMs }
   }
 }
 

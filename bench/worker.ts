@@ -9,7 +9,7 @@ import * as Inspector from "node:inspector"
 import * as Path from "node:path"
 import { serve, now } from "./ipc.js"
 import type { RegistrarSide, SideOptions, SubscriberSide } from "./side.js"
-import { cpuMicros, mainThreadCpuMicros, Tracker, untilIdle } from "./view.js"
+import { cpuMicros, GcCounter, mainThreadCpuMicros, Tracker, untilIdle } from "./view.js"
 import type { ViewSnapshot } from "./view.js"
 import type { Op } from "./writer.js"
 import { instance, keyOf } from "./keys.js"
@@ -32,6 +32,7 @@ let stopSubscriber: (() => Promise<void>) | undefined
 const waits = new Map<number, Promise<bigint>>()
 let nextWait = 0
 let eachWait: Promise<ReadonlyArray<bigint>> | undefined
+const gcCounter = new GcCounter()
 let setWait: { readonly at: Promise<bigint>; readonly cpu0: number; readonly main0: number | undefined } | undefined
 const registered: Array<string> = []
 
@@ -149,10 +150,15 @@ serve({
     const at = tracker.untilSet(new Set(args.values), args.newcomers)
     await untilIdle()
     await startWindow()
+    gcCounter.reset()
     setWait = { at, cpu0: cpuMicros(), main0: mainThreadCpuMicros() }
     return tracker.size
   },
-  /** When the view first equaled the armed set, and the CPU used from arming until idle again (µs: the process's, and its main thread's). */
+  /**
+   * When the view first equaled the armed set, the CPU used from arming until
+   * idle again (µs: the process's, and its main thread's), and the garbage
+   * collections meanwhile.
+   */
   waitSet: async () => {
     const w = need(setWait, "armed set")
     setWait = undefined
@@ -165,7 +171,7 @@ serve({
     const idle = await untilIdle()
     const main1 = mainThreadCpuMicros()
     const mainMicros = main1 === undefined || w.main0 === undefined ? undefined : main1 - w.main0
-    return { at, cpuMicros: idle - w.cpu0, mainMicros, exact: tracker.verifySet() }
+    return { at, cpuMicros: idle - w.cpu0, mainMicros, gc: gcCounter.read(), exact: tracker.verifySet() }
   },
   heapUsed: () => {
     gc()
