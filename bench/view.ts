@@ -157,11 +157,10 @@ export const mainThreadCpuMicros = (): number | undefined => {
   }
 }
 
-/** Garbage collections in a window: young ones (scavenges) and the rest, each with its pauses' sum (ms, wall time). */
+/** Garbage collections in a window: how many young ones (scavenges), their pauses' sum, and the other collections' (ms, wall time). */
 export interface GcWindow {
   readonly young: number
   readonly youngMs: number
-  readonly other: number
   readonly otherMs: number
 }
 
@@ -175,7 +174,6 @@ export interface GcWindow {
 export class GcCounter {
   private young = 0
   private youngMs = 0
-  private other = 0
   private otherMs = 0
   constructor() {
     new PerformanceObserver((list) => {
@@ -186,18 +184,17 @@ export class GcCounter {
           this.young++
           this.youngMs += entry.duration
         } else {
-          this.other++
           this.otherMs += entry.duration
         }
       }
     }).observe({ entryTypes: ["gc"] })
   }
   reset(): void {
-    this.young = this.other = 0
+    this.young = 0
     this.youngMs = this.otherMs = 0
   }
   read(): GcWindow {
-    return { young: this.young, youngMs: this.youngMs, other: this.other, otherMs: this.otherMs }
+    return { young: this.young, youngMs: this.youngMs, otherMs: this.otherMs }
   }
 }
 

@@ -13,7 +13,7 @@ import { cpuMicros, GcCounter, mainThreadCpuMicros, Tracker, untilIdle } from ".
 import type { ViewSnapshot } from "./view.js"
 import type { Op } from "./writer.js"
 import { instance, keyOf } from "./keys.js"
-import { pool } from "./writer.js"
+import { churn, deletePrefix, pool, populate, sequence } from "./writer.js"
 
 type Side = "ours" | "raw" | "floor"
 
@@ -218,23 +218,18 @@ serve({
   // ---- writer ----
 
   populate: async (args: { readonly prefix: string; readonly from: number; readonly n: number }) => {
-    const { populate } = await import("./writer.js")
     await populate(need(writer, "writer"), args.prefix, args.from, args.n)
   },
   /** Plays a churn; returns the time just before its first request. */
   churn: async (args: { readonly ops: ReadonlyArray<Op>; readonly inflight: number }) => {
-    const { churn } = await import("./writer.js")
     const t0 = now()
     await churn(need(writer, "writer"), args.ops, args.inflight)
     return t0
   },
   /** Puts `values` under `prefix` one after another; returns the time just before each put. */
-  sequence: async (args: { readonly prefix: string; readonly values: ReadonlyArray<string> }) => {
-    const { sequence } = await import("./writer.js")
-    return sequence(need(writer, "writer"), args.prefix, args.values)
-  },
+  sequence: (args: { readonly prefix: string; readonly values: ReadonlyArray<string> }) =>
+    sequence(need(writer, "writer"), args.prefix, args.values),
   deletePrefix: async (args: { readonly prefix: string }) => {
-    const { deletePrefix } = await import("./writer.js")
     await deletePrefix(need(writer, "writer"), args.prefix)
   },
 

@@ -11,8 +11,8 @@
  * reader never sees half of it; and the published snapshots are built when
  * someone reads them, sharing the arrays, which a batch never changes in
  * place: it rebuilds the ones it changes from slices (O(N) per batch, not per
- * change; at 10,000 instances, the garbage collection of those copies is most
- * of what churn costs).
+ * change; at 10,000 instances, the young collections those copies cause are
+ * about a sixth of the subscriber's CPU under churn).
  *
  * @internal
  */
