@@ -260,6 +260,8 @@ const churn = async (options: SideOptions, writer: Worker) => {
     const mains = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     // the garbage collections in each window
     const gcs = new Map<SideName, Array<GcWindow>>(sides.map((s) => [s, []]))
+    // how many views each subscriber published in a window (ours: endpoint sets; raw: watch responses)
+    const views = new Map<SideName, Array<number>>(sides.map((s) => [s, []]))
     for (let round = 0; round < config.churnWarmup + config.churnRounds; round++) {
       // half puts of new instances, half deletes of present ones, interleaved
       const deleted = new Set<string>()
@@ -286,6 +288,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
           cpuMicros: number
           mainMicros?: number
           gc: GcWindow
+          views: number
           exact: boolean
         }>("waitSet")
         if (!r.exact) throw new Error(`churn N=${n} ${s}: the final view is not the final set`)
@@ -294,6 +297,7 @@ const churn = async (options: SideOptions, writer: Worker) => {
           cpus.get(s)!.push(r.cpuMicros / 1000)
           if (r.mainMicros !== undefined) mains.get(s)!.push(r.mainMicros / 1000)
           gcs.get(s)!.push(r.gc)
+          views.get(s)!.push(r.views)
         }
       }
     }
@@ -330,7 +334,9 @@ const churn = async (options: SideOptions, writer: Worker) => {
           oursScavengeMs: median(gcs.get("ours")!.map((g) => g.youngMs)),
           rawScavengeMs: median(gcs.get("raw")!.map((g) => g.youngMs)),
           oursOtherGcMs: median(gcs.get("ours")!.map((g) => g.otherMs)),
-          rawOtherGcMs: median(gcs.get("raw")!.map((g) => g.otherMs))
+          rawOtherGcMs: median(gcs.get("raw")!.map((g) => g.otherMs)),
+          oursViews: median(views.get("ours")!),
+          rawViews: median(views.get("raw")!)
         }
       })
     )

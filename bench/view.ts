@@ -47,6 +47,8 @@ export class Tracker {
   private sequence: ReadonlyArray<string> = []
   private seenAt: Array<bigint> = []
   private sequenceWaiter: ((at: ReadonlyArray<bigint>) => void) | undefined
+  /** How many views the subscriber published since the last `untilSet`. */
+  views = 0
 
   added(value: string): void {
     if (this.newcomers !== undefined && this.newcomers.delete(value) && this.newcomers.size === 0) this.checkSet()
@@ -54,6 +56,7 @@ export class Tracker {
 
   changed(view: ViewSnapshot): void {
     this.view = view
+    this.views++
     if (this.waiters.size > 0) {
       for (const w of this.waiters) {
         if (w.test(view)) {
@@ -114,6 +117,7 @@ export class Tracker {
   untilSet(expected: ReadonlySet<string>, newcomers: ReadonlyArray<string>): Promise<bigint> {
     this.expected = expected
     this.expectedSize = expected.size
+    this.views = 0
     this.newcomers = new Set(newcomers)
     return new Promise((resolve) => {
       this.setWaiter = resolve

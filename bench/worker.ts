@@ -171,7 +171,14 @@ serve({
     const idle = await untilIdle()
     const main1 = mainThreadCpuMicros()
     const mainMicros = main1 === undefined || w.main0 === undefined ? undefined : main1 - w.main0
-    return { at, cpuMicros: idle - w.cpu0, mainMicros, gc: gcCounter.read(), exact: tracker.verifySet() }
+    return {
+      at,
+      cpuMicros: idle - w.cpu0,
+      mainMicros,
+      gc: gcCounter.read(),
+      views: tracker.views,
+      exact: tracker.verifySet()
+    }
   },
   heapUsed: () => {
     gc()
