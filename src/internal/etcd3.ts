@@ -249,21 +249,15 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
 
 /**
  * A watch batch is part of a burst when it comes within this long of the last
- * one and the last one held {@link burstSize} changes or more. A batch of a
- * burst gathers changes until none has come for {@link burstQuietMillis}, or
- * for {@link burstMaxMillis} at most: every batch costs the subscriber a fixed
- * part and O(instances), so a burst is best handed over in a few large batches
- * (a churn of 500 changes in about 80 ms: 13 to 24 batches instead of 32 to 43
- * with a fixed 1 ms wait; a fixed 10 ms wait made 9 to 11 but held the last
- * changes back too, issue 7). Changes that come a few at a time never wait,
- * however close together: a client's back-to-back puts, about 0.6 ms apart on
- * loopback, were seen about 0.4 ms later (p50) when a batch of two already
- * started a burst.
+ * one and the last one held {@link burstSize} changes or more; a batch of a
+ * burst waits {@link burstDelayMillis} to gather more changes. Changes that
+ * come a few at a time never wait, however close together: a client's
+ * back-to-back puts, about 0.6 ms apart on loopback, were seen about 0.4 ms
+ * later (p50) when a batch of two already started a burst.
  */
 const burstMillis = 2
 const burstSize = 4
-const burstQuietMillis = 2
-const burstMaxMillis = 10
+const burstDelayMillis = 1
 
 const leaseOf = (lease: string | undefined): LeaseId | undefined =>
   lease === undefined || lease === "0" || lease === "" ? undefined : lease
@@ -581,16 +575,6 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         // when the last batch was handed over (performance.now() ms), and its size
         let flushedAt = -Infinity
         let flushedSize = 0
-        // in a burst: when the batch began to gather, and when its last change came
-        let gatheringSince = 0
-        let lastCame = 0
-        const settle = () => {
-          const now = performance.now()
-          const quiet = now - lastCame
-          const waited = now - gatheringSince
-          if (quiet >= burstQuietMillis || waited >= burstMaxMillis) flush()
-          else setTimeout(settle, Math.min(burstQuietMillis - quiet, burstMaxMillis - waited))
-        }
         const flush = () => {
           flushing = false
           flushedAt = performance.now()
@@ -706,16 +690,13 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               }
               // one batch per turn of the event loop: under churn a turn brings ~10 responses,
               // and waking the consumer's fiber once per response cost more than decoding them.
-              // In a burst (see burstMillis) the batch gathers changes until they pause: every
-              // batch costs the subscriber O(instances), so fewer, larger batches (issue 7)
-              if (pending.length === 0) return
-              const now = performance.now()
-              lastCame = now
-              if (!flushing) {
+              // In a burst (see burstMillis) the batch waits burstDelayMillis more: every batch
+              // costs the subscriber O(instances), so fewer, larger batches (issue 7)
+              if (pending.length > 0 && !flushing) {
                 flushing = true
+                const now = performance.now()
                 if (now - flushedAt < burstMillis && flushedSize >= burstSize) {
-                  gatheringSince = now
-                  setTimeout(settle, burstQuietMillis)
+                  setTimeout(flush, burstDelayMillis)
                 } else {
                   setImmediate(flush)
                 }
