@@ -68,7 +68,31 @@ export interface WatchBatches {
    * none has; fails with the error that ends the watch.
    */
   readonly take: Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError>
+  /**
+   * Gives every batch to `step`, in order, forever; fails with the error that
+   * ends the watch. `step` deals with a batch at once and returns `undefined`,
+   * or returns an effect that must run before the next batch. While the fiber
+   * is waiting, a batch that needs no effect to be handed over (changes on a
+   * connection already checked: the common case) is given to `step` right in
+   * the callback that delivered it, outside any fiber; `step` must then touch
+   * nothing but plain state. A batch costs no fiber wake-up that way.
+   */
+  readonly follow: <R>(
+    step: (events: ReadonlyArray<WatchEvent>) => Effect.Effect<void, never, R> | undefined
+  ) => Effect.Effect<never, EtcdError, R>
 }
+
+/** {@link WatchBatches.follow} for a watch that has only `take`: every batch is taken in the fiber. */
+const followTaken =
+  (take: Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError>): WatchBatches["follow"] =>
+  <R>(step: (events: ReadonlyArray<WatchEvent>) => Effect.Effect<void, never, R> | undefined) => {
+    // not Effect.forever, which yields to the scheduler between two batches
+    const loop: Effect.Effect<never, EtcdError, R> = Effect.flatMap(take, (events) => {
+      const effect = step(events)
+      return effect === undefined ? loop : Effect.zipRight(effect, loop)
+    })
+    return loop
+  }
 
 /** One watch connection's mailbox: what its sink was handed and the engine has not taken yet. */
 interface Connection {
@@ -201,8 +225,34 @@ export const openWatch = (
       return Effect.succeed([{ _tag: "Disconnected", error }])
     }
 
+    /**
+     * The changes the connection delivered and not delivered yet, when handing
+     * them over needs no effect: they hold no `Created`. That is the common case,
+     * changes on a connection already checked; `undefined` otherwise, and nothing
+     * is taken.
+     */
+    const deliverNow = (c: Connection): ReadonlyArray<WatchEvent> | undefined => {
+      const batches = c.batches
+      for (const batch of batches) for (const event of batch) if (event._tag === "Created") return undefined
+      c.batches = []
+      let last = next
+      const out: Array<WatchEvent> = []
+      for (const batch of batches) {
+        for (const event of batch) {
+          if (event._tag !== "Created" && event.revision >= c.from) {
+            out.push(event)
+            last = event.revision + 1
+          }
+        }
+      }
+      next = last
+      return out
+    }
+
     /** Hands over what the connection delivered: the changes not delivered yet, and `Reconnected` after an outage. */
     const deliver = (c: Connection): Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError> => {
+      const now = deliverNow(c)
+      if (now !== undefined) return now.length === 0 ? take : Effect.succeed(now)
       const batches = c.batches
       c.batches = []
       let createdEvent: { readonly revision: number; readonly cluster: string } | undefined = undefined
@@ -218,12 +268,7 @@ export const openWatch = (
           }
         }
       }
-      if (createdEvent === undefined) {
-        // the common case, changes on a connection already checked, costs no effect at all
-        next = last
-        return out.length === 0 ? take : Effect.succeed(out)
-      }
-      const event = createdEvent
+      const event = createdEvent!
       return Effect.matchEffect(created(event, c.from), {
         onFailure: (error) => lost(error),
         onSuccess: () => {
@@ -263,8 +308,44 @@ export const openWatch = (
       })
     })
 
+    const follow = <R>(
+      step: (events: ReadonlyArray<WatchEvent>) => Effect.Effect<void, never, R> | undefined
+    ): Effect.Effect<never, EtcdError, R> => {
+      // a batch taken in the fiber (connecting, a Created to check, an error, or one that came meanwhile)
+      const viaTake: Effect.Effect<never, EtcdError, R> = Effect.flatMap(take, (events) => {
+        const effect = step(events)
+        return effect === undefined ? loop : Effect.zipRight(effect, loop)
+      })
+      const loop: Effect.Effect<never, EtcdError, R> = Effect.suspend(() => {
+        const c = connection
+        if (ended !== undefined || c === undefined || c.batches.length > 0 || c.error !== undefined) return viaTake
+        // waiting: the sink calls `handle` (having cleared c.wake) with each batch it is handed
+        return Effect.flatten(
+          Effect.async<Effect.Effect<never, EtcdError, R>>((resume) => {
+            const handle = () => {
+              const events = connection === c && c.error === undefined ? deliverNow(c) : undefined
+              if (events === undefined) return resume(Effect.succeed(viaTake))
+              let effect: Effect.Effect<void, never, R> | undefined
+              try {
+                effect = events.length === 0 ? undefined : step(events)
+              } catch (defect) {
+                return resume(Effect.die(defect))
+              }
+              if (effect === undefined) c.wake = handle
+              else resume(Effect.succeed(Effect.zipRight(effect, loop)))
+            }
+            c.wake = handle
+            return Effect.sync(() => {
+              if (c.wake === handle) c.wake = undefined
+            })
+          })
+        )
+      })
+      return loop
+    }
+
     yield* connect
-    return { take }
+    return { take, follow }
   })
 
 /** {@link openWatch} as a stream. */
@@ -300,14 +381,15 @@ export const watchBatches = (
 ): Effect.Effect<WatchBatches, never, Scope.Scope> => {
   const direct = (client as { readonly [OpenWatch]?: OpenWatchOf })[OpenWatch]
   if (direct !== undefined) return direct(prefix, options.fromRevision, options.reconnect)
-  return Effect.map(Stream.toPull(client.watch(prefix, options)), (pull) => ({
-    take: Effect.mapBoth(pull, {
+  return Effect.map(Stream.toPull(client.watch(prefix, options)), (pull) => {
+    const take = Effect.mapBoth(pull, {
       onFailure: Option.getOrElse(
         () => new EtcdError({ operation: "watch", reason: "Canceled", detail: "the watch ended" })
       ),
       onSuccess: (chunk) => Chunk.toReadonlyArray(chunk)
     })
-  }))
+    return { take, follow: followTaken(take) }
+  })
 }
 
 /** Builds the whole service from the primitives. */

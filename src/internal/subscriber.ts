@@ -841,8 +841,11 @@ export const make = <Req, Res, E, FE, R>(
       making = notMaking
     }
 
-    /** Publishes what changed since the last call, then closes the endpoints that left. */
-    const publish = Effect.suspend(() => {
+    /**
+     * Publishes what changed since the last call; returns the closing of the
+     * endpoints that left, if any (`undefined` when there is nothing to close).
+     */
+    const publishNow = (): Effect.Effect<void> | undefined => {
       if (instancesChanged) {
         instancesChanged = false
         instances.changed()
@@ -851,11 +854,13 @@ export const make = <Req, Res, E, FE, R>(
         endpointsChanged = false
         endpointSet.changed()
       }
-      if (toClose.length === 0) return Effect.void
+      if (toClose.length === 0) return undefined
       const closing = toClose
       toClose = []
       return Effect.forEach(closing, ([key, endpointScope]) => closeEndpoint(key, endpointScope), { discard: true })
-    })
+    }
+    /** Publishes what changed since the last time, then closes the endpoints that left. */
+    const publish = Effect.suspend(() => publishNow() ?? Effect.void)
 
     const invalidate = Effect.flatMap(SubscriptionRef.get(stateRef), (state) =>
       state._tag === "Failing"
@@ -953,45 +958,84 @@ export const make = <Req, Res, E, FE, R>(
         return malformed.length === 0 ? applied : Effect.zipRight(warnMalformed(malformed), applied)
       })
 
-    /** Applies one batch of watched changes: key → new value, or undefined for a delete. */
-    const applyBatch = (changes: Map<string, string | undefined>, malformed: ReadonlyArray<string> | undefined) =>
-      Effect.suspend(() => {
-        const jobKeys: Array<string> = []
-        const jobValues: Array<string> = []
-        for (const [key, value] of changes) {
-          if (value === undefined) continue
-          const i = search(keys, key)
-          if (keys[i] === key && values[i] === value && endpoints[i] !== undefined) {
-            // the same value again: nothing to do (deleting the current entry of a Map's iteration is safe)
-            changes.delete(key)
-            continue
-          }
-          jobKeys.push(key)
-          jobValues.push(value)
+    /**
+     * Applies one batch of watched changes (key → new value, or undefined for a
+     * delete) now, as far as it can without an effect; returns what is left to
+     * run, if anything: factories that need the run loop, logs, closing the
+     * endpoints that left. The common case (factories that run alone, a live
+     * subscription, no endpoint scope to close) is done when it returns
+     * `undefined`, which lets the watch apply a batch in the callback that
+     * delivered it, without waking the engine's fiber (see `WatchBatches.follow`).
+     */
+    const applyBatch = (
+      changes: Map<string, string | undefined>,
+      malformed: ReadonlyArray<string> | undefined
+    ): Effect.Effect<void, never, Exclude<R, Scope.Scope>> | undefined => {
+      // a warning goes first, as it always has
+      if (malformed !== undefined) {
+        return Effect.zipRight(
+          warnMalformed(malformed),
+          Effect.suspend(() => applyBatch(changes, undefined) ?? Effect.void)
+        )
+      }
+      const jobKeys: Array<string> = []
+      const jobValues: Array<string> = []
+      for (const [key, value] of changes) {
+        if (value === undefined) continue
+        const i = search(keys, key)
+        if (keys[i] === key && values[i] === value && endpoints[i] !== undefined) {
+          // the same value again: nothing to do (deleting the current entry of a Map's iteration is safe)
+          changes.delete(key)
+          continue
         }
-        const apply = (made: Made<Req, Res, E>) => {
-          applyChanges(changes, made)
-          return live ? publish : Effect.zipRight(markLive, publish)
-        }
-        const made = runFactories(jobKeys, jobValues)
-        const applied = isMade(made) ? apply(made) : Effect.flatMap(made, apply)
-        return malformed === undefined ? applied : Effect.zipRight(warnMalformed(malformed), applied)
-      })
+        jobKeys.push(key)
+        jobValues.push(value)
+      }
+      const apply = (made: Made<Req, Res, E>) => {
+        applyChanges(changes, made)
+        return live ? publishNow() : Effect.zipRight(markLive, publish)
+      }
+      const made = runFactories(jobKeys, jobValues)
+      return isMade(made) ? apply(made) : Effect.flatMap(made, (made) => apply(made) ?? Effect.void)
+    }
+
+    /** Runs steps from `from` on, in order, as far as they go without an effect; returns the rest as one effect. */
+    const runSteps = (
+      steps: ReadonlyArray<() => Effect.Effect<void, never, Exclude<R, Scope.Scope>> | undefined>,
+      from: number
+    ): Effect.Effect<void, never, Exclude<R, Scope.Scope>> | undefined => {
+      for (let i = from; i < steps.length; i++) {
+        const effect = steps[i]!()
+        if (effect === undefined) continue
+        if (i + 1 === steps.length) return effect
+        return Effect.zipRight(
+          effect,
+          Effect.suspend(() => runSteps(steps, i + 1) ?? Effect.void)
+        )
+      }
+      return undefined
+    }
 
     /**
-     * Applies watch events. Puts and deletes between two connection events make
-     * one batch: a key changed several times costs one factory run at most.
-     * Changes at or before `listed` (the listed revision) are in the listing already.
+     * Applies watch events, as far as it can without an effect (see
+     * {@link applyBatch}); returns what is left to run, in order. Puts and
+     * deletes between two connection events make one batch: a key changed
+     * several times costs one factory run at most. Changes at or before `listed`
+     * (the listed revision) are in the listing already.
      */
     const applyEvents = (
       events: ReadonlyArray<WatchEvent>,
       listed: number
-    ): Effect.Effect<void, never, Exclude<R, Scope.Scope>> => {
-      const steps: Array<Effect.Effect<void, never, Exclude<R, Scope.Scope>>> = []
+    ): Effect.Effect<void, never, Exclude<R, Scope.Scope>> | undefined => {
+      const steps: Array<() => Effect.Effect<void, never, Exclude<R, Scope.Scope>> | undefined> = []
       let changes: Map<string, string | undefined> | undefined = undefined
       let malformed: Array<string> | undefined = undefined
       const cut = () => {
-        if (changes !== undefined) steps.push(applyBatch(changes, malformed))
+        if (changes !== undefined) {
+          const batch = changes
+          const batchMalformed = malformed
+          steps.push(() => applyBatch(batch, batchMalformed))
+        }
         changes = undefined
         malformed = undefined
       }
@@ -1014,7 +1058,7 @@ export const make = <Req, Res, E, FE, R>(
           case "Disconnected": {
             cut()
             const error = event.error
-            steps.push(
+            steps.push(() =>
               Effect.zipRight(
                 Effect.logWarning(`watch disconnected; reconnecting: ${error.message}`),
                 markFailing(error)
@@ -1024,9 +1068,10 @@ export const make = <Req, Res, E, FE, R>(
           }
           case "Reconnected": {
             cut()
-            steps.push(
+            const revision = event.revision
+            steps.push(() =>
               Effect.zipRight(
-                Effect.logInfo("watch reconnected").pipe(Effect.annotateLogs("revision", event.revision)),
+                Effect.logInfo("watch reconnected").pipe(Effect.annotateLogs("revision", revision)),
                 markLive
               )
             )
@@ -1035,11 +1080,7 @@ export const make = <Req, Res, E, FE, R>(
         }
       }
       cut()
-      return steps.length === 0
-        ? Effect.void
-        : steps.length === 1
-          ? steps[0]!
-          : Effect.forEach(steps, (step) => step, { discard: true })
+      return steps.length === 1 ? steps[0]!() : runSteps(steps, 0)
     }
 
     const engine = Effect.gen(function* () {
@@ -1102,16 +1143,17 @@ export const make = <Req, Res, E, FE, R>(
                       progressed = true
                     }
                   }
-                  if (progressed) return Effect.zipRight(driver.reset, applyEvents(events, listed))
+                  if (progressed) {
+                    return Effect.zipRight(
+                      driver.reset,
+                      Effect.suspend(() => applyEvents(events, listed) ?? Effect.void)
+                    )
+                  }
                 }
                 return applyEvents(events, listed)
               }
-              // not Effect.forever, which yields to the scheduler between two batches
-              const loop: Effect.Effect<never, EtcdError, Exclude<R, Scope.Scope>> = Effect.flatMap(
-                Effect.flatMap(watch.take, step),
-                () => loop
-              )
-              return loop
+              // a batch that needs no effect is applied in the callback that delivered it
+              return watch.follow(step)
             }
           )
         ).pipe(Effect.flip)
