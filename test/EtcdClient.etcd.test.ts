@@ -1,7 +1,8 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -10,9 +11,12 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as EtcdClient from "../src/EtcdClient.js"
+import { grantAndPut } from "../src/internal/client.js"
 import * as EtcdAuth from "../src/testing/EtcdAuth.js"
 import * as EtcdServer from "../src/testing/EtcdServer.js"
 import { contract } from "./contract/EtcdClientContract.js"
+import { within } from "./reliability/support.js"
+import { etcd3 } from "./testing-helpers.js"
 
 contract("EtcdClient contract: real etcd", EtcdServer.layerClient.pipe(Layer.provide(EtcdServer.layer())), {
   advance: () => Effect.void,
@@ -202,6 +206,94 @@ describe("EtcdClient timeouts", () => {
         expect(error).toMatchObject({ _tag: "EtcdError", reason: "Timeout" })
         expect(elapsed).toBeLessThan(Duration.toMillis("3 seconds"))
       })
+    )
+  })
+})
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of `target` that can hold back what etcd
+ * sends (requests still go through): `hold` buffers etcd's bytes, `release`
+ * sends them on.
+ */
+const holdingProxy = (target: string) =>
+  Effect.gen(function* () {
+    const { hostname, port } = new URL(target)
+    const sockets = new Set<Net.Socket>()
+    const clients = new Set<{ readonly socket: Net.Socket; readonly held: Array<Buffer> }>()
+    let holding = false
+    const server = yield* Effect.acquireRelease(
+      Effect.async<Net.Server>((resume) => {
+        const proxy = Net.createServer((socket) => {
+          const upstream = Net.connect(Number(port), hostname)
+          const client = { socket, held: [] as Array<Buffer> }
+          clients.add(client)
+          sockets.add(socket).add(upstream)
+          const close = () => {
+            socket.destroy()
+            upstream.destroy()
+            clients.delete(client)
+          }
+          socket.on("error", close).on("close", close)
+          upstream.on("error", close).on("close", close)
+          socket.pipe(upstream)
+          upstream.on("data", (data: Buffer) => (holding ? client.held.push(data) : socket.write(data)))
+        })
+        proxy.listen(0, "127.0.0.1", () => resume(Effect.succeed(proxy)))
+      }),
+      (proxy) =>
+        Effect.async<void>((resume) => {
+          for (const socket of sockets) socket.destroy()
+          proxy.close(() => resume(Effect.void))
+        })
+    )
+    const address = server.address()
+    return {
+      url: `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`,
+      hold: Effect.sync(() => {
+        holding = true
+      }),
+      release: Effect.sync(() => {
+        holding = false
+        for (const client of clients) for (const data of client.held.splice(0)) client.socket.write(data)
+      })
+    }
+  })
+
+/** Runs `self` every 20 ms until its result passes `until` (what etcd holds has no event to wait on). */
+const poll = <A, E, R>(self: Effect.Effect<A, E, R>, until: (a: A) => boolean): Effect.Effect<A, E, R> =>
+  Effect.flatMap(self, (a) =>
+    until(a) ? Effect.succeed(a) : Effect.zipRight(Effect.sleep("20 millis"), poll(self, until))
+  )
+
+describe("EtcdClient grant and put (a first registration)", () => {
+  layer(EtcdServer.layer(), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.scoped(
+      "interrupted while the grant's answer is on its way: the lease etcd granted is revoked once it comes",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const raw = yield* etcd3(server.clientUrls)
+          const leases = Effect.map(
+            Effect.promise(() => raw.leaseClient.leaseLeases()),
+            (r) => new Set(r.leases.map((l) => String(l.ID)))
+          )
+          const proxy = yield* holdingProxy(server.clientUrls[0]!)
+          const client = yield* EtcdClient.make({ endpoints: [proxy.url] })
+          const before = yield* leases
+          yield* proxy.hold
+          const fiber = yield* Effect.fork(grantAndPut(client, 30, "/grant-and-put/a", "1"))
+          // etcd has granted the lease: its answer is held in the proxy
+          const granted = yield* poll(
+            Effect.map(leases, (now) => [...now].filter((id) => !before.has(id))),
+            (ids) => ids.length === 1
+          ).pipe(within(5, "the grant to reach etcd"))
+          yield* Fiber.interrupt(fiber)
+          yield* proxy.release
+          // a 30 s lease kept would still be there: it goes as soon as its answer reaches the client
+          yield* poll(leases, (now) => !now.has(granted[0]!)).pipe(within(5, "the granted lease to be revoked"))
+          expect(Option.isNone(yield* client.get("/grant-and-put/a"))).toBe(true)
+          expect(yield* leases).toEqual(before)
+        })
     )
   })
 })

@@ -47,6 +47,43 @@ export interface Primitives extends Pick<
   "grant" | "keepAliveOnce" | "revoke" | "put" | "get" | "delete" | "list" | "compact" | "revision"
 > {
   readonly watchOnce: (prefix: string, fromRevision: number, sink: WatchSink) => Effect.Effect<() => void>
+  /** {@link grantAndPut}, when the client can send the put without a fiber between the two requests. */
+  readonly grantAndPut?: GrantAndPutOf | undefined
+}
+
+/** A lease granted and a key put on it, by {@link grantAndPut}. */
+export interface GrantedAndPut {
+  readonly lease: LeaseId
+  /** The revision of the put. */
+  readonly revision: number
+}
+
+type GrantAndPutOf = (ttlSeconds: number, key: string, value: string) => Effect.Effect<GrantedAndPut, EtcdError>
+
+/** Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `grantAndPut`, if they have one. */
+const GrantAndPut: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/grantAndPut")
+
+/**
+ * Grants a lease of `ttlSeconds` and puts `key` on it. If the put fails or is
+ * interrupted, the lease is revoked: nothing stays behind. A client made over
+ * etcd3 sends the put from the grant's callback, without waking a fiber in
+ * between; any other (a test double, a wrapper that spreads a client) makes
+ * the two calls of its own `grant` and `put`.
+ */
+export const grantAndPut = (
+  client: EtcdClient,
+  ttlSeconds: number,
+  key: string,
+  value: string
+): Effect.Effect<GrantedAndPut, EtcdError> => {
+  const direct = (client as { readonly [GrantAndPut]?: GrantAndPutOf })[GrantAndPut]
+  if (direct !== undefined) return direct(ttlSeconds, key, value)
+  return Effect.flatMap(client.grant(ttlSeconds), (lease) =>
+    client.put(key, value, { lease }).pipe(
+      Effect.onExit((exit) => (exit._tag === "Success" ? Effect.void : Effect.ignore(client.revoke(lease)))),
+      Effect.map((revision) => ({ lease, revision }))
+    )
+  )
 }
 
 /** The default reconnect schedule of a watch: jittered exponential from 100 ms, capped at 2 s, forever. */
@@ -478,5 +515,7 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
     const direct: OpenWatchOf = (prefix, fromRevision, reconnect) =>
       openWatch(primitives, prefix, fromRevision, reconnect)
     Object.defineProperty(client, OpenWatch, { value: direct })
+    if (primitives.grantAndPut !== undefined)
+      Object.defineProperty(client, GrantAndPut, { value: primitives.grantAndPut })
     return client
   })

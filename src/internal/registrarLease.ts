@@ -29,6 +29,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
+import { grantAndPut } from "./client.js"
 import type { TtlOption } from "../TtlOption.js"
 import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
@@ -257,16 +258,24 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
   Effect.gen(function* () {
     const members = joining === undefined ? [...group.members] : [...group.members, joining]
     const sentAt = yield* Clock.currentTimeMillis
-    const lease = yield* group.client.grant(ttl.ttlSeconds)
-    const putOne = (m: Member) => group.client.put(m.entry.key, m.entry.value, { lease })
-    // one member (a first registration) is one put, without forking a fiber for it
-    const puts =
+    const { lease, revisions } =
       members.length === 1
-        ? Effect.map(putOne(members[0]!), (revision) => [revision])
-        : Effect.forEach(members, putOne, { concurrency: 16 })
-    const revisions = yield* puts.pipe(
-      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(group.client.revoke(lease))))
-    )
+        ? // one member (a first registration): the put goes out as the grant is answered (see grantAndPut)
+          yield* Effect.map(
+            grantAndPut(group.client, ttl.ttlSeconds, members[0]!.entry.key, members[0]!.entry.value),
+            (r) => ({
+              lease: r.lease,
+              revisions: [r.revision]
+            })
+          )
+        : yield* Effect.flatMap(group.client.grant(ttl.ttlSeconds), (lease) =>
+            Effect.forEach(members, (m) => group.client.put(m.entry.key, m.entry.value, { lease }), {
+              concurrency: 16
+            }).pipe(
+              Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(group.client.revoke(lease)))),
+              Effect.map((revisions) => ({ lease, revisions }))
+            )
+          )
     group.lease = { id: lease, lastOk: sentAt }
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!
