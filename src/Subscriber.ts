@@ -13,7 +13,7 @@
  * Changes are applied in batches. Changes that come a few at a time are
  * applied at the next turn of the event loop. In a burst (etcd delivering
  * changes by the dozen, milliseconds apart) a batch gathers them while they keep
- * coming at 2 or more per millisecond, until they pause for 3 ms, 20 ms at most:
+ * coming at 3 or more per millisecond, until they pause for 2 ms, 10 ms at most:
  * each update of the endpoints then covers many changes.
  *
  * @since 0.1.0

