@@ -254,16 +254,17 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
  * over once none has come for {@link burstQuietMillis}, once it has gathered
  * for {@link burstMaxMillis}, or as soon as it holds fewer than
  * {@link burstRate} changes per millisecond of gathering (first checked after
- * `burstQuietMillis`, then when the batch would be due if no change came). Every batch costs the
- * subscriber a fixed part and O(instances), so a churn is best handed over in
- * a few large batches: 500 changes in about
- * 80 ms made 10 to 20 batches instead of 34 to 40 with the earlier fixed 1 ms
- * wait, and the subscriber's CPU at 10,000 instances fell from 1.90-2.04 to
- * 1.58-1.85 times raw's in four alternating pairs of runs (issue 7). The rate
- * test is what keeps a steady trickle out of it: without it, a client's
- * back-to-back puts (about 0.6 ms apart on loopback) never left a burst once in
- * one, and were seen up to 10 ms late (p90 9 to 23 ms). Changes that come a few
- * at a time never wait.
+ * `burstQuietMillis`, then when the batch would be due if no change came).
+ * Every batch costs the subscriber a fixed part and O(instances), so a churn
+ * is best handed over in a few large batches: 500 changes in about 80 ms made
+ * 10 to 20 batches instead of 34 to 40 with the earlier fixed 1 ms wait, and
+ * the subscriber's CPU at 10,000 instances fell from 1.90-2.04 to 1.58-1.85
+ * times raw's in four alternating pairs of runs (issue 7). The rate test is
+ * what keeps a steady trickle out of it: without it, a client's back-to-back
+ * puts (about 0.6 ms apart on loopback) never left a burst once in one, and
+ * were seen up to 10 ms late (p90 9 to 23 ms); with 2 per ms instead of 3,
+ * puts 0.4-0.5 ms apart stayed in bursts (README, Performance). Changes that
+ * come a few at a time never wait.
  */
 const burstMillis = 2
 const burstSize = 4
@@ -551,8 +552,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     /**
      * A grant and a put on the new lease, the put sent from the grant's
      * callback: a first registration waits for no fiber between its two
-     * requests (a wake-up of the run loop with cold caches, 50-65 µs on these
-     * machines; issue 7). Each request has the call timeout. Whatever fails or
+     * requests (a wake-up of the run loop: 50-65 µs with caches thrashed, on
+     * these machines; issue 7). Each request has the call timeout. Whatever fails or
      * is interrupted once the lease is granted, the lease is revoked before
      * the effect ends (a lease granted after an interruption, or a put that
      * lands after one, is revoked when its answer comes).
