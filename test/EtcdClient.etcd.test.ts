@@ -15,7 +15,7 @@ import { grantAndPut } from "../src/internal/client.js"
 import * as EtcdAuth from "../src/testing/EtcdAuth.js"
 import * as EtcdServer from "../src/testing/EtcdServer.js"
 import { contract } from "./contract/EtcdClientContract.js"
-import { within } from "./reliability/support.js"
+import { tcpProxy, within } from "./reliability/support.js"
 import { etcd3 } from "./testing-helpers.js"
 
 contract("EtcdClient contract: real etcd", EtcdServer.layerClient.pipe(Layer.provide(EtcdServer.layer())), {
@@ -210,55 +210,6 @@ describe("EtcdClient timeouts", () => {
   })
 })
 
-/**
- * A TCP proxy on 127.0.0.1 in front of `target` that can hold back what etcd
- * sends (requests still go through): `hold` buffers etcd's bytes, `release`
- * sends them on.
- */
-const holdingProxy = (target: string) =>
-  Effect.gen(function* () {
-    const { hostname, port } = new URL(target)
-    const sockets = new Set<Net.Socket>()
-    const clients = new Set<{ readonly socket: Net.Socket; readonly held: Array<Buffer> }>()
-    let holding = false
-    const server = yield* Effect.acquireRelease(
-      Effect.async<Net.Server>((resume) => {
-        const proxy = Net.createServer((socket) => {
-          const upstream = Net.connect(Number(port), hostname)
-          const client = { socket, held: [] as Array<Buffer> }
-          clients.add(client)
-          sockets.add(socket).add(upstream)
-          const close = () => {
-            socket.destroy()
-            upstream.destroy()
-            clients.delete(client)
-          }
-          socket.on("error", close).on("close", close)
-          upstream.on("error", close).on("close", close)
-          socket.pipe(upstream)
-          upstream.on("data", (data: Buffer) => (holding ? client.held.push(data) : socket.write(data)))
-        })
-        proxy.listen(0, "127.0.0.1", () => resume(Effect.succeed(proxy)))
-      }),
-      (proxy) =>
-        Effect.async<void>((resume) => {
-          for (const socket of sockets) socket.destroy()
-          proxy.close(() => resume(Effect.void))
-        })
-    )
-    const address = server.address()
-    return {
-      url: `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`,
-      hold: Effect.sync(() => {
-        holding = true
-      }),
-      release: Effect.sync(() => {
-        holding = false
-        for (const client of clients) for (const data of client.held.splice(0)) client.socket.write(data)
-      })
-    }
-  })
-
 /** Runs `self` every 20 ms until its result passes `until` (what etcd holds has no event to wait on). */
 const poll = <A, E, R>(self: Effect.Effect<A, E, R>, until: (a: A) => boolean): Effect.Effect<A, E, R> =>
   Effect.flatMap(self, (a) =>
@@ -277,7 +228,7 @@ describe("EtcdClient grant and put (a first registration)", () => {
             Effect.promise(() => raw.leaseClient.leaseLeases()),
             (r) => new Set(r.leases.map((l) => String(l.ID)))
           )
-          const proxy = yield* holdingProxy(server.clientUrls[0]!)
+          const proxy = yield* tcpProxy(server.clientUrls[0]!)
           const client = yield* EtcdClient.make({ endpoints: [proxy.url] })
           const before = yield* leases
           yield* proxy.hold

@@ -273,30 +273,47 @@ export const unhandledRejections: Effect.Effect<{ readonly reasons: ReadonlyArra
 /**
  * A TCP proxy on 127.0.0.1 in front of `target` (`http://host:port`), closed
  * with the scope. `sever` destroys every connection through it at once (the
- * client sees its connection dropped and reconnects through the proxy).
+ * client sees its connection dropped and reconnects through the proxy); `hold`
+ * buffers what the target sends (requests still go through) until `release`
+ * sends it on.
  */
 export const tcpProxy = (
   target: string
-): Effect.Effect<{ readonly url: string; readonly sever: Effect.Effect<number> }, never, Scope.Scope> =>
+): Effect.Effect<
+  {
+    readonly url: string
+    readonly sever: Effect.Effect<number>
+    readonly hold: Effect.Effect<void>
+    readonly release: Effect.Effect<void>
+  },
+  never,
+  Scope.Scope
+> =>
   Effect.gen(function* () {
     const { hostname, port } = new URL(target)
     const sockets = new Set<Net.Socket>()
+    // per client connection: its socket and what the target sent it while held
+    const clients = new Set<{ readonly socket: Net.Socket; readonly held: Array<Buffer> }>()
+    let holding = false
     const server = yield* Effect.acquireRelease(
       Effect.async<Net.Server>((resume) => {
-        const proxy = Net.createServer((client) => {
+        const proxy = Net.createServer((socket) => {
           const upstream = Net.connect(Number(port), hostname)
-          sockets.add(client)
+          const client = { socket, held: [] as Array<Buffer> }
+          clients.add(client)
+          sockets.add(socket)
           sockets.add(upstream)
           const close = () => {
-            client.destroy()
+            socket.destroy()
             upstream.destroy()
-            sockets.delete(client)
+            sockets.delete(socket)
             sockets.delete(upstream)
+            clients.delete(client)
           }
-          client.on("error", close).on("close", close)
+          socket.on("error", close).on("close", close)
           upstream.on("error", close).on("close", close)
-          client.pipe(upstream)
-          upstream.pipe(client)
+          socket.pipe(upstream)
+          upstream.on("data", (data: Buffer) => (holding ? client.held.push(data) : socket.write(data)))
         })
         proxy.listen(0, "127.0.0.1", () => resume(Effect.succeed(proxy)))
       }),
@@ -314,6 +331,13 @@ export const tcpProxy = (
         const count = sockets.size
         for (const socket of [...sockets]) socket.destroy()
         return count
+      }),
+      hold: Effect.sync(() => {
+        holding = true
+      }),
+      release: Effect.sync(() => {
+        holding = false
+        for (const client of clients) for (const data of client.held.splice(0)) client.socket.write(data)
       })
     }
   })
