@@ -232,7 +232,7 @@ describe("EtcdClient grant and put (a first registration)", () => {
           const client = yield* EtcdClient.make({ endpoints: [proxy.url] })
           const before = yield* leases
           yield* proxy.hold
-          const fiber = yield* Effect.fork(grantAndPut(client, 30, "/grant-and-put/a", "1"))
+          const fiber = yield* Effect.fork(grantAndPut(client, 30, [{ key: "/grant-and-put/a", value: "1" }]))
           // etcd has granted the lease: its answer is held in the proxy
           const granted = yield* poll(
             Effect.map(leases, (now) => [...now].filter((id) => !before.has(id))),

@@ -64,24 +64,35 @@ type GrantAndPutOf = (ttlSeconds: number, key: string, value: string) => Effect.
 const GrantAndPut: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/grantAndPut")
 
 /**
- * Grants a lease of `ttlSeconds` and puts `key` on it. If the put fails or is
- * interrupted, the lease is revoked: nothing stays behind. A client made over
- * etcd3 sends the put from the grant's callback, without waking a fiber in
- * between; any other (a test double, a wrapper that spreads a client) makes
- * the two calls of its own `grant` and `put`.
+ * Grants a lease of `ttlSeconds` and puts every entry on it (16 at a time);
+ * answers the lease and each put's revision, in order. If a put fails or is
+ * interrupted, the lease is revoked: nothing stays behind. For one entry (a
+ * first registration), a client made over etcd3 sends the put from the
+ * grant's callback, without waking a fiber in between; any other (a test
+ * double, a wrapper that spreads a client) makes the calls of its own `grant`
+ * and `put`.
  */
 export const grantAndPut = (
   client: EtcdClient,
   ttlSeconds: number,
-  key: string,
-  value: string
-): Effect.Effect<GrantedAndPut, EtcdError> => {
+  entries: ReadonlyArray<{ readonly key: string; readonly value: string }>
+): Effect.Effect<{ readonly lease: LeaseId; readonly revisions: ReadonlyArray<number> }, EtcdError> => {
   const direct = (client as { readonly [GrantAndPut]?: GrantAndPutOf })[GrantAndPut]
-  if (direct !== undefined) return direct(ttlSeconds, key, value)
+  if (direct !== undefined && entries.length === 1) {
+    return Effect.map(direct(ttlSeconds, entries[0]!.key, entries[0]!.value), (r) => ({
+      lease: r.lease,
+      revisions: [r.revision]
+    }))
+  }
+  const putAll = (lease: LeaseId): Effect.Effect<ReadonlyArray<number>, EtcdError> =>
+    // one entry is one put, without forking a fiber for it
+    entries.length === 1
+      ? Effect.map(client.put(entries[0]!.key, entries[0]!.value, { lease }), (revision) => [revision])
+      : Effect.forEach(entries, (entry) => client.put(entry.key, entry.value, { lease }), { concurrency: 16 })
   return Effect.flatMap(client.grant(ttlSeconds), (lease) =>
-    client.put(key, value, { lease }).pipe(
+    putAll(lease).pipe(
       Effect.onExit((exit) => (exit._tag === "Success" ? Effect.void : Effect.ignore(client.revoke(lease)))),
-      Effect.map((revision) => ({ lease, revision }))
+      Effect.map((revisions) => ({ lease, revisions }))
     )
   )
 }

@@ -258,24 +258,11 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
   Effect.gen(function* () {
     const members = joining === undefined ? [...group.members] : [...group.members, joining]
     const sentAt = yield* Clock.currentTimeMillis
-    const { lease, revisions } =
-      members.length === 1
-        ? // one member (a first registration): the put goes out as the grant is answered (see grantAndPut)
-          yield* Effect.map(
-            grantAndPut(group.client, ttl.ttlSeconds, members[0]!.entry.key, members[0]!.entry.value),
-            (r) => ({
-              lease: r.lease,
-              revisions: [r.revision]
-            })
-          )
-        : yield* Effect.flatMap(group.client.grant(ttl.ttlSeconds), (lease) =>
-            Effect.forEach(members, (m) => group.client.put(m.entry.key, m.entry.value, { lease }), {
-              concurrency: 16
-            }).pipe(
-              Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(group.client.revoke(lease)))),
-              Effect.map((revisions) => ({ lease, revisions }))
-            )
-          )
+    const { lease, revisions } = yield* grantAndPut(
+      group.client,
+      ttl.ttlSeconds,
+      members.map((m) => m.entry)
+    )
     group.lease = { id: lease, lastOk: sentAt }
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!
