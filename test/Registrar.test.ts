@@ -533,6 +533,30 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
     }).pipe(Effect.provide(layerMemory))
   )
+
+  it.effect("a scope's deregistration logs as where it registered; the fiber closing the scope keeps its own", () =>
+    Effect.gen(function* () {
+      const lines = yield* Ref.make<Array<string>>([])
+      const logger = Logger.make(({ annotations, message }) => {
+        const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
+        const who = Option.getOrUndefined(HashMap.get(annotations, "who"))
+        Effect.runSync(Ref.update(lines, (all) => [...all, `${text} by ${String(who)}`]))
+      })
+      yield* Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        yield* Registrar.make(service("/svc/log/scope", yield* standard)).pipe(
+          Scope.extend(scope),
+          Effect.annotateLogs("who", "registrar")
+        )
+        yield* Effect.gen(function* () {
+          yield* Scope.close(scope, Exit.void)
+          yield* Effect.logInfo("closed")
+        }).pipe(Effect.annotateLogs("who", "closer"))
+        expect(yield* stored("/svc/log/scope")).toBeUndefined()
+        expect(yield* Ref.get(lines)).toEqual(["register by registrar", "deregister by registrar", "closed by closer"])
+      }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+    }).pipe(Effect.provide(layerMemory))
+  )
 })
 
 describe("Registrar shares one lease per client and TTL option", () => {

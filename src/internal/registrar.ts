@@ -17,6 +17,7 @@ import type { InvalidOptions, EtcdError } from "../EtcdError.js"
 import { NoKey, NoValue } from "../EtcdError.js"
 import type { Service } from "../Service.js"
 import * as TtlOption from "../TtlOption.js"
+import { addFinalizer } from "./finalizer.js"
 import * as Lease from "./registrarLease.js"
 import { traced } from "./tracing.js"
 import { RegistrationState, StateCell } from "./registrarState.js"
@@ -134,7 +135,7 @@ export const make = (
     const valid = yield* validate(service)
     const client = yield* EtcdClient
     const registration = yield* makeHandle(client, valid)
-    yield* Effect.addFinalizer(() => Effect.ignore(registration.deregister))
+    yield* addFinalizer(Effect.ignore(registration.deregister))
     yield* registration.register
     return registration
   })
