@@ -18,6 +18,7 @@ import { NoKey, NoValue } from "../EtcdError.js"
 import type { Service } from "../Service.js"
 import * as TtlOption from "../TtlOption.js"
 import { addFinalizer } from "./finalizer.js"
+import { withPermits } from "./lock.js"
 import * as Lease from "./registrarLease.js"
 import { traced } from "./tracing.js"
 import { RegistrationState, StateCell } from "./registrarState.js"
@@ -62,60 +63,56 @@ const logInfo = (message: string, annotations: Record<string, unknown>): Effect.
 export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Registration> =>
   Effect.gen(function* () {
     const state = new StateCell(RegistrationState.Registering())
-    const lock = Effect.unsafeMakeSemaphore(1)
+    const lock = withPermits(Effect.unsafeMakeSemaphore(1), 1)
     let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
     // whether the state is Registering already (a new handle): the first register sends its grant sooner
     let fresh = true
 
-    const register = lock
-      .withPermits(1)(
-        Effect.uninterruptibleMask((restore) =>
-          Effect.gen(function* () {
-            if (current !== undefined) return
-            if (fresh) fresh = false
-            else yield* state.set(RegistrationState.Registering())
-            const member: Lease.Member = {
-              entry: { key: service.key, value: service.value },
-              state,
-              lastPut: 0,
-              group: undefined
-            }
-            const joined = yield* Effect.exit(restore(Lease.join(client, service.ttl, member)))
-            if (Exit.isFailure(joined)) {
-              // interrupted after joining: undo it
-              if (member.group !== undefined) yield* Effect.ignore(Lease.leave(member.group, member))
-              yield* state.set(RegistrationState.Deregistered())
-              return yield* joined
-            }
-            const group = joined.value
-            current = { group, member }
-            yield* Metric.increment(Lease.registrations)
-            yield* logInfo("register", { key: service.key, lease: Lease.currentLease(group) ?? "none" })
-          })
-        )
-      )
-      .pipe(traced("Registrar.register", service.key))
-
-    const deregister = lock
-      .withPermits(1)(
+    const register = lock(
+      Effect.uninterruptibleMask((restore) =>
         Effect.gen(function* () {
-          if (current === undefined) return
-          const { group, member } = current
-          current = undefined
-          const lease = Lease.currentLease(group) ?? "none"
-          const left = yield* Effect.exit(Lease.leave(group, member))
-          yield* Metric.increment(Lease.deregistrations)
-          if (Exit.isSuccess(left)) {
-            yield* logInfo("deregister", { key: service.key, lease })
-          } else {
-            yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
-              Effect.annotateLogs({ key: service.key, lease })
-            )
+          if (current !== undefined) return
+          if (fresh) fresh = false
+          else yield* state.set(RegistrationState.Registering())
+          const member: Lease.Member = {
+            entry: { key: service.key, value: service.value },
+            state,
+            lastPut: 0,
+            group: undefined
           }
-          return yield* left
+          const joined = yield* Effect.exit(restore(Lease.join(client, service.ttl, member)))
+          if (Exit.isFailure(joined)) {
+            // interrupted after joining: undo it
+            if (member.group !== undefined) yield* Effect.ignore(Lease.leave(member.group, member))
+            yield* state.set(RegistrationState.Deregistered())
+            return yield* joined
+          }
+          const group = joined.value
+          current = { group, member }
+          yield* Metric.increment(Lease.registrations)
+          yield* logInfo("register", { key: service.key, lease: Lease.currentLease(group) ?? "none" })
         })
       )
-      .pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
+    ).pipe(traced("Registrar.register", service.key))
+
+    const deregister = lock(
+      Effect.gen(function* () {
+        if (current === undefined) return
+        const { group, member } = current
+        current = undefined
+        const lease = Lease.currentLease(group) ?? "none"
+        const left = yield* Effect.exit(Lease.leave(group, member))
+        yield* Metric.increment(Lease.deregistrations)
+        if (Exit.isSuccess(left)) {
+          yield* logInfo("deregister", { key: service.key, lease })
+        } else {
+          yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
+            Effect.annotateLogs({ key: service.key, lease })
+          )
+        }
+        return yield* left
+      })
+    ).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
 
     return {
       service,

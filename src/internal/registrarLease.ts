@@ -30,6 +30,7 @@ import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
 import { grantAndPut } from "./client.js"
+import { withPermits } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
 import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
@@ -153,8 +154,8 @@ interface Lock {
 const allPermits = 1_000_000_000
 
 const makeLock: Effect.Effect<Lock> = Effect.map(Effect.makeSemaphore(allPermits), (semaphore) => ({
-  shared: semaphore.withPermits(1),
-  exclusive: semaphore.withPermits(allPermits)
+  shared: withPermits(semaphore, 1),
+  exclusive: withPermits(semaphore, allPermits)
 }))
 
 // ---- groups ----
