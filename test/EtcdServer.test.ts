@@ -6,8 +6,12 @@ import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { EtcdPermissionDeniedError } from "etcd3"
+import * as Exit from "effect/Exit"
+import * as Schedule from "effect/Schedule"
+import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Https from "node:https"
+import { fileURLToPath } from "node:url"
 import { EtcdAuth, EtcdServer } from "../src/testing/index.js"
 import {
   call,
@@ -179,6 +183,58 @@ describe("EtcdServer", () => {
         expect(yield* processesMentioning(parent)).toEqual([])
       })
     )
+  })
+
+  describe("leaves no process behind when the process that started it dies without closing its scope", () => {
+    const fixture = fileURLToPath(new URL("./fixtures/etcd-owner.ts", import.meta.url))
+    for (const paused of [false, true]) {
+      it.scopedLive(`SIGKILL to that process stops its etcd${paused ? ", paused too" : ""}`, () =>
+        Effect.gen(function* () {
+          const parent = yield* parentDirectory
+          const started = yield* Deferred.make<number>()
+          const exited = yield* Deferred.make<void>()
+          const child = yield* Effect.acquireRelease(
+            Effect.sync(() => {
+              const child = ChildProcess.spawn(
+                process.execPath,
+                ["--import", "tsx", fixture, parent, paused ? "paused" : "running"],
+                { stdio: ["ignore", "pipe", "inherit"] }
+              )
+              let stdout = ""
+              child.stdout.on("data", (chunk: Buffer) => {
+                stdout += chunk.toString("utf8")
+                const line = stdout.split("\n").find((l) => l.startsWith("{"))
+                if (line !== undefined)
+                  Deferred.unsafeDone(started, Exit.succeed((JSON.parse(line) as { pid: number }).pid))
+              })
+              child.on("exit", () => Deferred.unsafeDone(exited, Exit.void))
+              return child
+            }),
+            // whatever happened, nothing the test started stays: the fixture, then an etcd it left
+            (child) =>
+              Effect.gen(function* () {
+                if (!(yield* Deferred.isDone(exited)) && child.pid !== undefined) {
+                  process.kill(child.pid, "SIGKILL")
+                  yield* Deferred.await(exited)
+                }
+                for (const pid of yield* processesMentioning(parent)) process.kill(pid, "SIGKILL")
+              })
+          )
+          const pid = yield* Deferred.await(started).pipe(Effect.timeout("30 seconds"))
+          const owner = child.pid ?? -1
+          // the fixture's own command line names the directory too
+          expect((yield* processesMentioning(parent)).filter((p) => p !== owner)).toEqual([pid])
+          process.kill(owner, "SIGKILL")
+          yield* Deferred.await(exited)
+          // etcd is not our child: there is no exit event to wait for, so look until it is gone (10 s at most)
+          yield* processesMentioning(parent).pipe(
+            Effect.repeat({ until: (pids) => pids.length === 0, schedule: Schedule.spaced("20 millis") }),
+            Effect.timeoutOption("10 seconds")
+          )
+          expect(yield* processesMentioning(parent)).toEqual([])
+        })
+      )
+    }
   })
 
   describe("without an etcd binary", () => {

@@ -205,11 +205,12 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
       }).pipe(Effect.uninterruptible, Effect.annotateLogs({ member: spec.name, pid: running.pid }), Os.live)
 
     const spawn: Effect.Effect<Running, EtcdTestError> = Effect.flatMap(
-      Effect.zip(
+      Effect.all([
         Deferred.make<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>(),
-        Os.fileSize(logFile)
-      ),
-      ([exit, logStart]) =>
+        Os.fileSize(logFile),
+        Os.parentDeathWrapper
+      ]),
+      ([exit, logStart, wrap]) =>
         Effect.async<Running, EtcdTestError>((resume) => {
           if (closed) {
             return resume(
@@ -218,7 +219,9 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
               )
             )
           }
-          const child = ChildProcess.spawn(spec.binary, args(), { stdio: "ignore" })
+          // killed by the kernel if this process dies without stopping it
+          const [command, argv] = wrap === undefined ? [spec.binary, args()] : wrap(spec.binary, args())
+          const child = ChildProcess.spawn(command, argv, { stdio: "ignore" })
           const pid = child.pid
           if (pid === undefined) {
             child.once("error", (cause) =>

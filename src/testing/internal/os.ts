@@ -57,13 +57,45 @@ export const resolveBinary = (explicit: string | undefined): Effect.Effect<strin
     }
     const name = named?.binary ?? "etcd"
     const path = yield* Config.string("PATH").pipe(Config.withDefault(""), Effect.orDie)
+    const file = yield* findOnPath(name, path)
+    return file ?? (yield* new EtcdBinaryNotFound({ binary: name, source: named?.source ?? "PATH" }))
+  })
+
+/** The first executable file named `name` in the directories of `path` (a `PATH` value). */
+const findOnPath = (name: string, path: string): Effect.Effect<string | undefined> =>
+  Effect.gen(function* () {
     for (const dir of path.split(Path.delimiter)) {
       if (dir.length === 0) continue
       const file = Path.join(dir, name)
       if (yield* isExecutableFile(file)) return file
     }
-    return yield* new EtcdBinaryNotFound({ binary: name, source: named?.source ?? "PATH" })
+    return undefined
   })
+
+/** Turns a command and its arguments into the command and arguments to spawn. */
+export type Wrapper = (command: string, args: ReadonlyArray<string>) => readonly [string, ReadonlyArray<string>]
+
+/**
+ * How to start a command so that the kernel kills it when this process dies,
+ * however it dies (a crash, SIGKILL, a test runner's worker torn down): on
+ * Linux, util-linux's `setpriv --pdeathsig KILL`, which sets that signal and
+ * then execs the command, so the command keeps `setpriv`'s pid. SIGKILL, not
+ * SIGTERM, because a paused member ignores every other signal until resumed.
+ * `undefined` where there is no `setpriv` that knows `--pdeathsig` (not Linux,
+ * util-linux before 2.33): commands are then started as they are.
+ */
+export const parentDeathWrapper: Effect.Effect<Wrapper | undefined> = Effect.cached(
+  Effect.gen(function* () {
+    if (process.platform !== "linux") return undefined
+    // the process's own PATH, read once: a test's ConfigProvider must not decide it for the others
+    const file = yield* findOnPath("setpriv", process.env["PATH"] ?? "")
+    if (file === undefined) return undefined
+    const help = ChildProcess.spawnSync(file, ["--help"], { encoding: "utf8", timeout: 5000 })
+    if (!(help.stdout ?? "").includes("--pdeathsig")) return undefined
+    return (command: string, args: ReadonlyArray<string>) =>
+      [file, ["--pdeathsig", "KILL", "--", command, ...args]] as const
+  })
+).pipe(Effect.runSync)
 
 /** `count` distinct free TCP ports on 127.0.0.1 (bound to port 0 together, then released). */
 export const freePorts = (count: number): Effect.Effect<ReadonlyArray<number>, EtcdTestError> =>
