@@ -11,6 +11,7 @@ import * as Schedule from "effect/Schedule"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Https from "node:https"
+import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { EtcdAuth, EtcdServer } from "../src/testing/index.js"
 import {
@@ -185,56 +186,94 @@ describe("EtcdServer", () => {
     )
   })
 
-  describe("leaves no process behind when the process that started it dies without closing its scope", () => {
+  describe("when the process that started it dies without closing its scope", () => {
     const fixture = fileURLToPath(new URL("./fixtures/etcd-owner.ts", import.meta.url))
+
+    /**
+     * Runs the fixture (it starts an etcd under `parent`, paused if asked), SIGKILLs it, and waits
+     * until no process names `parent` any more (10 s at most). The scope kills whatever the test
+     * started and is left: the fixture, then its etcd.
+     */
+    const killOwner = (parent: string, paused: boolean) =>
+      Effect.gen(function* () {
+        const started = yield* Deferred.make<number>()
+        const exited = yield* Deferred.make<void>()
+        const child = yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const child = ChildProcess.spawn(
+              process.execPath,
+              ["--import", "tsx", fixture, parent, paused ? "paused" : "running"],
+              { stdio: ["ignore", "pipe", "inherit"] }
+            )
+            let stdout = ""
+            child.stdout.on("data", (chunk: Buffer) => {
+              stdout += chunk.toString("utf8")
+              const line = stdout.split("\n").find((l) => l.startsWith("{"))
+              if (line !== undefined)
+                Deferred.unsafeDone(started, Exit.succeed((JSON.parse(line) as { pid: number }).pid))
+            })
+            child.on("exit", () => Deferred.unsafeDone(exited, Exit.void))
+            return child
+          }),
+          (child) =>
+            Effect.gen(function* () {
+              if (!(yield* Deferred.isDone(exited)) && child.pid !== undefined) {
+                process.kill(child.pid, "SIGKILL")
+                yield* Deferred.await(exited)
+              }
+              for (const pid of yield* processesMentioning(parent)) process.kill(pid, "SIGKILL")
+            })
+        )
+        const pid = yield* Deferred.await(started).pipe(Effect.timeout("30 seconds"))
+        const owner = child.pid ?? -1
+        // the fixture's own command line names the directory too
+        expect((yield* processesMentioning(parent)).filter((p) => p !== owner)).toEqual([pid])
+        process.kill(owner, "SIGKILL")
+        yield* Deferred.await(exited)
+        // etcd is not our child: there is no exit event to wait for, so look until it is gone
+        yield* processesMentioning(parent).pipe(
+          Effect.repeat({ until: (pids) => pids.length === 0, schedule: Schedule.spaced("20 millis") }),
+          Effect.timeoutOption("10 seconds")
+        )
+      })
+
     for (const paused of [false, true]) {
       it.scopedLive(`SIGKILL to that process stops its etcd${paused ? ", paused too" : ""}`, () =>
         Effect.gen(function* () {
           const parent = yield* parentDirectory
-          const started = yield* Deferred.make<number>()
-          const exited = yield* Deferred.make<void>()
-          const child = yield* Effect.acquireRelease(
-            Effect.sync(() => {
-              const child = ChildProcess.spawn(
-                process.execPath,
-                ["--import", "tsx", fixture, parent, paused ? "paused" : "running"],
-                { stdio: ["ignore", "pipe", "inherit"] }
-              )
-              let stdout = ""
-              child.stdout.on("data", (chunk: Buffer) => {
-                stdout += chunk.toString("utf8")
-                const line = stdout.split("\n").find((l) => l.startsWith("{"))
-                if (line !== undefined)
-                  Deferred.unsafeDone(started, Exit.succeed((JSON.parse(line) as { pid: number }).pid))
-              })
-              child.on("exit", () => Deferred.unsafeDone(exited, Exit.void))
-              return child
-            }),
-            // whatever happened, nothing the test started stays: the fixture, then an etcd it left
-            (child) =>
-              Effect.gen(function* () {
-                if (!(yield* Deferred.isDone(exited)) && child.pid !== undefined) {
-                  process.kill(child.pid, "SIGKILL")
-                  yield* Deferred.await(exited)
-                }
-                for (const pid of yield* processesMentioning(parent)) process.kill(pid, "SIGKILL")
-              })
-          )
-          const pid = yield* Deferred.await(started).pipe(Effect.timeout("30 seconds"))
-          const owner = child.pid ?? -1
-          // the fixture's own command line names the directory too
-          expect((yield* processesMentioning(parent)).filter((p) => p !== owner)).toEqual([pid])
-          process.kill(owner, "SIGKILL")
-          yield* Deferred.await(exited)
-          // etcd is not our child: there is no exit event to wait for, so look until it is gone (10 s at most)
-          yield* processesMentioning(parent).pipe(
-            Effect.repeat({ until: (pids) => pids.length === 0, schedule: Schedule.spaced("20 millis") }),
-            Effect.timeoutOption("10 seconds")
-          )
+          yield* killOwner(parent, paused)
           expect(yield* processesMentioning(parent)).toEqual([])
         })
       )
     }
+
+    it.scopedLive("its temp dir is removed by the next server started in the same place, and only that dir", () =>
+      Effect.gen(function* () {
+        const parent = yield* parentDirectory
+        yield* killOwner(parent, false)
+        const [left, ...more] = yield* entries(parent)
+        expect(more).toEqual([])
+        expect(left).toMatch(/^effect-sd-etcd-/)
+        // a dir that is not the kit's (no owner file) stays, and so does a live server's
+        const unowned = Path.join(parent, "effect-sd-etcd-unowned")
+        Fs.mkdirSync(unowned)
+        const first = yield* EtcdServer.make({ directory: parent })
+        expect(Fs.existsSync(Path.join(parent, left ?? ""))).toBe(false)
+        // a dir owned by this (live) process that no etcd uses stays too
+        const idle = Path.join(parent, "effect-sd-etcd-idle")
+        Fs.mkdirSync(idle)
+        Fs.copyFileSync(Path.join(first.directory, ".owner"), Path.join(idle, ".owner"))
+        const second = yield* EtcdServer.make({ directory: parent })
+        expect([...(yield* entries(parent))].sort()).toEqual(
+          [
+            Path.basename(first.directory),
+            Path.basename(second.directory),
+            "effect-sd-etcd-idle",
+            "effect-sd-etcd-unowned"
+          ].sort()
+        )
+      })
+    )
   })
 
   describe("without an etcd binary", () => {

@@ -124,14 +124,87 @@ export const freePorts = (count: number): Effect.Effect<ReadonlyArray<number>, E
       new EtcdTestError({ operation: "ports", reason: "Failed", detail: "could not find free ports", cause })
   })
 
-/** A fresh directory under `parent` (default: the OS temp dir), removed with everything in it when the scope closes. */
+const tempPrefix = "effect-sd-etcd-"
+
+/** In each temp dir: who made it (see {@link processIdentity}). */
+const ownerFile = ".owner"
+
+/**
+ * A process as `<pid namespace> <pid> <start time>` (Linux /proc): a pid alone
+ * may have been reused, and a pid from another namespace (another container
+ * sharing the directory) means nothing here. `undefined` for no such process.
+ */
+const processIdentity = (pid: number | "self"): string | undefined => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    // the fields after the parenthesised command name start with the 3rd; the start time is the 22nd
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    const namespace = Fs.readlinkSync(`/proc/${pid}/ns/pid`)
+    return `${namespace} ${stat.slice(0, stat.indexOf(" "))} ${fields[19]}`
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether a process's command line names `text` (an etcd names its data dir). */
+const anyProcessMentions = async (text: string): Promise<boolean> => {
+  for (const entry of await FsP.readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    const cmdline = await FsP.readFile(Path.join("/proc", entry, "cmdline"), "utf8").catch(() => "")
+    if (cmdline.includes(text)) return true
+  }
+  return false
+}
+
+/**
+ * Removes the temp dirs under `parent` left by a process that died without
+ * closing its scope (its etcd is killed with it, see {@link parentDeathWrapper},
+ * but not its dir): those whose owner file names a process of this pid
+ * namespace that is gone, and that no running process names. A dir without an
+ * owner file (being made, or made elsewhere) is left alone. Linux only.
+ */
+const removeOrphanedDirectories = (parent: string): Effect.Effect<void> =>
+  Effect.promise(async () => {
+    const self = processIdentity("self")
+    if (self === undefined) return
+    const namespace = self.slice(0, self.indexOf(" "))
+    const names = await FsP.readdir(parent).catch(() => [] as Array<string>)
+    for (const name of names) {
+      if (!name.startsWith(tempPrefix)) continue
+      const dir = Path.join(parent, name)
+      const owner = (await FsP.readFile(Path.join(dir, ownerFile), "utf8").catch(() => "")).trim()
+      const [ownerNamespace, pid] = owner.split(" ")
+      if (ownerNamespace !== namespace || pid === undefined || !/^\d+$/.test(pid)) continue
+      if (processIdentity(Number(pid)) === owner || (await anyProcessMentions(dir))) continue
+      await FsP.rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined)
+    }
+  })
+
+/**
+ * A fresh directory under `parent` (default: the OS temp dir), removed with
+ * everything in it when the scope closes. Dirs there that a dead process left
+ * behind are removed first.
+ */
 export const tempDirectory = (parent: string | undefined): Effect.Effect<string, EtcdTestError, Scope.Scope> =>
   Effect.acquireRelease(
-    Effect.tryPromise({
-      try: () => FsP.mkdtemp(Path.join(parent ?? Os.tmpdir(), "effect-sd-etcd-")),
-      catch: (cause) =>
-        new EtcdTestError({ operation: "mkdtemp", reason: "Failed", detail: "could not create a temp dir", cause })
-    }),
+    Effect.zipRight(
+      removeOrphanedDirectories(parent ?? Os.tmpdir()),
+      Effect.tryPromise({
+        try: async () => {
+          const dir = await FsP.mkdtemp(Path.join(parent ?? Os.tmpdir(), tempPrefix))
+          const self = processIdentity("self")
+          if (self !== undefined) {
+            await FsP.writeFile(Path.join(dir, ownerFile), `${self}\n`).catch(async (cause: unknown) => {
+              await FsP.rm(dir, { recursive: true, force: true })
+              throw cause
+            })
+          }
+          return dir
+        },
+        catch: (cause) =>
+          new EtcdTestError({ operation: "mkdtemp", reason: "Failed", detail: "could not create a temp dir", cause })
+      })
+    ),
     (dir) =>
       Effect.tryPromise(() => FsP.rm(dir, { recursive: true, force: true, maxRetries: 3 })).pipe(
         Effect.catchAll((cause) => Effect.logWarning("could not remove the etcd temp dir", cause)),
