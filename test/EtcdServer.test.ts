@@ -225,7 +225,9 @@ describe("EtcdServer", () => {
             })
         )
         const pid = yield* Deferred.await(started).pipe(Effect.timeout("30 seconds"))
-        const owner = child.pid ?? -1
+        // never a default pid here: process.kill(-1) would signal every process
+        const owner = child.pid
+        if (owner === undefined) return yield* Effect.dieMessage("the fixture did not start")
         // the fixture's own command line names the directory too
         expect((yield* processesMentioning(parent)).filter((p) => p !== owner)).toEqual([pid])
         process.kill(owner, "SIGKILL")
