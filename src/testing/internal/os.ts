@@ -146,6 +146,9 @@ const processIdentity = (pid: number | "self"): string | undefined => {
   }
 }
 
+/** This process's identity, which never changes: read once. */
+const selfIdentity = processIdentity("self")
+
 /** Whether a process's command line names `text` (an etcd names its data dir). */
 const anyProcessMentions = async (text: string): Promise<boolean> => {
   for (const entry of await FsP.readdir("/proc")) {
@@ -165,9 +168,8 @@ const anyProcessMentions = async (text: string): Promise<boolean> => {
  */
 const removeOrphanedDirectories = (parent: string): Effect.Effect<void> =>
   Effect.promise(async () => {
-    const self = processIdentity("self")
-    if (self === undefined) return
-    const namespace = self.slice(0, self.indexOf(" "))
+    if (selfIdentity === undefined) return
+    const namespace = selfIdentity.slice(0, selfIdentity.indexOf(" "))
     const names = await FsP.readdir(parent).catch(() => [] as Array<string>)
     for (const name of names) {
       if (!name.startsWith(tempPrefix)) continue
@@ -192,9 +194,8 @@ export const tempDirectory = (parent: string | undefined): Effect.Effect<string,
       Effect.tryPromise({
         try: async () => {
           const dir = await FsP.mkdtemp(Path.join(parent ?? Os.tmpdir(), tempPrefix))
-          const self = processIdentity("self")
-          if (self !== undefined) {
-            await FsP.writeFile(Path.join(dir, ownerFile), `${self}\n`).catch(async (cause: unknown) => {
+          if (selfIdentity !== undefined) {
+            await FsP.writeFile(Path.join(dir, ownerFile), `${selfIdentity}\n`).catch(async (cause: unknown) => {
               await FsP.rm(dir, { recursive: true, force: true })
               throw cause
             })
