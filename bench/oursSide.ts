@@ -60,7 +60,7 @@ export const subscriber = async (options: SideOptions): Promise<SubscriberSide> 
           // objects reachable from one promoted to the old generation, and that chain keeps the values
           // emitted since alive through young collections until the next full one. At 10,000
           // instances those are 80 KB snapshots, which every scavenge then copies: the subscriber's GC
-          // time per churn window halved when pulling (README, Performance). Pulling is how an
+          // time per churn window halved when pulling (bench/NOTES.md). Pulling is how an
           // application should follow `changes` on a hot path; a balancer needs neither.
           const pull = yield* Stream.toPull(sub.endpointSet.changes)
           const onSets = (sets: Chunk.Chunk<Subscriber.EndpointSet<unknown, string>>) =>

@@ -263,7 +263,7 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
  * what keeps a steady trickle out of it: without it, a client's back-to-back
  * puts (about 0.6 ms apart on loopback) never left a burst once in one, and
  * were seen up to 10 ms late (p90 9 to 23 ms); with 2 per ms instead of 3,
- * puts 0.4-0.5 ms apart stayed in bursts (README, Performance). Changes that
+ * puts 0.4-0.5 ms apart stayed in bursts (bench/NOTES.md). Changes that
  * come a few at a time never wait.
  *
  * A change that comes {@link loneMillis} or more after a batch of fewer than

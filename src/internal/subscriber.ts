@@ -332,7 +332,7 @@ class Published<A> implements Subscribable.Subscribable<A> {
       )
       // a channel that repeats one read and one write: a change reaches a consumer that pulls
       // 10 to 20 µs sooner with cold caches than through Stream.repeatEffectChunkOption, whose
-      // every element also goes through Option, catchAll and unwrap (issue 7; a probe, README Performance)
+      // every element also goes through Option, catchAll and unwrap (issue 7; a probe, bench/NOTES.md)
       return Stream.fromChannel(Channel.repeated(Channel.flatMap(Channel.fromEffect(next), Channel.write)))
     })
   }
