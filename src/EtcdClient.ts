@@ -177,15 +177,22 @@ export const EtcdClient: Context.Tag<EtcdClient, EtcdClient> =
  * @category models
  */
 export interface EtcdClientOptions {
-  /** Full URLs with scheme: `http://127.0.0.1:2379`, `https://etcd-0:2379`. */
+  /**
+   * Full URLs with scheme: `http://127.0.0.1:2379`, `https://etcd-0:2379` (a
+   * scheme, a host and a port: no path, query or credentials).
+   */
   readonly endpoints: ReadonlyArray<string>
-  /** Client certificate file (PEM), for mutual TLS. Needs `key`. */
+  /** Client certificate file (PEM), for mutual TLS. Needs `key`, which must be its (unencrypted) key. */
   readonly cert?: string | undefined
   /** Client private key file (PEM), for mutual TLS. Needs `cert`. */
   readonly key?: string | undefined
   /** CA certificate file (PEM) that signed the server certificates. */
   readonly caCert?: string | undefined
-  /** How long building the client may take to reach a member. Default 3 s. */
+  /**
+   * How long building the client may take to reach a member; each member it
+   * tries gets an equal share. Default 3 s. Every duration is at most about 24.8
+   * days (a timer's limit).
+   */
   readonly dialTimeout?: Duration.DurationInput | undefined
   /**
    * gRPC keep-alive ping interval (at least 10 s on the wire: etcd refuses faster
@@ -205,8 +212,9 @@ export interface EtcdClientOptions {
 
 /**
  * Builds a client: validates the options (`InvalidOptions` before any network
- * call), connects, and checks that a member answers within `dialTimeout`
- * (`EtcdError` with reason `Unavailable`, `Timeout` or `AuthFailed` otherwise).
+ * call, TLS files' contents included), connects, and checks that a member
+ * answers within `dialTimeout` (`EtcdError` with reason `Unavailable` or
+ * `AuthFailed` otherwise).
  * The native client is closed when the scope closes.
  *
  * @since 0.1.0

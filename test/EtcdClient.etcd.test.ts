@@ -14,6 +14,7 @@ import * as EtcdClient from "../src/EtcdClient.js"
 import { grantAndPut } from "../src/internal/client.js"
 import * as EtcdAuth from "../src/testing/EtcdAuth.js"
 import * as EtcdServer from "../src/testing/EtcdServer.js"
+import * as EtcdTls from "../src/testing/EtcdTls.js"
 import { contract } from "./contract/EtcdClientContract.js"
 import { tcpProxy, within } from "./reliability/support.js"
 import { etcd3 } from "./testing-helpers.js"
@@ -54,6 +55,31 @@ describe("EtcdClient options", () => {
         Effect.scoped(EtcdClient.make({ endpoints: ["http://127.0.0.1:2379"], dialTimeout: -5 }))
       )
       expect(negative).toMatchObject({ _tag: "InvalidOptions", option: "dialTimeout" })
+    })
+  )
+
+  it.effect("an endpoint with a path, a query or credentials is InvalidOptions, and the password is not repeated", () =>
+    Effect.gen(function* () {
+      const make = (endpoint: string) => Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: [endpoint] })))
+      for (const endpoint of ["http://127.0.0.1:2379/v3", "http://127.0.0.1:2379?x=1", "http://127.0.0.1:2379/#a"]) {
+        const error = yield* make(endpoint)
+        expect(error).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+        expect(error.message).toContain("path, query or fragment")
+      }
+      const credentials = yield* make("http://root:s3cret@127.0.0.1:2379")
+      expect(credentials).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+      expect(credentials.message).toContain("username and password options")
+      expect(JSON.stringify(credentials)).not.toContain("s3cret")
+    })
+  )
+
+  it.effect("a timeout longer than a timer can wait (about 24.8 days) is InvalidOptions", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(
+        Effect.scoped(EtcdClient.make({ endpoints: ["http://127.0.0.1:2379"], headerTimeoutPerRequest: "30 days" }))
+      )
+      expect(error).toMatchObject({ _tag: "InvalidOptions", option: "headerTimeoutPerRequest" })
+      expect(error.message).toContain("at most")
     })
   )
 
@@ -141,6 +167,41 @@ describe("EtcdClient options", () => {
 })
 
 describe("EtcdClient over TLS (client-certificate auth)", () => {
+  it.effect("TLS files that are PEM but not what they should be are InvalidOptions, not a defect", () =>
+    Effect.gen(function* () {
+      const dir = yield* Effect.acquireRelease(
+        Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
+        (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
+      )
+      const files = yield* EtcdTls.generate(dir)
+      const garbage = Path.join(dir, "garbage.pem")
+      yield* Effect.promise(() =>
+        Fs.writeFile(garbage, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+      )
+      const make = (options: { readonly caCert?: string; readonly cert?: string; readonly key?: string }) =>
+        Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: ["https://127.0.0.1:2379"], ...options })))
+      // each is refused before any network call: there is no server at that port
+      expect(yield* make({ ...files.client, caCert: files.client.key })).toMatchObject({
+        _tag: "InvalidOptions",
+        option: "caCert",
+        reason: `${files.client.key} holds no certificate`
+      })
+      expect(yield* make({ ...files.client, caCert: garbage })).toMatchObject({
+        _tag: "InvalidOptions",
+        option: "caCert"
+      })
+      expect(yield* make({ ...files.client, cert: garbage })).toMatchObject({ _tag: "InvalidOptions", option: "cert" })
+      expect(yield* make({ ...files.client, key: files.client.cert })).toMatchObject({
+        _tag: "InvalidOptions",
+        option: "key"
+      })
+      // the CA's key is a valid key, but not the client certificate's
+      const mismatch = yield* make({ ...files.client, key: files.caKey })
+      expect(mismatch).toMatchObject({ _tag: "InvalidOptions", option: "key" })
+      expect(mismatch.message).toContain("is not the key of the certificate")
+    }).pipe(Effect.scoped)
+  )
+
   it.layer(EtcdServer.layer({ tls: true }), { timeout: "60 seconds" })((it) => {
     it.scoped("with the kit's CA and client certificate, put and get work", () =>
       Effect.gen(function* () {
@@ -196,6 +257,32 @@ describe("EtcdClient with etcd auth", () => {
 
 describe("EtcdClient timeouts", () => {
   it.layer(EtcdServer.layer(), { timeout: "60 seconds" })((it) => {
+    it.scoped("a member that accepts connections and never answers does not keep the client from the others", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const hung = yield* Effect.acquireRelease(
+          Effect.async<Net.Server>((resume) => {
+            const s = Net.createServer(() => {})
+            s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+          }),
+          (s) => Effect.sync(() => s.close())
+        )
+        const address = hung.address()
+        const port = typeof address === "object" && address !== null ? address.port : 0
+        // etcd3 tries the members in a random order: eight builds try the hung one first
+        // about four times (all eight put it first or last with probability 1/128)
+        for (let i = 0; i < 8; i++) {
+          yield* Effect.scoped(
+            EtcdClient.make({
+              // a trailing slash is not a path
+              endpoints: [`http://127.0.0.1:${port}/`, server.clientUrls[0]!],
+              dialTimeout: "1 second"
+            })
+          )
+        }
+      })
+    )
+
     it.scoped("a request to a paused member fails with Timeout after headerTimeoutPerRequest", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer

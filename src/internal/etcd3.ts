@@ -9,7 +9,9 @@
  * @internal
  */
 import { isUtf8 } from "node:buffer"
+import { X509Certificate } from "node:crypto"
 import * as Fs from "node:fs/promises"
+import * as Tls from "node:tls"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -29,6 +31,9 @@ const minKeepAliveInterval = Duration.seconds(10)
 
 // ---- options ----
 
+/** The longest delay a Node.js timer takes (about 24.8 days): a longer one fires at once. */
+const maxTimerMillis = 2 ** 31 - 1
+
 const duration = (
   option: string,
   input: Duration.DurationInput | undefined
@@ -41,6 +46,14 @@ const duration = (
   const millis = Duration.toMillis(decoded.value)
   if (!(millis > 0) || !Duration.isFinite(decoded.value)) {
     return Effect.fail(new InvalidOptions({ option, reason: `must be positive and finite, got ${String(input)}` }))
+  }
+  if (millis > maxTimerMillis) {
+    return Effect.fail(
+      new InvalidOptions({
+        option,
+        reason: `must be at most ${Duration.format(Duration.millis(maxTimerMillis))} (a timer's limit), got ${String(input)}`
+      })
+    )
   }
   return Effect.succeed(decoded.value)
 }
@@ -66,10 +79,26 @@ const endpoint = (url: string): Effect.Effect<{ readonly host: string; readonly 
     return Effect.fail(new InvalidOptions({ option: "endpoints", reason: `${url} has no host` }))
   }
   const port = parsed.port === "" ? "2379" : parsed.port
-  return Effect.succeed({
-    host: `${parsed.protocol}//${parsed.hostname}:${port}`,
-    secure: parsed.protocol === "https:"
-  })
+  // a member is a scheme, a host and a port: anything else would be dropped without a word
+  const member = `${parsed.protocol}//${parsed.hostname}:${port}`
+  if (parsed.username !== "" || parsed.password !== "") {
+    // the URL is not repeated: it holds a password
+    return Effect.fail(
+      new InvalidOptions({
+        option: "endpoints",
+        reason: `the endpoint ${member} has a user name or password in its URL: use the username and password options`
+      })
+    )
+  }
+  if ((parsed.pathname !== "/" && parsed.pathname !== "") || parsed.search !== "" || parsed.hash !== "") {
+    return Effect.fail(
+      new InvalidOptions({
+        option: "endpoints",
+        reason: `${url} has a path, query or fragment: an endpoint is a scheme, a host and a port (${member})`
+      })
+    )
+  }
+  return Effect.succeed({ host: member, secure: parsed.protocol === "https:" })
 }
 
 const pemFile = (option: string, path: string): Effect.Effect<Buffer, InvalidOptions> =>
@@ -83,6 +112,63 @@ const pemFile = (option: string, path: string): Effect.Effect<Buffer, InvalidOpt
       () => new InvalidOptions({ option, reason: `${path} is not a PEM file` })
     )
   )
+
+/** The PEM certificate blocks of a file's contents. */
+const certificateBlocks = (pem: Buffer): ReadonlyArray<string> =>
+  pem.toString("utf8").match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []
+
+/**
+ * Checks what the TLS files hold, not only that they are PEM: OpenSSL would
+ * otherwise reject them when the client is built, as a defect. The CA file
+ * must hold certificates (a bundle is fine), the cert a certificate, the key a
+ * private key that is the certificate's (an encrypted key is refused: there is
+ * no passphrase option).
+ */
+const checkTls = (
+  files: {
+    readonly caCert?: string | undefined
+    readonly cert?: string | undefined
+    readonly key?: string | undefined
+  },
+  pems: { readonly caCert?: Buffer | undefined; readonly cert?: Buffer | undefined; readonly key?: Buffer | undefined }
+): Effect.Effect<void, InvalidOptions> =>
+  Effect.suspend(() => {
+    const invalid = (option: "caCert" | "cert" | "key", reason: string, cause?: unknown) =>
+      Effect.fail(new InvalidOptions({ option, reason, ...(cause === undefined ? {} : { cause }) }))
+    if (pems.caCert !== undefined) {
+      const blocks = certificateBlocks(pems.caCert)
+      if (blocks.length === 0) return invalid("caCert", `${files.caCert} holds no certificate`)
+      for (const block of blocks) {
+        try {
+          new X509Certificate(block)
+        } catch (cause) {
+          return invalid("caCert", `${files.caCert} holds an invalid certificate: ${errorMessage(cause)}`, cause)
+        }
+      }
+    }
+    if (pems.cert !== undefined && pems.key !== undefined) {
+      try {
+        Tls.createSecureContext({ cert: pems.cert })
+      } catch (cause) {
+        return invalid("cert", `${files.cert} is not a valid certificate: ${errorMessage(cause)}`, cause)
+      }
+      try {
+        Tls.createSecureContext({ key: pems.key })
+      } catch (cause) {
+        return invalid("key", `${files.key} is not a valid unencrypted private key: ${errorMessage(cause)}`, cause)
+      }
+      try {
+        Tls.createSecureContext({ cert: pems.cert, key: pems.key })
+      } catch (cause) {
+        return invalid(
+          "key",
+          `${files.key} is not the key of the certificate in ${files.cert}: ${errorMessage(cause)}`,
+          cause
+        )
+      }
+    }
+    return Effect.void
+  })
 
 interface Resolved {
   readonly hosts: ReadonlyArray<string>
@@ -124,6 +210,7 @@ export const resolveOptions = (options: EtcdClientOptions): Effect.Effect<Resolv
       const rootCertificate = options.caCert === undefined ? undefined : yield* pemFile("caCert", options.caCert)
       const certChain = options.cert === undefined ? undefined : yield* pemFile("cert", options.cert)
       const privateKey = options.key === undefined ? undefined : yield* pemFile("key", options.key)
+      yield* checkTls(options, { caCert: rootCertificate, cert: certChain, key: privateKey })
       credentials = {
         // grpc-js takes `null` for "the system's roots"
         rootCertificate: rootCertificate ?? (null as unknown as Buffer),
@@ -429,9 +516,18 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         })
       })
 
-    // the cluster must answer within dialTimeout (etcd3 ignores its own dialTimeout, its issue #137)
+    // the cluster must answer within dialTimeout (etcd3 ignores its own dialTimeout, its issue #137).
+    // Each member tried gets its share of it: a member that accepts the connection and never
+    // answers (paused, partitioned) would otherwise use it all, and the next one never be tried.
+    // etcd3 spreads these options into every attempt's, so the getter gives each its own deadline.
+    const attemptMillis = Duration.toMillis(resolved.dialTimeout) / resolved.hosts.length
     yield* Effect.tryPromise({
-      try: () => etcd.maintenance.status({ deadline: Date.now() + Duration.toMillis(resolved.dialTimeout) }),
+      try: () =>
+        etcd.maintenance.status({
+          get deadline() {
+            return Date.now() + attemptMillis
+          }
+        }),
       catch: (cause) => toEtcdError("connect", cause)
     }).pipe(
       Effect.timeoutFail({
