@@ -258,8 +258,10 @@ const make = <Req, Res, E, BE, E2>(
  *
  * Failures are a {@link RetryError} that holds every attempt's error and the
  * final one, after a timeout too (go-kit drops them). Defects and interruptions
- * are not retried. Fails with `InvalidOptions` when `max` is not a positive
- * integer or `timeout` is not a positive duration.
+ * are not retried. When the timeout fires, or the caller is interrupted, the
+ * attempt in flight is interrupted, and the call ends once its finalizers have
+ * run (as with `Effect.timeout`). Fails with `InvalidOptions` when `max` is not
+ * a positive integer or `timeout` is not a positive duration.
  *
  * @since 0.1.0
  * @category constructors

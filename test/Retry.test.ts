@@ -133,36 +133,39 @@ describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin
     }).pipe(onMemory)
   )
 
-  it.effect("the attempt in flight is interrupted when the timeout fires, and when the caller is interrupted", () =>
-    Effect.gen(function* () {
-      // an endpoint that hangs, and tells when it starts and when it is interrupted
-      const hanging = Effect.gen(function* () {
-        const started = yield* Deferred.make<void>()
-        const interrupted = yield* Deferred.make<void>()
-        const endpoint: Endpoint<string, string, Boom> = () =>
-          Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
-            Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
-          )
-        const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
-          max: 3,
-          timeout: "1 second"
+  it.effect(
+    "the attempt in flight is interrupted, and has released what it holds, when the timeout fires and when the caller is interrupted",
+    () =>
+      Effect.gen(function* () {
+        // an endpoint that hangs, tells when it starts, and takes a few turns to release what it holds
+        // when interrupted: the timeout and the caller's interruption are over once it has
+        const hanging = Effect.gen(function* () {
+          const started = yield* Deferred.make<void>()
+          const released = yield* Ref.make(false)
+          const endpoint: Endpoint<string, string, Boom> = () =>
+            Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
+              Effect.onInterrupt(() => Effect.zipRight(Effect.repeatN(Effect.yieldNow(), 5), Ref.set(released, true)))
+            )
+          const call = yield* Retry.retry(yield* balancerOf([endpoint]), {
+            max: 3,
+            timeout: "1 second"
+          })
+          return { started, released, call }
         })
-        return { started, interrupted, call }
-      })
 
-      const first = yield* hanging
-      const timedOut = yield* Effect.fork(Effect.flip(first.call("hi")))
-      yield* Deferred.await(first.started)
-      yield* TestClock.adjust("1 second")
-      expect((yield* Fiber.join(timedOut)).timedOut).toBe(true)
-      yield* Deferred.await(first.interrupted)
+        const first = yield* hanging
+        const timedOut = yield* Effect.fork(Effect.flip(first.call("hi")))
+        yield* Deferred.await(first.started)
+        yield* TestClock.adjust("1 second")
+        expect((yield* Fiber.join(timedOut)).timedOut).toBe(true)
+        expect(yield* Ref.get(first.released)).toBe(true)
 
-      const second = yield* hanging
-      const caller = yield* Effect.fork(second.call("hi"))
-      yield* Deferred.await(second.started)
-      yield* Fiber.interrupt(caller)
-      yield* Deferred.await(second.interrupted)
-    }).pipe(onMemory)
+        const second = yield* hanging
+        const caller = yield* Effect.fork(second.call("hi"))
+        yield* Deferred.await(second.started)
+        yield* Fiber.interrupt(caller)
+        expect(yield* Ref.get(second.released)).toBe(true)
+      }).pipe(onMemory)
   )
 
   it.effect("the callback stops early and replaces the error", () =>

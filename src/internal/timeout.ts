@@ -7,14 +7,16 @@
  * is already done (a synchronous endpoint, a cached answer) its exit is
  * returned at once. Only an effect that really suspends pays for the timer, a
  * `Clock.sleep` run beside it (so `TestClock` drives it), and is interrupted
- * when the timer fires.
+ * when the timer fires. As with `Effect.timeout`, the timeout (or the caller's
+ * interruption) is over once the effect's interruption is: its finalizers have
+ * run.
  *
  * @internal
  */
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import type * as Fiber from "effect/Fiber"
+import * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 
@@ -63,14 +65,14 @@ export const timeoutFailIn = <A, E, R, E2>(
     timer.addObserver((exit) => {
       if (settled || !Exit.isSuccess(exit)) return
       settled = true
-      child.unsafeInterruptAsFork(parent.id())
-      resume(Effect.fail(onTimeout()))
+      // the timeout fails once the effect's finalizers have run
+      resume(Effect.zipRight(Fiber.interruptAs(child, parent.id()), Effect.fail(onTimeout())))
     })
-    // the caller was interrupted: stop both
-    return Effect.sync(() => {
+    // the caller was interrupted: stop both; its interruption waits for the effect's
+    return Effect.suspend(() => {
       settled = true
       timer?.unsafeInterruptAsFork(parent.id())
-      child.unsafeInterruptAsFork(parent.id())
+      return Effect.asVoid(Fiber.interruptAs(child, parent.id()))
     })
   })
 }
