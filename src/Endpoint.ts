@@ -18,8 +18,10 @@ export type Endpoint<Req, Res, E = never> = (request: Req) => Effect.Effect<Res,
  * Turns an instance string (the value stored in etcd, e.g. `http://10.0.0.1:8080`)
  * into an endpoint. The effect is scoped: whatever it acquires (a connection
  * pool, an HTTP client, ...) is released when the instance leaves or its value
- * changes (go-kit's `io.Closer`). A failure, typed (`FE`) or a defect, skips the
- * instance.
+ * changes (go-kit's `io.Closer`), after the change is published. Scopes close
+ * one after another in a fiber of their own: one that takes long to close (a
+ * graceful drain) holds up no later change, and closing the subscriber waits
+ * for it. A failure, typed (`FE`) or a defect, skips the instance.
  *
  * The subscriber runs factories one after another, in its own fiber: one that
  * hangs holds up every later change, unless the subscriber's `factoryTimeout`

@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
@@ -163,6 +164,70 @@ describe("Subscriber endpoint scopes", () => {
         yield* Fiber.join(fibers[0]!)
         yield* del("/svc/a")
         yield* waitFor(subscriber.instances, (m) => m.size === 0, "a gone")
+      })
+    )
+  )
+
+  /**
+   * A factory whose endpoints' scopes close slowly: each finalizer waits for
+   * `release`, then records its instance (and `closedA` says when "a" did).
+   */
+  const slowClosing = Effect.gen(function* () {
+    const release = yield* Deferred.make<void>()
+    const closedA = yield* Deferred.make<void>()
+    const closed = yield* Ref.make<ReadonlyArray<string>>([])
+    const factory: Factory<string, string> = (instance) =>
+      Effect.as(
+        Effect.addFinalizer(() =>
+          Deferred.await(release).pipe(
+            Effect.zipRight(Ref.update(closed, (xs) => [...xs, instance])),
+            Effect.zipRight(instance === "a" ? Deferred.succeed(closedA, undefined) : Effect.void)
+          )
+        ),
+        endpoint(instance)
+      )
+    return { factory, release, closedA, closed: Ref.get(closed) }
+  })
+
+  it.effect("an endpoint scope that takes long to close holds up no later change", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        const { closed, closedA, factory, release } = yield* slowClosing
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory })
+        yield* del("/svc/a")
+        yield* waitFor(subscriber.instances, (m) => m.size === 0, "a gone")
+        // a's scope is still closing (its finalizer waits): the next change comes through all the same
+        yield* put("/svc/b", "b")
+        yield* waitFor(subscriber.instances, (m) => m.has("/svc/b"), "b added")
+        expect((yield* subscriber.endpoints).length).toBe(1)
+        expect(yield* closed).toEqual([])
+        yield* Deferred.succeed(release, undefined)
+        yield* Deferred.await(closedA)
+        expect(yield* closed).toEqual(["a"])
+      })
+    )
+  )
+
+  it.effect("closing the subscriber while endpoint scopes are still closing closes each of them, once", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        yield* put("/svc/c", "c")
+        const { closed, factory, release } = yield* slowClosing
+        const scope = yield* Scope.make()
+        const subscriber = yield* Scope.extend(Subscriber.make({ prefix: "/svc/", factory }), scope)
+        yield* waitFor(subscriber.instances, (m) => m.size === 3, "a, b and c")
+        // a's scope starts closing and waits; b's waits behind it; c is still there
+        yield* del("/svc/a")
+        yield* waitFor(subscriber.instances, (m) => !m.has("/svc/a"), "a gone")
+        yield* del("/svc/b")
+        yield* waitFor(subscriber.instances, (m) => !m.has("/svc/b"), "b gone")
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(closing)
+        expect(yield* closed).toEqual(["a", "b", "c"])
       })
     )
   )

@@ -31,6 +31,7 @@ import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import { pipeArguments } from "effect/Pipeable"
 import * as Readable from "effect/Readable"
+import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -492,6 +493,9 @@ export const make = <Req, Res, E, FE, R>(
     let making = notMaking
     // scopes of instances that left or changed, closed after the change is published
     let toClose: Array<readonly [string, EndpointScope]> = []
+    // scopes with finalizers, waiting for the closer (see startCloser), and whether it runs
+    const closeQueue: Array<readonly [string, EndpointScope]> = []
+    let closerRunning = false
     let instancesChanged = false
     let endpointsChanged = false
     let live = false
@@ -526,12 +530,14 @@ export const make = <Req, Res, E, FE, R>(
             Effect.annotateLogs("key", key)
           )
 
-    // closing the subscriber's scope: after the engine fiber is interrupted (finalizers run in
-    // reverse order), every endpoint scope still open is closed, in key order
+    // closing the subscriber's scope: after the engine fiber is interrupted and the closer has
+    // finished (finalizers run in reverse order), every endpoint scope still open is closed, the
+    // ones already waiting to close first, then in key order
     yield* Effect.addFinalizer((exit) =>
       Effect.suspend(() => {
         stopped = true
-        const open: Array<readonly [string, EndpointScope]> = toClose
+        const open: Array<readonly [string, EndpointScope]> = closeQueue.splice(0)
+        for (const entry of toClose) open.push(entry)
         toClose = []
         for (let i = 0; i < making.keys.length; i++) {
           const endpointScope = making.scopes[i]
@@ -845,9 +851,39 @@ export const make = <Req, Res, E, FE, R>(
       making = notMaking
     }
 
+    /** Closes the scopes in `closeQueue`, in order, until it is empty. */
+    const drainCloseQueue: Effect.Effect<void> = Effect.suspend(() => {
+      const next = closeQueue.shift()
+      if (next === undefined) {
+        closerRunning = false
+        return Effect.void
+      }
+      return Effect.zipRight(closeEndpoint(next[0], next[1]), drainCloseQueue)
+    })
+
+    /**
+     * Starts the closer: a fiber of its own, in the subscriber's scope, that
+     * closes the queued endpoint scopes. It starts at once, so finalizers that
+     * do not wait are done before the engine goes on, as if the engine ran
+     * them; one that waits (a graceful drain) no longer holds up the changes
+     * after it. It cannot be interrupted: closing the subscriber's scope waits
+     * for it, and nothing queued is left open.
+     */
+    const startCloser = Effect.withFiberRuntime<void>((engine, status) => {
+      closerRunning = true
+      const runtime = Runtime.make({
+        context: engine.currentContext,
+        runtimeFlags: status.runtimeFlags,
+        fiberRefs: engine.getFiberRefs()
+      })
+      Runtime.runFork(runtime, Effect.uninterruptible(drainCloseQueue), { immediate: true, scope })
+      return Effect.void
+    })
+
     /**
      * Publishes what changed since the last call; returns the closing of the
-     * endpoints that left, if any (`undefined` when there is nothing to close).
+     * endpoints that left, if any (`undefined` when there is nothing to close):
+     * their scopes are closed after the change is published, by the closer.
      */
     const publishNow = (): Effect.Effect<void> | undefined => {
       if (instancesChanged) {
@@ -859,9 +895,9 @@ export const make = <Req, Res, E, FE, R>(
         endpointSet.changed()
       }
       if (toClose.length === 0) return undefined
-      const closing = toClose
+      for (const entry of toClose) if (!entry[1].closeTrivially()) closeQueue.push(entry)
       toClose = []
-      return Effect.forEach(closing, ([key, endpointScope]) => closeEndpoint(key, endpointScope), { discard: true })
+      return closeQueue.length === 0 || closerRunning ? undefined : startCloser
     }
     /** Publishes what changed since the last time, then closes the endpoints that left. */
     const publish = Effect.suspend(() => publishNow() ?? Effect.void)
