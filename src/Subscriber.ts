@@ -110,7 +110,10 @@ export interface Subscriber<Req, Res, E = never> {
   readonly endpointSet: Subscribable.Subscribable<EndpointSet<Req, Res, E>>
   /**
    * The current endpoints, in key order. Fails with the etcd error once
-   * `invalidateOnError`'s timeout has passed (see {@link EndpointSet}).
+   * `invalidateOnError`'s timeout has passed (see {@link EndpointSet}), and with
+   * an `EtcdError` of reason `Canceled` once the subscriber's scope is closed
+   * (its endpoints' scopes are closed then; the instances and endpoints it
+   * publishes are empty).
    */
   readonly endpoints: Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, EtcdError>
   /** How the subscription is doing; `changes` streams every transition. */

@@ -129,6 +129,29 @@ describe("Subscriber (in-memory etcd)", () => {
     )
   )
 
+  it.effect("once its scope is closed, a subscriber hands out no endpoint: taking them fails with a typed error", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "http://a")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+            expect(yield* callAll(subscriber)).toEqual(["http://a got ping"])
+            return subscriber
+          })
+        )
+        // the endpoint's scope is closed now: handing it out would be a use after release
+        const error = yield* Effect.flip(subscriber.endpoints)
+        expect(error).toMatchObject({ _tag: "EtcdError", reason: "Canceled" })
+        expect(error.message).toContain("the subscriber of /svc/ is closed")
+        expect(yield* Effect.flip(Balancer.roundRobin(subscriber))).toEqual(error)
+        expect((yield* subscriber.instances.get).size).toBe(0)
+        expect((yield* subscriber.endpointSet.get).endpoints).toEqual([])
+      })
+    )
+  )
+
   it.effect("the prefix is normalised: /services/bar never sees /services/barsvc2/...", () =>
     onMemory(
       Effect.gen(function* () {

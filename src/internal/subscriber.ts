@@ -40,8 +40,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { Endpoint } from "../Endpoint.js"
 import { EtcdClient } from "../EtcdClient.js"
 import type { Listing, WatchEvent } from "../EtcdClient.js"
-import type { EtcdError } from "../EtcdError.js"
-import { InvalidOptions } from "../EtcdError.js"
+import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
 import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
@@ -548,6 +547,17 @@ export const make = <Req, Res, E, FE, R>(
           if (endpointScope !== undefined) open.push([key, endpointScope])
         }
         scopes.clear()
+        // its endpoints go with it: whoever still holds the subscriber (a balancer) fails with a
+        // typed error instead of being handed endpoints whose scopes are closed
+        keys = []
+        values = []
+        endpoints = []
+        missing = 0
+        invalidated = Option.some(
+          new EtcdError({ operation: "watch", reason: "Canceled", detail: `the subscriber of ${prefix} is closed` })
+        )
+        instances.changed()
+        endpointSet.changed()
         return Effect.forEach(open, ([key, endpointScope]) => closeEndpoint(key, endpointScope, exit), {
           discard: true
         })
