@@ -156,10 +156,13 @@ interface Connection {
 /**
  * A watch that reconnects by itself from the last revision seen. Delivers
  * `Disconnected` on a transient failure and `Reconnected` when live again. Fails
- * with `Rewound` when, on reconnecting, the cluster is another one (a wiped or
- * replaced cluster has a new cluster id, whatever its revision has reached by
- * then), or when the store revision is behind a revision this watch has already
- * been promised. A member that merely lags behind answers with its own older
+ * with `Rewound` when, on reconnecting, the cluster is another one (a cluster
+ * bootstrapped again with a new `--initial-cluster-token` has a new cluster id,
+ * whatever its revision has reached by then), or when the store revision is
+ * behind a revision this watch has already been promised. A cluster wiped and
+ * started again with the same flags keeps its cluster id: it is told apart
+ * only while its revision is behind the last one seen (a known limit, in the
+ * README). A member that merely lags behind answers with its own older
  * revision: a linearizable read of the revision tells it apart from a store
  * that went back. A resumed watch is complete or fails with `Compacted`: it
  * never skips the deletes of a compacted revision.
