@@ -391,9 +391,11 @@ export const make: Effect.Effect<
         expireDue(now)
         // after expireDue, every remaining deadline is later than now
         const next = unavailable || closed ? Infinity : earliestDeadline
+        // at least 1 ns: with a fractional clock (jittered schedules under TestClock) a deadline can be
+        // less than a nanosecond away, a sleep of 0 ns, and this loop would wake at the same time forever
         return next === Infinity
           ? Queue.take(wake)
-          : Effect.race(clock.sleep(Duration.millis(next - now)), Queue.take(wake))
+          : Effect.race(clock.sleep(Duration.millis(Math.max(next - now, 1e-6))), Queue.take(wake))
       })
     )
   )
