@@ -576,6 +576,45 @@ describe("Registrar shares one lease per client and TTL option", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a registration whose put lands but reports a failure leaves no key: on a lease granted while it waited, and without TTL",
+    () =>
+      Effect.gen(function* () {
+        const base = yield* EtcdClient
+        // grants take 50 ms; a put of a key ending in /b lands, then fails as if its answer never came
+        const client: EtcdClient = {
+          ...base,
+          grant: (ttl) => Effect.zipRight(Effect.sleep("50 millis"), base.grant(ttl)),
+          put: (key, value, options) =>
+            key.endsWith("/b")
+              ? Effect.zipRight(
+                  base.put(key, value, options),
+                  Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "landed, no answer" }))
+                )
+              : base.put(key, value, options)
+        }
+        const ttl = yield* standard
+        // both start with no lease; b waits for a's grant and puts its key on a's lease
+        const both = yield* Effect.fork(
+          Effect.all(
+            [Registrar.make(service("/svc/late/a", ttl)), Effect.exit(Registrar.make(service("/svc/late/b", ttl)))],
+            { concurrency: "unbounded" }
+          ).pipe(Effect.provideService(EtcdClient, client))
+        )
+        yield* TestClock.adjust("50 millis")
+        const [a, b] = yield* Fiber.join(both)
+        expect(Exit.isFailure(b)).toBe(true)
+        expect(yield* stored("/svc/late/b")).toBeUndefined()
+        expect((yield* stored("/svc/late/a"))?.lease).toBe(yield* leaseOf(a))
+        // a plain key (no TTL) would stay forever
+        const plain = yield* Effect.exit(
+          Registrar.make(service("/svc/plain/b")).pipe(Effect.provideService(EtcdClient, client))
+        )
+        expect(Exit.isFailure(plain)).toBe(true)
+        expect(yield* stored("/svc/plain/b")).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("deregistering one deletes only its key; the lease is revoked with the last", () =>
     Effect.gen(function* () {
       const ttl = yield* standard

@@ -544,6 +544,24 @@ const watchDir = (group: Group, dir: DirWatch, from: number): Effect.Effect<void
 // ---- joining and leaving ----
 
 /**
+ * Puts a joining member's key, on `lease` if any. A put that fails (a timeout,
+ * an interruption) may still have landed: then the key is deleted, so that a
+ * registration that failed leaves nothing behind, neither on a shared lease
+ * that others keep alive nor as a plain key that nothing would ever remove. A
+ * `LeaseNotFound` put did not land.
+ */
+const putMember = (group: Group, member: Member, lease: LeaseId | undefined): Effect.Effect<number, EtcdError> =>
+  group.client
+    .put(member.entry.key, member.entry.value, { lease })
+    .pipe(
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit) || isLeaseNotFound(exit.cause)
+          ? Effect.void
+          : Effect.ignore(group.client.delete(member.entry.key))
+      )
+    )
+
+/**
  * Joins on the group's live lease (or without lease), under the shared lock:
  * one put. `NeedLease` when there is no live lease (a new group, or a lost
  * lease), `Closed` when the group closed meanwhile.
@@ -554,16 +572,7 @@ const joinShared = (group: Group, member: Member): Effect.Effect<"Joined" | "Nee
       if (group.closed) return "Closed" as const
       const lease = group.lease
       if (group.ttl !== undefined && lease === undefined) return "NeedLease" as const
-      const result = yield* Effect.either(
-        group.client.put(member.entry.key, member.entry.value, { lease: lease?.id }).pipe(
-          Effect.onExit((exit) =>
-            // a put that timed out (or was interrupted) may still have landed on the shared lease
-            Exit.isSuccess(exit) || lease === undefined || isLeaseNotFound(exit.cause)
-              ? Effect.void
-              : Effect.ignore(group.client.delete(member.entry.key))
-          )
-        )
-      )
+      const result = yield* Effect.either(putMember(group, member, lease?.id))
       if (Either.isLeft(result)) {
         if (result.left.reason === "LeaseNotFound") return "NeedLease" as const
         return yield* result.left
@@ -586,7 +595,7 @@ const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Eff
       const lease = group.lease
       if (lease !== undefined) {
         // someone else granted one meanwhile, or the lease is lost and not known yet
-        const result = yield* Effect.either(group.client.put(member.entry.key, member.entry.value, { lease: lease.id }))
+        const result = yield* Effect.either(putMember(group, member, lease.id))
         if (Either.isRight(result)) {
           member.lastPut = result.right
           yield* addMember(group, member)
