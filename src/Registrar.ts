@@ -77,7 +77,8 @@ export interface Registration {
   readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
   /**
    * go-kit's `Register`: registers again after a `deregister`; does nothing
-   * while registered (or healing).
+   * while registered (or healing). Once the scope it was made in has closed it
+   * dies instead: nothing would ever deregister it.
    */
   readonly register: Effect.Effect<void, EtcdError>
   /**

@@ -3,6 +3,7 @@
  * self-healing, deregistration, shared leases, bad input.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -613,6 +614,20 @@ describe("Registrar shares one lease per client and TTL option", () => {
         expect(Exit.isFailure(plain)).toBe(true)
         expect(yield* stored("/svc/plain/b")).toBeUndefined()
       }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.effect("register on a registration whose scope has closed is a defect, and puts nothing back", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const registration = yield* Effect.scoped(Registrar.make(service("/svc/closed/a", ttl)))
+      expect(yield* stored("/svc/closed/a")).toBeUndefined()
+      const exit = yield* Effect.exit(registration.register)
+      expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+      expect(String(Exit.isFailure(exit) ? Cause.squash(exit.cause) : "")).toContain("after its scope closed")
+      expect(yield* stored("/svc/closed/a")).toBeUndefined()
+      expect(yield* leaseIds).toEqual([])
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+    }).pipe(Effect.provide(layerMemory))
   )
 
   it.scoped("deregistering one deletes only its key; the lease is revoked with the last", () =>

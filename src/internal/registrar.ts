@@ -31,6 +31,12 @@ export interface Registration {
   readonly deregister: Effect.Effect<void, EtcdError>
 }
 
+/** A handle, and its end: deregisters for good (what the scope's finalizer runs). */
+interface Handle {
+  readonly registration: Registration
+  readonly close: Effect.Effect<void, EtcdError>
+}
+
 /**
  * Checks a service before anything is sent to etcd: `NoKey`, `NoValue`, and
  * the TTL option again (it is a plain record, so it may have been built by
@@ -60,18 +66,25 @@ const logInfo = (message: string, annotations: Record<string, unknown>): Effect.
   )
 
 /** Builds an unregistered handle. */
-export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Registration> =>
+export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Handle> =>
   Effect.gen(function* () {
     const state = new StateCell(RegistrationState.Registering())
     const lock = withPermits(Effect.unsafeMakeSemaphore(1), 1)
     let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
     // whether the state is Registering already (a new handle): the first register sends its grant sooner
     let fresh = true
+    // whether its scope has closed: nothing registers it again, nothing would deregister it
+    let closed = false
 
     const register = lock(
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function* () {
           if (current !== undefined) return
+          if (closed) {
+            return yield* Effect.dieMessage(
+              `register on the registration of ${service.key} after its scope closed: nothing would deregister it`
+            )
+          }
           if (fresh) fresh = false
           else yield* state.set(RegistrationState.Registering())
           const member: Lease.Member = {
@@ -95,26 +108,31 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       )
     ).pipe(traced("Registrar.register", service.key))
 
-    const deregister = lock(
-      Effect.gen(function* () {
-        if (current === undefined) return
-        const { group, member } = current
-        current = undefined
-        const lease = Lease.currentLease(group) ?? "none"
-        const left = yield* Effect.exit(Lease.leave(group, member))
-        yield* Metric.increment(Lease.deregistrations)
-        if (Exit.isSuccess(left)) {
-          yield* logInfo("deregister", { key: service.key, lease })
-        } else {
-          yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
-            Effect.annotateLogs({ key: service.key, lease })
-          )
-        }
-        return yield* left
+    const leave = Effect.gen(function* () {
+      if (current === undefined) return
+      const { group, member } = current
+      current = undefined
+      const lease = Lease.currentLease(group) ?? "none"
+      const left = yield* Effect.exit(Lease.leave(group, member))
+      yield* Metric.increment(Lease.deregistrations)
+      if (Exit.isSuccess(left)) {
+        yield* logInfo("deregister", { key: service.key, lease })
+      } else {
+        yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
+          Effect.annotateLogs({ key: service.key, lease })
+        )
+      }
+      return yield* left
+    })
+    const deregister = lock(leave).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
+    const close = lock(
+      Effect.suspend(() => {
+        closed = true
+        return leave
       })
     ).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
 
-    return {
+    const registration = {
       service,
       get state() {
         return state.ref
@@ -122,6 +140,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       register,
       deregister
     } satisfies Registration
+    return { registration, close }
   })
 
 /** Validates, registers, and deregisters when the scope closes. */
@@ -131,8 +150,8 @@ export const make = (
   Effect.gen(function* () {
     const valid = yield* validate(service)
     const client = yield* EtcdClient
-    const registration = yield* makeHandle(client, valid)
-    yield* addFinalizer(Effect.ignore(registration.deregister))
+    const { close, registration } = yield* makeHandle(client, valid)
+    yield* addFinalizer(Effect.ignore(close))
     yield* registration.register
     return registration
   })
