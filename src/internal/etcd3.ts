@@ -405,10 +405,41 @@ interface LeaseService {
 
 /**
  * etcd3's connection pool. etcd3 keeps it protected, but a keep-alive needs its
- * `withConnection` to fail over the way a unary call does (see `keepAliveOnce`).
+ * `withConnection` to fail over the way a unary call does (see `keepAliveOnce`),
+ * and a watch its own metadata (see `openWatchStream`).
  */
-const poolOf = (etcd: Etcd3.Etcd3): Pick<ConnectionPool, "withConnection"> & { readonly shuffledHosts: () => Hosts } =>
+const poolOf = (
+  etcd: Etcd3.Etcd3
+): Pick<ConnectionPool, "withConnection" | "markFailed"> & { readonly shuffledHosts: () => Hosts } =>
   (etcd as unknown as { readonly pool: ConnectionPool & { readonly shuffledHosts: () => Hosts } }).pool
+
+type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse>
+interface WatchService {
+  readonly watch: (metadata: unknown, options: object) => WatchStream
+}
+
+/**
+ * Opens a watch stream as etcd3's `watchClient.watch()` does, with the gRPC
+ * metadata `hasleader: true` (etcd's clientv3 `WithRequireLeader`): a member
+ * cut off from the leader (the minority side of a partition, or the last one
+ * up) refuses it, and cancels it once it has had no leader for a few election
+ * timeouts, with "no leader" (Unavailable). Without it, such a member keeps the
+ * watch open and answers progress requests, and a subscriber would follow a
+ * member that hears of no change while saying it is live.
+ */
+const openWatchStream = (etcd: Etcd3.Etcd3): Promise<WatchStream> => {
+  const pool = poolOf(etcd)
+  return pool.withConnection("Watch", ({ resource, client, metadata }) => {
+    const withLeader = metadata.clone()
+    withLeader.set("hasleader", "true")
+    // a stream has no deadline (defaultCallOptions gives streams none)
+    const stream = (client as unknown as WatchService).watch(withLeader, {})
+    stream.on("error", (error: Error) => {
+      if ((stream as unknown as { readonly writable: boolean }).writable) pool.markFailed(resource, error)
+    })
+    return stream
+  })
+}
 
 /** The pool's endless generator of its hosts in shuffled order (what a unary call fails over along). */
 type Hosts = NonNullable<Parameters<ConnectionPool["withConnection"]>[2]>
@@ -843,7 +874,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
           clearTimeout(timer)
           timer = setTimeout(onTimer, keepAliveMillis)
         }
-        etcd.watchClient.watch().then(
+        openWatchStream(etcd).then(
           (s) => {
             stream = s
             if (closed) {

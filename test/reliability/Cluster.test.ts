@@ -12,6 +12,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -262,6 +263,40 @@ describe("Reliability: a 3-member cluster", () => {
           expect(took).toBeGreaterThanOrEqual(headerTimeout - 50)
           expect(took).toBeLessThan(2 * headerTimeout)
           yield* measure("keep-alive with a hung first member", took)
+        })
+    )
+
+    it.scoped(
+      "a subscriber on a member that has lost its leader (the two others paused) says Failing, then Live when they are back",
+      () =>
+        Effect.gen(function* () {
+          const cluster = yield* healthyCluster
+          const target = (yield* cluster.followers)[0]
+          if (target === undefined) return yield* Effect.dieMessage("no follower")
+          const others = cluster.members.filter((member) => member !== target)
+          const client = yield* EtcdClient.make({ endpoints: [target.clientUrl] })
+          const prefix = `/reliability-${run}/no-leader/`
+          yield* client.put(`${prefix}a`, "http://a")
+          const subscriber = yield* Subscriber.make({ prefix, factory: echoFactory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client)
+          )
+          const stateIs = (tag: Subscriber.State["_tag"]) =>
+            Stream.runHead(Stream.filter(subscriber.state.changes, (state) => state._tag === tag)).pipe(
+              within(30, `state ${tag}`)
+            )
+          yield* stateIs("Live")
+          // the target alone is the minority: without a leader it hears of no change, though it still
+          // answers; a watch that requires a leader is cancelled, so the subscriber does not say Live
+          yield* Effect.acquireRelease(
+            Effect.forEach(others, (member) => member.pause, { discard: true }),
+            () => Effect.forEach(others, (member) => member.resume, { discard: true })
+          )
+          const failing = yield* stateIs("Failing")
+          expect(Option.map(failing, (state) => (state._tag === "Failing" ? state.error.reason : ""))).toEqual(
+            Option.some("Unavailable")
+          )
+          yield* Effect.forEach(others, (member) => member.resume, { discard: true })
+          yield* stateIs("Live")
         })
     )
 
