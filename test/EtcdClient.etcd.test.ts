@@ -32,6 +32,21 @@ const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
     return [result, performance.now() - start] as const
   })
 
+/** A loopback port that accepts TCP connections and never answers (closed with the scope). */
+const blackhole = Effect.map(
+  Effect.acquireRelease(
+    Effect.async<Net.Server>((resume) => {
+      const s = Net.createServer(() => {})
+      s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+    }),
+    (s) => Effect.sync(() => s.close())
+  ),
+  (server) => {
+    const address = server.address()
+    return typeof address === "object" && address !== null ? address.port : 0
+  }
+)
+
 describe("EtcdClient options", () => {
   it.effect("an endpoint without scheme is an InvalidOptions error, before any network call", () =>
     Effect.gen(function* () {
@@ -108,15 +123,7 @@ describe("EtcdClient options", () => {
 
   it.live("a blackholed endpoint (accepts TCP, never answers) fails within dialTimeout", () =>
     Effect.gen(function* () {
-      const server = yield* Effect.acquireRelease(
-        Effect.async<Net.Server>((resume) => {
-          const s = Net.createServer(() => {})
-          s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-        }),
-        (s) => Effect.sync(() => s.close())
-      )
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
+      const port = yield* blackhole
       const [error, elapsed] = yield* timed(
         Effect.flip(
           Effect.scoped(EtcdClient.make({ endpoints: [`http://127.0.0.1:${port}`], dialTimeout: "1 second" }))
@@ -260,15 +267,7 @@ describe("EtcdClient timeouts", () => {
     it.scoped("a member that accepts connections and never answers does not keep the client from the others", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer
-        const hung = yield* Effect.acquireRelease(
-          Effect.async<Net.Server>((resume) => {
-            const s = Net.createServer(() => {})
-            s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-          }),
-          (s) => Effect.sync(() => s.close())
-        )
-        const address = hung.address()
-        const port = typeof address === "object" && address !== null ? address.port : 0
+        const port = yield* blackhole
         // etcd3 tries the members in a random order: eight builds try the hung one first
         // about four times (all eight put it first or last with probability 1/128)
         for (let i = 0; i < 8; i++) {

@@ -68,6 +68,14 @@ const healthyCluster = Effect.gen(function* () {
   return cluster
 })
 
+/** A healthy cluster's first follower, and the two other members. */
+const followerAndOthers = Effect.gen(function* () {
+  const cluster = yield* healthyCluster
+  const target = (yield* cluster.followers)[0]
+  if (target === undefined) return yield* Effect.dieMessage("no follower")
+  return { target, others: cluster.members.filter((member) => member !== target) }
+})
+
 /** `count` registrations under `prefix` through `client`, half on a 2 s TTL, half on a 3 s TTL. */
 const registerMany = (client: EtcdClient.EtcdClient, prefix: string, count: number) =>
   Effect.gen(function* () {
@@ -242,10 +250,7 @@ describe("Reliability: a 3-member cluster", () => {
       "a keep-alive whose first member hangs fails over to the next member within one request timeout, not one per attempt",
       () =>
         Effect.gen(function* () {
-          const cluster = yield* healthyCluster
-          const target = (yield* cluster.followers)[0]
-          if (target === undefined) return yield* Effect.dieMessage("no follower")
-          const others = cluster.members.filter((member) => member !== target)
+          const { others, target } = yield* followerAndOthers
           // the hung member first on every call, as in the tests above
           yield* lastEndpointFirst
           const headerTimeout = 1000
@@ -270,10 +275,7 @@ describe("Reliability: a 3-member cluster", () => {
       "a subscriber on a member that has lost its leader (the two others paused) says Failing, then Live when they are back",
       () =>
         Effect.gen(function* () {
-          const cluster = yield* healthyCluster
-          const target = (yield* cluster.followers)[0]
-          if (target === undefined) return yield* Effect.dieMessage("no follower")
-          const others = cluster.members.filter((member) => member !== target)
+          const { others, target } = yield* followerAndOthers
           const client = yield* EtcdClient.make({ endpoints: [target.clientUrl] })
           const prefix = `/reliability-${run}/no-leader/`
           yield* client.put(`${prefix}a`, "http://a")
