@@ -133,41 +133,49 @@ const checkTls = (
   pems: { readonly caCert?: Buffer | undefined; readonly cert?: Buffer | undefined; readonly key?: Buffer | undefined }
 ): Effect.Effect<void, InvalidOptions> =>
   Effect.suspend(() => {
-    const invalid = (option: "caCert" | "cert" | "key", reason: string, cause?: unknown) =>
-      Effect.fail(new InvalidOptions({ option, reason, ...(cause === undefined ? {} : { cause }) }))
+    // what `f` throws, as InvalidOptions for `option`; undefined when it does not throw
+    const refused = (option: "caCert" | "cert" | "key", f: () => unknown, reason: (message: string) => string) => {
+      try {
+        f()
+        return undefined
+      } catch (cause) {
+        return Effect.fail(new InvalidOptions({ option, reason: reason(errorMessage(cause)), cause }))
+      }
+    }
     if (pems.caCert !== undefined) {
       const blocks = certificateBlocks(pems.caCert)
-      if (blocks.length === 0) return invalid("caCert", `${files.caCert} holds no certificate`)
+      if (blocks.length === 0) {
+        return Effect.fail(new InvalidOptions({ option: "caCert", reason: `${files.caCert} holds no certificate` }))
+      }
       for (const block of blocks) {
-        try {
-          new X509Certificate(block)
-        } catch (cause) {
-          return invalid("caCert", `${files.caCert} holds an invalid certificate: ${errorMessage(cause)}`, cause)
-        }
-      }
-    }
-    if (pems.cert !== undefined && pems.key !== undefined) {
-      try {
-        Tls.createSecureContext({ cert: pems.cert })
-      } catch (cause) {
-        return invalid("cert", `${files.cert} is not a valid certificate: ${errorMessage(cause)}`, cause)
-      }
-      try {
-        Tls.createSecureContext({ key: pems.key })
-      } catch (cause) {
-        return invalid("key", `${files.key} is not a valid unencrypted private key: ${errorMessage(cause)}`, cause)
-      }
-      try {
-        Tls.createSecureContext({ cert: pems.cert, key: pems.key })
-      } catch (cause) {
-        return invalid(
-          "key",
-          `${files.key} is not the key of the certificate in ${files.cert}: ${errorMessage(cause)}`,
-          cause
+        const error = refused(
+          "caCert",
+          () => new X509Certificate(block),
+          (m) => `${files.caCert} holds an invalid certificate: ${m}`
         )
+        if (error !== undefined) return error
       }
     }
-    return Effect.void
+    const { cert, key } = pems
+    if (cert === undefined || key === undefined) return Effect.void
+    return (
+      refused(
+        "cert",
+        () => Tls.createSecureContext({ cert }),
+        (m) => `${files.cert} is not a valid certificate: ${m}`
+      ) ??
+      refused(
+        "key",
+        () => Tls.createSecureContext({ key }),
+        (m) => `${files.key} is not a valid unencrypted private key: ${m}`
+      ) ??
+      refused(
+        "key",
+        () => Tls.createSecureContext({ cert, key }),
+        (m) => `${files.key} is not the key of the certificate in ${files.cert}: ${m}`
+      ) ??
+      Effect.void
+    )
   })
 
 interface Resolved {

@@ -125,12 +125,11 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       return yield* left
     })
     const deregister = lock(leave).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
-    const close = lock(
-      Effect.suspend(() => {
-        closed = true
-        return leave
-      })
-    ).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
+    // a register already holding the lock finishes first, and is deregistered; a later one dies
+    const close = Effect.suspend(() => {
+      closed = true
+      return deregister
+    })
 
     const registration = {
       service,
