@@ -32,6 +32,16 @@ const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
     return [result, performance.now() - start] as const
   })
 
+/** A temporary directory, removed with the scope. */
+const tempDir = Effect.acquireRelease(
+  Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
+  (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
+)
+
+/** Why building a client with `options` (2 s to connect) fails. */
+const connectError = (options: EtcdClient.EtcdClientOptions) =>
+  Effect.flip(EtcdClient.make({ dialTimeout: "2 seconds", ...options }))
+
 /** A loopback port that accepts TCP connections and never answers (closed with the scope). */
 const blackhole = Effect.map(
   Effect.acquireRelease(
@@ -136,10 +146,7 @@ describe("EtcdClient options", () => {
 
   it.effect("a missing or non-PEM certificate file is an InvalidOptions error that names the option", () =>
     Effect.gen(function* () {
-      const dir = yield* Effect.acquireRelease(
-        Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
-        (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
-      )
+      const dir = yield* tempDir
       const garbage = Path.join(dir, "garbage.pem")
       yield* Effect.promise(() => Fs.writeFile(garbage, "not a certificate"))
       const missing = yield* Effect.flip(
@@ -176,10 +183,7 @@ describe("EtcdClient options", () => {
 describe("EtcdClient over TLS (client-certificate auth)", () => {
   it.effect("TLS files that are PEM but not what they should be are InvalidOptions, not a defect", () =>
     Effect.gen(function* () {
-      const dir = yield* Effect.acquireRelease(
-        Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
-        (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
-      )
+      const dir = yield* tempDir
       const files = yield* EtcdTls.generate(dir)
       const garbage = Path.join(dir, "garbage.pem")
       yield* Effect.promise(() =>
@@ -220,14 +224,56 @@ describe("EtcdClient over TLS (client-certificate auth)", () => {
       })
     )
 
-    it.scoped("without the client certificate the connection is refused with a typed error", () =>
+    it.scoped("without the client certificate the server refuses the connection: AuthFailed, saying so", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer
-        const error = yield* Effect.flip(
-          EtcdClient.make({ endpoints: server.clientUrls, caCert: server.tls!.caCert, dialTimeout: "2 seconds" })
-        )
-        expect(error._tag).toBe("EtcdError")
-        expect(["Unavailable", "AuthFailed"]).toContain(error._tag === "EtcdError" ? error.reason : "")
+        const error = yield* connectError({ endpoints: server.clientUrls, caCert: server.tls!.caCert })
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "AuthFailed" })
+        expect(error.message).toContain("the server refused this client's TLS certificate")
+        // OpenSSL's alert, without its error code, source file and line, nor grpc-js's timestamp
+        expect(error.message).toContain("alert bad certificate")
+        expect(error.message).not.toMatch(/ssl\/record|\d{4}-\d\d-\d\dT|Resolution note/)
+      })
+    )
+
+    it.scoped("a CA that did not sign the server's certificate: AuthFailed, pointing at caCert", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const dir = yield* tempDir
+        // another kit: a CA of its own, and a client certificate that CA signed
+        const other = yield* EtcdTls.generate(dir)
+        const error = yield* connectError({ endpoints: server.clientUrls, ...other.client })
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "AuthFailed" })
+        expect(error.message).toContain("the server's TLS certificate was not accepted (check caCert")
+      })
+    )
+
+    it.scoped("an http:// endpoint fails with Unavailable and says the server may require TLS", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const error = yield* connectError({
+          endpoints: server.clientUrls.map((url) => url.replace(/^https:/, "http:"))
+        })
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
+        expect(error.message).toContain("an http:// endpoint for an etcd that requires TLS?")
+      })
+    )
+  })
+})
+
+describe("EtcdClient over TLS, against an etcd that serves plain http", () => {
+  it.layer(EtcdServer.layer(), { timeout: "60 seconds" })((it) => {
+    it.scoped("an https:// endpoint fails with Unavailable and says the server did not answer TLS", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const dir = yield* tempDir
+        const files = yield* EtcdTls.generate(dir)
+        const error = yield* connectError({
+          endpoints: server.clientUrls.map((url) => url.replace(/^http:/, "https:")),
+          caCert: files.caCert
+        })
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
+        expect(error.message).toContain("the server did not answer the TLS handshake")
       })
     )
   })

@@ -263,10 +263,68 @@ const grpcCode = (cause: unknown): number | undefined =>
     ? cause.code
     : undefined
 
+/**
+ * A failed TLS handshake, in words a user can act on. grpc-js reports every one
+ * as UNAVAILABLE ("No connection established. Last error: ..." with OpenSSL's
+ * or Node's message), which would read as a member that is down. A certificate
+ * refused either way is `AuthFailed` (the credentials were refused: retrying
+ * the same files cannot help); a server that does not speak TLS at all stays
+ * `Unavailable` (another member may). `undefined` for any other error.
+ */
+const tlsFailure = (message: string): { readonly reason: EtcdError["reason"]; readonly hint: string } | undefined => {
+  // the server's alert after it checked the client's certificate (RFC 8446 alerts 42-46, 48, 116)
+  if (
+    /alert (bad certificate|unsupported certificate|certificate revoked|certificate expired|certificate unknown|unknown ca|certificate required)|SSL alert number (42|43|44|45|46|48|116)\b/i.test(
+      message
+    )
+  ) {
+    return {
+      reason: "AuthFailed",
+      hint: "the server refused this client's TLS certificate, or its lack of one (cert and key must be a certificate signed by a CA the server trusts)"
+    }
+  }
+  // Node's verification of the server's certificate
+  if (
+    /unable to verify the first certificate|self[- ]signed certificate|unable to get (local )?issuer certificate|certificate has expired|certificate is not yet valid|does not match certificate's altnames|certificate signature failure/i.test(
+      message
+    )
+  ) {
+    return {
+      reason: "AuthFailed",
+      hint: "the server's TLS certificate was not accepted (check caCert, and that the certificate names the endpoint's host)"
+    }
+  }
+  if (/before secure TLS connection was established|wrong version number|packet length too long/i.test(message)) {
+    return {
+      reason: "Unavailable",
+      hint: "the server did not answer the TLS handshake (an https:// endpoint for an etcd that serves plain http?)"
+    }
+  }
+  return undefined
+}
+
+/**
+ * gRPC's message without its noise: the timestamps and empty "Resolution
+ * note" grpc-js appends, and OpenSSL's error code, source file and line.
+ */
+const cleanMessage = (message: string): string =>
+  message
+    .replace(
+      /[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:([^:]+):\S*?:\d+:(SSL alert number \d+)?/g,
+      (_, what, alert) => (alert === undefined ? what : `${what} (${alert})`)
+    )
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, "")
+    .replace(/\s*Resolution note:\s*$/, "")
+    .trim()
+
 export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
   const name = errorName(cause)
   const message = errorMessage(cause)
   const code = grpcCode(cause)
+  const tls = tlsFailure(message)
+  if (tls !== undefined) {
+    return new EtcdError({ operation, reason: tls.reason, detail: `${tls.hint}: ${cleanMessage(message)}`, cause })
+  }
   const reason: EtcdError["reason"] =
     message.includes("requested lease not found") ||
     message.includes("permission denied") ||
@@ -282,7 +340,7 @@ export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
             : code === 16
               ? "AuthFailed"
               : reasonOf(cause, name, message)
-  return new EtcdError({ operation, reason, detail: message, cause })
+  return new EtcdError({ operation, reason, detail: cleanMessage(message), cause })
 }
 
 const reasonOf = (cause: unknown, name: string, message: string): EtcdError["reason"] =>
@@ -586,7 +644,18 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`,
               cause: e.cause
             })
-          : e
+          : e.reason === "Unavailable" &&
+              e.detail?.includes("Last error: Failed to connect") === true &&
+              resolved.credentials === undefined
+            ? // grpc-js's words for a connection closed before HTTP/2 began, which is what an etcd
+              // that requires TLS does to a plain-text client (a refused one says ECONNREFUSED)
+              new EtcdError({
+                operation: "connect",
+                reason: "Unavailable",
+                detail: `the server closed the connection before HTTP/2 began (an http:// endpoint for an etcd that requires TLS?): ${e.detail}`,
+                cause: e.cause
+              })
+            : e
       )
     )
 
