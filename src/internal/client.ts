@@ -146,11 +146,45 @@ const followTaken =
 interface Connection {
   /** The first revision to deliver (earlier ones were delivered by a previous connection). */
   readonly from: number
+  /**
+   * A resumed connection starts one revision early, at the last revision
+   * delivered: etcd replays its changes, which must be the ones delivered there
+   * (see `openWatch`). `undefined` once they are checked, or when there is
+   * nothing to check.
+   */
+  replay: Replay | undefined
   batches: Array<ReadonlyArray<RawWatchEvent>>
   error: EtcdError | undefined
   /** Wakes the fiber waiting in `take`. */
   wake: (() => void) | undefined
   close: (() => void) | undefined
+}
+
+/** A change a watch delivers. */
+type Change = Extract<WatchEvent, { readonly _tag: "Put" | "Delete" }>
+
+/** The changes delivered at one revision, which a resumed connection must replay as they were. */
+interface Replay {
+  readonly revision: number
+  readonly expected: ReadonlyArray<Change>
+  /** What was replayed so far. */
+  readonly replayed: Array<Change>
+}
+
+const sameChange = (a: Change, b: Change): boolean =>
+  a.revision === b.revision &&
+  a.key === b.key &&
+  (a._tag === "Put" ? b._tag === "Put" && a.value === b.value : b._tag === "Delete")
+
+/**
+ * Whether etcd replayed the changes delivered at that revision: all of them,
+ * or all but the deletes (a compaction at exactly that revision keeps its puts
+ * and drops its deletes' tombstones).
+ */
+const replayedAsDelivered = (replay: Replay): boolean => {
+  const matches = (expected: ReadonlyArray<Change>) =>
+    expected.length === replay.replayed.length && expected.every((change, i) => sameChange(change, replay.replayed[i]!))
+  return matches(replay.expected) || matches(replay.expected.filter((change) => change._tag === "Put"))
 }
 
 /**
@@ -160,9 +194,16 @@ interface Connection {
  * bootstrapped again with a new `--initial-cluster-token` has a new cluster id,
  * whatever its revision has reached by then), or when the store revision is
  * behind a revision this watch has already been promised. A cluster wiped and
- * started again with the same flags keeps its cluster id: it is told apart
- * only while its revision is behind the last one seen (a known limit, in the
- * README). A member that merely lags behind answers with its own older
+ * started again with the same flags keeps its cluster id: while its revision
+ * is behind the last one seen, that tells it apart; once it has caught up,
+ * its history does. A resumed connection starts at the last revision
+ * delivered, and etcd replays that revision's changes first: when they are not
+ * the ones delivered there (other keys, or none before a later revision), the
+ * store is another one, and the watch fails with `Rewound`. (A compaction at
+ * exactly that revision drops its deletes, so a replay without them passes.
+ * When no change was delivered yet, or only deletes, there is nothing to
+ * compare: a known limit, in the README.)
+ * A member that merely lags behind answers with its own older
  * revision: a linearizable read of the revision tells it apart from a store
  * that went back. A resumed watch is complete or fails with `Compacted`: it
  * never skips the deletes of a compacted revision.
@@ -189,6 +230,19 @@ export const openWatch = (
     // the error that ended the watch
     let ended: EtcdError | undefined = undefined
     let closed = false
+    // the changes delivered at the last revision delivered, in order (the array is reused)
+    let lastRevision = -1
+    const lastChanges: Array<Change> = []
+    const remember = (events: ReadonlyArray<WatchEvent>) => {
+      for (const event of events) {
+        if (event._tag !== "Put" && event._tag !== "Delete") continue
+        if (event.revision !== lastRevision) {
+          lastRevision = event.revision
+          lastChanges.length = 0
+        }
+        lastChanges.push(event)
+      }
+    }
 
     const wake = (c: Connection) => {
       const waiter = c.wake
@@ -206,7 +260,11 @@ export const openWatch = (
       // Resuming one revision early (and dropping what was delivered already) turns that case
       // into Compacted, so that the caller lists again.
       const start = cluster !== undefined && from > 1 ? from - 1 : from
-      const c: Connection = { from, batches: [], error: undefined, wake: undefined, close: undefined }
+      const replay: Replay | undefined =
+        start === from - 1 && lastRevision === start
+          ? { revision: start, expected: lastChanges.slice(), replayed: [] }
+          : undefined
+      const c: Connection = { from, replay, batches: [], error: undefined, wake: undefined, close: undefined }
       connection = c
       const sink: WatchSink = {
         events: (events) => {
@@ -283,6 +341,7 @@ export const openWatch = (
      * is taken.
      */
     const deliverNow = (c: Connection): ReadonlyArray<WatchEvent> | undefined => {
+      if (c.replay !== undefined) return undefined
       const batches = c.batches
       for (const batch of batches) for (const event of batch) if (event._tag === "Created") return undefined
       c.batches = []
@@ -297,6 +356,7 @@ export const openWatch = (
         }
       }
       next = last
+      remember(out)
       return out
     }
 
@@ -309,27 +369,46 @@ export const openWatch = (
       let createdEvent: { readonly revision: number; readonly cluster: string } | undefined = undefined
       let last = next
       const out: Array<WatchEvent> = []
+      let later = false
       for (const batch of batches) {
         for (const event of batch) {
           if (event._tag === "Created") {
             createdEvent = event
           } else if (event.revision >= c.from) {
+            later = true
             out.push(event)
             last = event.revision + 1
+          } else if (c.replay !== undefined) {
+            c.replay.replayed.push(event)
           }
         }
       }
-      const event = createdEvent!
-      return Effect.matchEffect(created(event, c.from), {
-        onFailure: (error) => lost(error),
-        onSuccess: () => {
-          next = last
-          if (disconnected) {
-            disconnected = false
-            out.unshift({ _tag: "Reconnected", revision: event.revision })
-          }
-          return out.length === 0 ? take : Effect.succeed(out)
+      // the replay is over once a change of it or a later one has come: etcd sends a revision's
+      // changes in one response, and a batch holds whole responses
+      const replayed = c.replay !== undefined && (c.replay.replayed.length > 0 || later) ? c.replay : undefined
+      if (replayed !== undefined) c.replay = undefined
+      const handOver = (): Effect.Effect<ReadonlyArray<WatchEvent>, EtcdError> => {
+        if (replayed !== undefined && !replayedAsDelivered(replayed)) {
+          return lost(
+            new EtcdError({
+              operation: "watch",
+              reason: "Rewound",
+              detail: `the changes at revision ${replayed.revision} are not the ones seen there: the store was wiped and has caught up (a cluster bootstrapped again with the same cluster id)`
+            })
+          )
         }
+        next = last
+        remember(out)
+        if (createdEvent !== undefined && disconnected) {
+          disconnected = false
+          out.unshift({ _tag: "Reconnected", revision: createdEvent.revision })
+        }
+        return out.length === 0 ? take : Effect.succeed(out)
+      }
+      if (createdEvent === undefined) return handOver()
+      return Effect.matchEffect(created(createdEvent, c.from), {
+        onFailure: (error) => lost(error),
+        onSuccess: handOver
       })
     }
 

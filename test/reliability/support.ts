@@ -275,7 +275,8 @@ export const unhandledRejections: Effect.Effect<{ readonly reasons: ReadonlyArra
  * with the scope. `sever` destroys every connection through it at once (the
  * client sees its connection dropped and reconnects through the proxy); `hold`
  * buffers what the target sends (requests still go through) until `release`
- * sends it on.
+ * sends it on. `refuse` drops every new connection at once (a client's
+ * reconnects fail) until `accept`.
  */
 export const tcpProxy = (
   target: string
@@ -285,6 +286,8 @@ export const tcpProxy = (
     readonly sever: Effect.Effect<number>
     readonly hold: Effect.Effect<void>
     readonly release: Effect.Effect<void>
+    readonly refuse: Effect.Effect<void>
+    readonly accept: Effect.Effect<void>
   },
   never,
   Scope.Scope
@@ -295,9 +298,14 @@ export const tcpProxy = (
     // per client connection: its socket and what the target sent it while held
     const clients = new Set<{ readonly socket: Net.Socket; readonly held: Array<Buffer> }>()
     let holding = false
+    let refusing = false
     const server = yield* Effect.acquireRelease(
       Effect.async<Net.Server>((resume) => {
         const proxy = Net.createServer((socket) => {
+          if (refusing) {
+            socket.destroy()
+            return
+          }
           const upstream = Net.connect(Number(port), hostname)
           const client = { socket, held: [] as Array<Buffer> }
           clients.add(client)
@@ -338,6 +346,12 @@ export const tcpProxy = (
       release: Effect.sync(() => {
         holding = false
         for (const client of clients) for (const data of client.held.splice(0)) client.socket.write(data)
+      }),
+      refuse: Effect.sync(() => {
+        refusing = true
+      }),
+      accept: Effect.sync(() => {
+        refusing = false
       })
     }
   })
