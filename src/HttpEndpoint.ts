@@ -8,7 +8,7 @@
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
@@ -50,13 +50,18 @@ export type HttpEndpoint = Endpoint<
  * @category models
  */
 export interface Options {
-  /** Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status. Default false. */
+  /**
+   * Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status, its
+   * body read (so that the connection is released) and still readable from the
+   * error's `response`. Default false.
+   */
   readonly filterStatusOk?: boolean | undefined
 }
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`
- * and `https:` URLs with a host are accepted.
+ * and `https:` URLs with a host, and without a user name, password, query or
+ * fragment (which requests would not carry), are accepted.
  *
  * @since 0.1.0
  * @category parsing
@@ -74,6 +79,20 @@ export const parseInstance = (instance: string): Effect.Effect<string, InvalidIn
     }
     if (url.hostname === "") {
       return Effect.fail(new InvalidInstance({ instance, reason: "no host" }))
+    }
+    // the base URL is a scheme, a host, a port and a path: anything else would be dropped silently
+    if (url.username !== "" || url.password !== "") {
+      return Effect.fail(
+        new InvalidInstance({
+          instance,
+          reason: "a user name or password in the URL would not be sent: authenticate in the HttpClient"
+        })
+      )
+    }
+    if (url.search !== "" || url.hash !== "") {
+      return Effect.fail(
+        new InvalidInstance({ instance, reason: "a query or fragment in the URL would not be sent with requests" })
+      )
     }
     const base = `${url.origin}${url.pathname}`.replace(/\/+$/, "")
     return Effect.succeed(base)
@@ -105,10 +124,22 @@ export const factory =
     Effect.gen(function* () {
       const base = yield* parseInstance(instance)
       const http = yield* HttpClient.HttpClient
-      const prefixed = HttpClient.mapRequest(http, (request) =>
+      // applied before the client's own request steps: its middlewares (logging, signing,
+      // tracing) see the instance's absolute URL, not the caller's relative one
+      const prefixed = HttpClient.mapRequestInput(http, (request) =>
         HttpClientRequest.prependUrl(request, request.url.startsWith("/") || request.url === "" ? base : `${base}/`)
       )
-      const client = options.filterStatusOk === true ? HttpClient.filterStatusOk(prefixed) : prefixed
-      const endpoint: HttpEndpoint = (request) => client.execute(request)
+      const endpoint: HttpEndpoint =
+        options.filterStatusOk === true
+          ? (request) =>
+              Effect.flatMap(prefixed.execute(request), (response) =>
+                response.status >= 200 && response.status < 300
+                  ? Effect.succeed(response)
+                  : // the body is read (and kept: the error's response still gives its text) so that
+                    // the connection is released: an unread body holds its socket open, one more for
+                    // every failed attempt of a retried call
+                    Effect.zipRight(Effect.ignore(response.text), HttpClientResponse.filterStatusOk(response))
+              )
+          : (request) => prefixed.execute(request)
       return endpoint
     }).pipe(traced("HttpEndpoint.factory"))

@@ -3,6 +3,10 @@
  * `lb.RetryWithCallback`), built on `Effect.retry`: a fresh endpoint for every
  * attempt, a timeout for the whole call, and every attempt's error kept.
  *
+ * Every attempt is given the same request. A request that can be used once
+ * only (an HTTP body that is a one-shot stream) has been used up by the first
+ * attempt: give it a body that can be read again.
+ *
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"

@@ -1,3 +1,4 @@
+import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
@@ -15,9 +16,16 @@ const App = HttpRouter.empty.pipe(
   HttpRouter.get("/hello", HttpServerResponse.text("hello")),
   HttpRouter.get("/api/v1/echo", HttpServerResponse.text("echo")),
   HttpRouter.get("/teapot", HttpServerResponse.text("no", { status: 418 })),
+  // a failure with a body larger than one read: left unread, it holds its connection
+  HttpRouter.get("/unavailable", HttpServerResponse.text("x".repeat(100_000), { status: 503 })),
   HttpServer.serve()
 )
-const ServerLive = NodeHttpServer.layer(createServer, { port: 0, host: "127.0.0.1" })
+// the Node server itself, to count the connections clients hold open
+const nodeServer = createServer()
+const openConnections = Effect.async<number>((resume) => {
+  nodeServer.getConnections((error, count) => resume(error === null ? Effect.succeed(count) : Effect.die(error)))
+})
+const ServerLive = NodeHttpServer.layer(() => nodeServer, { port: 0, host: "127.0.0.1" })
 const TestLive = Layer.mergeAll(Layer.provide(App, ServerLive), ServerLive, NodeHttpClient.layerUndici)
 
 const baseUrl = Effect.map(HttpServer.HttpServer, (server) =>
@@ -29,7 +37,16 @@ describe("HttpEndpoint.parseInstance", () => {
     Effect.gen(function* () {
       expect(yield* HttpEndpoint.parseInstance("http://10.0.0.1:8080/")).toBe("http://10.0.0.1:8080")
       expect(yield* HttpEndpoint.parseInstance("https://svc.example/api/")).toBe("https://svc.example/api")
-      for (const bad of ["10.0.0.1:8080", "", "ftp://10.0.0.1", "not a url"]) {
+      for (const bad of [
+        "10.0.0.1:8080",
+        "",
+        "ftp://10.0.0.1",
+        "not a url",
+        // what a request would not carry: rejected, not dropped silently
+        "http://user:secret@10.0.0.1:8080",
+        "http://10.0.0.1:8080/base?tenant=a",
+        "http://10.0.0.1:8080/#section"
+      ]) {
         const error = yield* Effect.flip(HttpEndpoint.parseInstance(bad))
         expect(error._tag).toBe("InvalidInstance")
         expect(error.instance).toBe(bad)
@@ -64,6 +81,22 @@ describe("HttpEndpoint.factory", () => {
       })
     )
 
+    it.scoped(
+      "with filterStatusOk, failed responses do not hold their connections, and their body stays readable",
+      () =>
+        Effect.gen(function* () {
+          const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(yield* baseUrl)
+          const before = yield* openConnections
+          for (let i = 0; i < 20; i++) {
+            const error = yield* Effect.flip(strict(HttpClientRequest.get("/unavailable")))
+            expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+            if (i === 0 && error._tag === "ResponseError") expect((yield* error.response.text).length).toBe(100_000)
+          }
+          // each call reused a released connection (an unread body kept one open per call: 20)
+          expect((yield* openConnections) - before).toBeLessThanOrEqual(2)
+        })
+    )
+
     it.scoped("a dead instance fails with a typed transport error", () =>
       Effect.gen(function* () {
         const port = yield* Effect.async<number>((resume) => {
@@ -79,6 +112,22 @@ describe("HttpEndpoint.factory", () => {
         const error = yield* Effect.flip(endpoint(HttpClientRequest.get("/hello")))
         expect(error._tag).toBe("RequestError")
         expect(error.reason).toBe("Transport")
+      })
+    )
+
+    it.scoped("the HttpClient's own middlewares see the instance's absolute URL, not the relative one", () =>
+      Effect.gen(function* () {
+        const base = yield* baseUrl
+        const seen: Array<string> = []
+        // a middleware of the application's client that parses the URL, as signing or routing does
+        const parsing = Effect.map(HttpClient.HttpClient, (client) =>
+          HttpClient.tapRequest(client, (request) => Effect.sync(() => seen.push(new URL(request.url).href)))
+        )
+        const endpoint = yield* HttpEndpoint.factory()(`${base}/api/v1`).pipe(
+          Effect.provideServiceEffect(HttpClient.HttpClient, parsing)
+        )
+        expect(yield* Effect.flatMap(endpoint(HttpClientRequest.get("echo")), (r) => r.text)).toBe("echo")
+        expect(seen).toEqual([`${base}/api/v1/echo`])
       })
     )
 
