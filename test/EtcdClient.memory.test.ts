@@ -75,23 +75,23 @@ describe("EtcdClient.layerMemory", () => {
     )
   )
 
-  it.effect("a TTL is rounded up to whole seconds and raised to etcd's 2 second minimum", () =>
+  it.effect("a TTL under etcd's 2 second minimum is raised to it (a fractional one is refused, see the contract)", () =>
     withMemory(
       Effect.gen(function* () {
         const { client, control } = yield* services
         const short = yield* client.grant(1)
-        const fractional = yield* client.grant(2.5)
+        const longer = yield* client.grant(3)
         expect(yield* control.leases).toEqual(
           new Map([
             [short, 2],
-            [fractional, 3]
+            [longer, 3]
           ])
         )
         expect(yield* client.keepAliveOnce(short)).toBe(2)
         yield* TestClock.adjust("1999 millis")
-        expect([...(yield* control.leases).keys()]).toEqual([short, fractional])
+        expect([...(yield* control.leases).keys()]).toEqual([short, longer])
         yield* TestClock.adjust("1 millis")
-        expect([...(yield* control.leases).keys()]).toEqual([fractional])
+        expect([...(yield* control.leases).keys()]).toEqual([longer])
       })
     )
   )
@@ -262,6 +262,19 @@ describe("EtcdClient.layerMemory", () => {
           // nothing is compacted any more
           yield* client.put("/w/a", "again")
           yield* client.compact(2)
+        })
+      )
+  )
+
+  it.effect(
+    "compacting revision 0 of a store never compacted works, as in etcd (whose first compacted revision is -1)",
+    () =>
+      withMemory(
+        Effect.gen(function* () {
+          const { client } = yield* services
+          yield* client.compact(0)
+          expect((yield* Effect.flip(client.compact(0))).reason).toBe("Compacted")
+          yield* client.compact(1)
         })
       )
   )

@@ -319,6 +319,15 @@ describe("EtcdServer", () => {
     })
   )
 
+  it.scoped("a flag etcd does not know fails the start with etcd's own complaint, not an empty log", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(EtcdServer.make({ extraArgs: ["--no-such-flag"] }))
+      expect(error).toMatchObject({ _tag: "EtcdTestError", reason: "Exited" })
+      // printed on stderr before etcd's logger writes anything
+      expect(error.message).toContain("flag provided but not defined: -no-such-flag")
+    })
+  )
+
   it.layer(EtcdServer.layer({ tls: true }))("in TLS mode", (it) => {
     it.scoped("serves https to a client with the CA and the client certificate", () =>
       Effect.gen(function* () {

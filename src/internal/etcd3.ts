@@ -754,13 +754,19 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     const revoke = (lease: LeaseId) => Effect.asVoid(call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })))
 
     const put = (key: string, value: string, options?: { readonly lease?: LeaseId | undefined }) =>
-      call("put", () =>
-        etcd.kv.put({
-          key: Buffer.from(key, "utf8"),
-          value: Buffer.from(value, "utf8"),
-          ...(options?.lease === undefined ? {} : { lease: options.lease })
-        })
-      ).pipe(Effect.map((r) => Number(r.header.revision)))
+      // a lease id is the decimal string etcd gave (0: no lease, as in etcd); etcd3 would turn
+      // anything else into lease 0 too, and the key would never expire
+      options?.lease !== undefined && !/^(0|[1-9][0-9]*)$/.test(options.lease)
+        ? Effect.fail(
+            new EtcdError({ operation: "put", reason: "LeaseNotFound", detail: `not a lease id: ${options.lease}` })
+          )
+        : call("put", () =>
+            etcd.kv.put({
+              key: Buffer.from(key, "utf8"),
+              value: Buffer.from(value, "utf8"),
+              ...(options?.lease === undefined ? {} : { lease: options.lease })
+            })
+          ).pipe(Effect.map((r) => Number(r.header.revision)))
 
     /**
      * A grant and a put on the new lease, the put sent from the grant's

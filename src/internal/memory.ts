@@ -131,7 +131,8 @@ export const make: Effect.Effect<
 
   // ---- state: only ever touched inside synchronous blocks, so every operation is atomic ----
   let revision = 1
-  let compacted = 0
+  // the compacted revision; -1 before the first compaction (etcd's compactMainRev), so that compacting 0 works
+  let compacted = -1
   /** The cluster id: a wiped store is another cluster. */
   let cluster = 1
   const values = new Map<string, StoredValue>()
@@ -278,7 +279,11 @@ export const make: Effect.Effect<
   const primitives = (faulty: boolean): Primitives => ({
     grant: (ttlSeconds) =>
       request("grant", faulty, (now) => {
-        const ttl = Math.max(minLeaseTtlSeconds, Math.ceil(ttlSeconds))
+        // as the real client: etcd's TTL is a whole number of seconds
+        if (!(Number.isInteger(ttlSeconds) && ttlSeconds > 0)) {
+          return Effect.fail(error("grant", "Other", "TTL must be a positive integer"))
+        }
+        const ttl = Math.max(minLeaseTtlSeconds, ttlSeconds)
         if (!(ttl <= maxLeaseTtlSeconds)) {
           return Effect.fail(error("grant", "Other", `etcdserver: too large lease TTL (${ttlSeconds})`))
         }
@@ -445,7 +450,7 @@ export const make: Effect.Effect<
     wipe: Effect.sync(() => {
       cluster += 1
       revision = 1
-      compacted = 0
+      compacted = -1
       values.clear()
       sortedKeys = []
       leases.clear()

@@ -211,6 +211,27 @@ const suite = (test: Vitest.Test<EtcdClient | Scope.Scope>, options: ContractOpt
 
   // ---- leases ----
 
+  test("a put on a lease id that is not one etcd gives (not a decimal number) fails with LeaseNotFound and writes nothing", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      const key = `${uniquePrefix("bad-lease")}k`
+      for (const lease of ["abc", "0x10", "", "-1", "1.5"]) {
+        const error = yield* Effect.flip(client.put(key, "v", { lease }))
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "put", reason: "LeaseNotFound" })
+      }
+      expect(Option.isNone(yield* client.get(key))).toBe(true)
+    }))
+
+  test("grant refuses a TTL that is not a positive whole number of seconds, before any lease exists", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      for (const ttl of [2.5, 0, -1, Number.NaN]) {
+        const error = yield* Effect.flip(client.grant(ttl))
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "grant", reason: "Other" })
+        expect(error.message).toContain("TTL must be a positive integer")
+      }
+    }))
+
   test("keepAliveOnce returns the lease's TTL; revoke deletes its keys in one revision; the lease is then gone", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

@@ -13,7 +13,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as ChildProcess from "node:child_process"
-import { readFileSync } from "node:fs"
+import { closeSync, openSync, readFileSync } from "node:fs"
 import * as Path from "node:path"
 import type { EtcdMember, State, Status } from "../EtcdMember.js"
 import { EtcdTestError } from "../EtcdTestError.js"
@@ -221,7 +221,16 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
           }
           // killed by the kernel if this process dies without stopping it
           const [command, argv] = wrap === undefined ? [spec.binary, args()] : wrap(spec.binary, args())
-          const child = ChildProcess.spawn(command, argv, { stdio: "ignore" })
+          // etcd's stdout and stderr go to its log: what it prints before its logger is set up (a
+          // bad flag, a wrong binary) is then in the error's log tail too
+          let output: number | "ignore" = "ignore"
+          try {
+            output = openSync(logFile, "a")
+          } catch {
+            // no log file to write to: etcd's own --log-outputs says why, in the error
+          }
+          const child = ChildProcess.spawn(command, argv, { stdio: ["ignore", output, output] })
+          if (output !== "ignore") closeSync(output)
           const pid = child.pid
           if (pid === undefined) {
             child.once("error", (cause) =>
