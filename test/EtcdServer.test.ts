@@ -319,6 +319,75 @@ describe("EtcdServer", () => {
     })
   )
 
+  it.scopedLive(
+    "a start whose client port another etcd has taken fails with PortInUse, not a foreign etcd's health",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.make()
+        const port = new URL(server.clientUrl).port
+        yield* server.stop
+        // another etcd (a parallel test's, say) takes the stopped server's client port
+        const dir = yield* Effect.acquireRelease(
+          Effect.sync(() => Fs.mkdtempSync(Path.join(server.directory, "..", "foreign-"))),
+          (d) => Effect.sync(() => Fs.rmSync(d, { recursive: true, force: true }))
+        )
+        const peer = `http://127.0.0.1:${Number(port) + 1 === 65536 ? 2380 : Number(port) + 1}`
+        yield* Effect.acquireRelease(
+          Effect.sync(() =>
+            ChildProcess.spawn(
+              process.env["ETCD_BIN"] || "etcd",
+              [
+                ...[
+                  "--data-dir",
+                  dir,
+                  "--logger",
+                  "zap",
+                  "--log-level",
+                  "error",
+                  "--log-outputs",
+                  Path.join(dir, "log")
+                ],
+                ...[
+                  "--listen-client-urls",
+                  `http://127.0.0.1:${port}`,
+                  "--advertise-client-urls",
+                  `http://127.0.0.1:${port}`
+                ],
+                ...[
+                  "--listen-peer-urls",
+                  peer,
+                  "--initial-advertise-peer-urls",
+                  peer,
+                  "--initial-cluster",
+                  `default=${peer}`
+                ]
+              ],
+              { stdio: "ignore" }
+            )
+          ),
+          (child) =>
+            Effect.async<void>((resume) => {
+              if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+              child.once("exit", () => resume(Effect.void))
+              child.kill("SIGKILL")
+            })
+        )
+        yield* Effect.tryPromise(
+          () => fetch(`http://127.0.0.1:${port}/health`).then((r) => r.json()) as Promise<{ health?: string }>
+        ).pipe(
+          Effect.filterOrFail((body: { health?: string }) => body.health === "true"),
+          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("10 seconds")))
+        )
+        const error = yield* Effect.flip(server.start)
+        expect(error).toMatchObject({ _tag: "EtcdTestError", reason: "PortInUse" })
+        // found either way: the other etcd answered first, or this one exited, unable to bind
+        expect(error.message).toMatch(
+          new RegExp(`another process answers on its client port ${port}|address already in use`)
+        )
+        expect(yield* server.state).toBe("Stopped")
+      })
+  )
+
   it.scoped("a flag etcd does not know fails the start with etcd's own complaint, not an empty log", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(EtcdServer.make({ extraArgs: ["--no-such-flag"] }))

@@ -324,9 +324,28 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
         )
       )
 
+    // whatever answers on the client port must be this start's etcd: another one there (a parallel
+    // test that took the port while this member was stopped) would answer the health check while
+    // this one fails to bind, and its clients would use the other's data
+    const ownsClientPort = (running: Running): Effect.Effect<void, EtcdTestError> =>
+      Effect.flatMap(Os.listensOn(running.pid, spec.clientPort), (owns) =>
+        owns === false
+          ? Effect.fail(
+              new EtcdTestError({
+                operation: "start",
+                reason: "PortInUse",
+                detail: `${spec.name}: another process answers on its client port ${spec.clientPort}`
+              })
+            )
+          : Effect.void
+      )
+
     const awaitHealthy = (running: Running): Effect.Effect<void, EtcdTestError> =>
       Effect.raceFirst(
-        Effect.repeat(isHealthy, { schedule: healthSchedule, until: (healthy) => healthy }),
+        Effect.zipRight(
+          Effect.repeat(isHealthy, { schedule: healthSchedule, until: (healthy) => healthy }),
+          ownsClientPort(running)
+        ),
         exitedError(running)
       ).pipe(
         Effect.timeout(spec.startTimeout),

@@ -244,6 +244,40 @@ export const fileSize = (file: string): Effect.Effect<number> =>
     )
   )
 
+/**
+ * Whether process `pid` holds the socket that listens on 127.0.0.1:`port`,
+ * from Linux's `/proc` (the listening socket's inode, among the process's open
+ * files); `undefined` where `/proc` cannot tell (another OS).
+ */
+export const listensOn = (pid: number, port: number): Effect.Effect<boolean | undefined> =>
+  Effect.promise(async () => {
+    let table: string
+    try {
+      table = await FsP.readFile("/proc/net/tcp", "utf8")
+    } catch {
+      return undefined
+    }
+    // local address as the kernel writes it (127.0.0.1 little-endian, the port in hex), state 0A: LISTEN
+    const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`
+    const inodes = new Set<string>()
+    for (const line of table.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields[1] === local && fields[3] === "0A" && fields[9] !== undefined) inodes.add(`socket:[${fields[9]}]`)
+    }
+    if (inodes.size === 0) return false
+    let fds: Array<string>
+    try {
+      fds = await FsP.readdir(`/proc/${pid}/fd`)
+    } catch {
+      return false
+    }
+    for (const fd of fds) {
+      const target = await FsP.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "")
+      if (inodes.has(target)) return true
+    }
+    return false
+  })
+
 /** At most the last `bytes` bytes of a (log) file from offset `from` on, or "" when it cannot be read. */
 export const fileTail = (file: string, from: number, bytes = 4096): Effect.Effect<string> =>
   Effect.promise(async () => {
