@@ -108,6 +108,18 @@ describe("EtcdServer", () => {
       })
     )
 
+    it.effect("start on a paused server resumes it and waits until it is healthy", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const pid = yield* pidOf(server)
+        yield* server.pause
+        yield* server.start
+        expect(yield* server.state).toBe("Running")
+        expect(yield* server.isHealthy).toBe(true)
+        expect(yield* pidOf(server)).toBe(pid)
+      })
+    )
+
     it.scoped("wipe empties the store and takes the revision back to 1, on the same ports", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer
@@ -386,6 +398,15 @@ describe("EtcdServer", () => {
         )
         expect(yield* server.state).toBe("Stopped")
       })
+  )
+
+  it.scoped("a directory option that cannot hold a temp dir fails with a typed error naming it", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(EtcdServer.make({ directory: "/nonexistent/etcd-kit-parent" }))
+      expect(error).toMatchObject({ _tag: "EtcdTestError", operation: "mkdtemp", reason: "Failed" })
+      expect(error.message).toContain("/nonexistent/etcd-kit-parent")
+      expect(error.message).toContain("ENOENT")
+    })
   )
 
   it.scoped("a flag etcd does not know fails the start with etcd's own complaint, not an empty log", () =>

@@ -68,7 +68,8 @@ export interface EtcdMember {
   /**
    * Starts the process again, same data dir and ports, and waits until it is
    * healthy (for a cluster member: until it has rejoined a quorum). Does nothing
-   * when it is running. A start that fails or is interrupted kills the process.
+   * when it is running; resumes it when it is paused, and waits until it is
+   * healthy. A start that fails or is interrupted kills the process.
    */
   readonly start: Effect.Effect<void, EtcdTestError>
   /**

@@ -364,8 +364,24 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
         Os.live
       )
 
+    const resumeRunning = (running: Running): Effect.Effect<void> =>
+      Effect.zipRight(
+        signal(running, "SIGCONT"),
+        Effect.sync(() => {
+          running.paused = false
+        })
+      )
+
     const startUnlocked: Effect.Effect<void, EtcdTestError> = Effect.suspend(() => {
-      if (alive() !== undefined) return Effect.void
+      const current = alive()
+      // a paused process is resumed, and waited for as a start is
+      if (current !== undefined) {
+        return current.paused
+          ? Effect.zipRight(resumeRunning(current), awaitHealthy(current)).pipe(
+              Effect.onError(() => terminate(current, "SIGKILL"))
+            )
+          : Effect.void
+      }
       return Effect.flatMap(spawn, (running) =>
         awaitHealthy(running).pipe(
           Effect.onError(() => terminate(running, "SIGKILL")),
@@ -423,16 +439,7 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
           )
         )
       ),
-      resume: lock.withPermits(1)(
-        withRunning((running) =>
-          Effect.zipRight(
-            signal(running, "SIGCONT"),
-            Effect.sync(() => {
-              running.paused = false
-            })
-          )
-        )
-      ),
+      resume: lock.withPermits(1)(withRunning(resumeRunning)),
       setToken: (next) => {
         token = next
       },

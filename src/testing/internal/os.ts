@@ -203,7 +203,12 @@ export const tempDirectory = (parent: string | undefined): Effect.Effect<string,
           return dir
         },
         catch: (cause) =>
-          new EtcdTestError({ operation: "mkdtemp", reason: "Failed", detail: "could not create a temp dir", cause })
+          new EtcdTestError({
+            operation: "mkdtemp",
+            reason: "Failed",
+            detail: `could not create a temp dir in ${parent ?? Os.tmpdir()}: ${cause instanceof Error ? cause.message : String(cause)}`,
+            cause
+          })
       })
     ),
     (dir) =>
