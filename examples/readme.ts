@@ -17,14 +17,18 @@ const Registration = Layer.unwrapEffect(
   )
 )
 
-// Whom we call: every instance under /services/barsvc/ becomes an HTTP endpoint.
+// Whom we call: every instance under /services/barsvc/ becomes an HTTP endpoint
+// (filterStatusOk: a non-2xx answer is an error, so the retry tries another instance).
 class BarSvc extends Subscriber.Tag<
   BarSvc,
   HttpClientRequest.HttpClientRequest,
   HttpClientResponse.HttpClientResponse,
   HttpClientError.HttpClientError
 >()("app/BarSvc") {}
-const Bar = Subscriber.layer(BarSvc, { prefix: "/services/barsvc", factory: HttpEndpoint.factory() })
+const Bar = Subscriber.layer(BarSvc, {
+  prefix: "/services/barsvc",
+  factory: HttpEndpoint.factory({ filterStatusOk: true })
+})
 
 const program = Effect.gen(function* () {
   const bar = yield* BarSvc
