@@ -18,6 +18,20 @@ import { awaitInstances, captureLogs, echoFactory, measure, now, tcpProxy, withi
 
 const run = randomUUID().slice(0, 8)
 
+/** Drops the subscriber's connection through `proxy` and waits until it says Failing. */
+const dropConnection = <Req, Res, E>(
+  proxy: Effect.Effect.Success<ReturnType<typeof tcpProxy>>,
+  subscriber: Subscriber.Subscriber<Req, Res, E>
+) =>
+  Effect.zipRight(
+    proxy.sever,
+    subscriber.state.changes.pipe(
+      Stream.filter((state) => state._tag === "Failing"),
+      Stream.runHead,
+      within(10, "the subscriber to notice the dropped connection")
+    )
+  )
+
 describe("Reliability: resuming a watch", () => {
   layer(EtcdServer.layer(), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
     for (const when of ["right after its listing", "after its watch was established"] as const) {
@@ -49,12 +63,7 @@ describe("Reliability: resuming a watch", () => {
               expected.set(`${prefix}stays`, "http://stays:8081")
               yield* awaitInstances(subscriber, expected, 10, "the subscriber to see a change through its watch")
             }
-            yield* proxy.sever
-            yield* subscriber.state.changes.pipe(
-              Stream.filter((state) => state._tag === "Failing"),
-              Stream.runHead,
-              within(10, "the subscriber to notice the dropped connection")
-            )
+            yield* dropConnection(proxy, subscriber)
             // the delete is the next revision after everything the subscriber has seen,
             // and the compaction keeps exactly that revision
             const { revision } = yield* observer.delete(`${prefix}goes`)
@@ -102,12 +111,7 @@ describe("Reliability: resuming a watch on a wiped cluster", () => {
         const seen = yield* before.revision
 
         yield* proxy.refuse
-        yield* proxy.sever
-        yield* subscriber.state.changes.pipe(
-          Stream.filter((state) => state._tag === "Failing"),
-          Stream.runHead,
-          within(10, "the subscriber to notice the dropped connection")
-        )
+        yield* dropConnection(proxy, subscriber)
         // wiped and started again with the same flags, so with the same cluster id (the kit's own
         // wipe gives it a new token), then other instances, until the revision is past the one the
         // subscriber saw
@@ -148,12 +152,7 @@ describe("Reliability: resuming a watch on a wiped cluster", () => {
           yield* awaitInstances(subscriber, new Map([instance("b")]), 10, "the subscriber to see the delete")
 
           yield* proxy.refuse
-          yield* proxy.sever
-          yield* subscriber.state.changes.pipe(
-            Stream.filter((state) => state._tag === "Failing"),
-            Stream.runHead,
-            within(10, "the subscriber to notice the dropped connection")
-          )
+          yield* dropConnection(proxy, subscriber)
           yield* observer.compact(revision)
           yield* observer.put(...instance("c"))
           yield* proxy.accept
