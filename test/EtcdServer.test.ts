@@ -457,6 +457,9 @@ describe("EtcdServer", () => {
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer
         yield* EtcdAuth.enable(server, rootPassword)
+        // a second enable says why it fails, not only etcd's "user name is empty"
+        const again = yield* Effect.flip(EtcdAuth.enable(server, rootPassword))
+        expect(again.message).toContain("authentication is enabled already")
         yield* EtcdAuth.createRole(server, {
           rootPassword,
           role: "app",

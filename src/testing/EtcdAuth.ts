@@ -79,7 +79,12 @@ const withClient = <A>(
             new EtcdTestError({
               operation: "auth",
               reason: "Failed",
-              detail: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
+              detail: `${what}: ${cause instanceof Error ? cause.message : String(cause)}${
+                // etcd's answer to a request without credentials once auth is on
+                rootPassword === undefined && String(cause).includes("user name is empty")
+                  ? " (authentication is enabled already: was EtcdAuth.enable called before?)"
+                  : ""
+              }`,
               cause
             })
         }).pipe(
