@@ -127,7 +127,10 @@ export const factory =
       // applied before the client's own request steps: its middlewares (logging, signing,
       // tracing) see the instance's absolute URL, not the caller's relative one
       const prefixed = HttpClient.mapRequestInput(http, (request) =>
-        HttpClientRequest.prependUrl(request, request.url.startsWith("/") || request.url === "" ? base : `${base}/`)
+        HttpClientRequest.prependUrl(
+          request,
+          request.url === "" || request.url.startsWith("/") || request.url.startsWith("?") ? base : `${base}/`
+        )
       )
       const endpoint: HttpEndpoint =
         options.filterStatusOk === true

@@ -128,6 +128,10 @@ describe("HttpEndpoint.factory", () => {
         )
         expect(yield* Effect.flatMap(endpoint(HttpClientRequest.get("echo")), (r) => r.text)).toBe("echo")
         expect(seen).toEqual([`${base}/api/v1/echo`])
+        // a query alone goes to the base itself, as an empty URL does, not to a path with a slash added
+        yield* Effect.ignore(endpoint(HttpClientRequest.get("?x=1")))
+        yield* Effect.ignore(endpoint(HttpClientRequest.get("")))
+        expect(seen.slice(1).map((url) => new URL(url).pathname)).toEqual(["/api/v1", "/api/v1"])
       })
     )
 
