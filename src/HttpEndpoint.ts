@@ -9,6 +9,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
@@ -53,10 +54,14 @@ export interface Options {
   /**
    * Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status, its
    * body read (so that the connection is released) and still readable from the
-   * error's `response`. Default false.
+   * error's `response` as `text`; a body that takes more than a second is given
+   * up on (the request is aborted). Default false.
    */
   readonly filterStatusOk?: boolean | undefined
 }
+
+/** How long a failed response's body may take to arrive with `filterStatusOk`. */
+const errorBodyTimeout = Duration.seconds(1)
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`
@@ -100,7 +105,9 @@ export const parseInstance = (instance: string): Effect.Effect<string, InvalidIn
 
 /**
  * The factory: makes an endpoint per instance from the `HttpClient` in the
- * context. Request URLs are resolved against the instance's base URL.
+ * context. Request URLs are resolved against the instance's base URL before
+ * the client's own middlewares run: they see the absolute URL (a path prefix
+ * belongs in the instance, not in a middleware's `prependUrl`).
  *
  * @example
  * ```ts
@@ -125,7 +132,8 @@ export const factory =
       const base = yield* parseInstance(instance)
       const http = yield* HttpClient.HttpClient
       // applied before the client's own request steps: its middlewares (logging, signing,
-      // tracing) see the instance's absolute URL, not the caller's relative one
+      // tracing) see the instance's absolute URL, not the caller's relative one. A path prefix
+      // belongs in the instance: a middleware's prependUrl would go in front of the host
       const prefixed = HttpClient.mapRequestInput(http, (request) =>
         HttpClientRequest.prependUrl(
           request,
@@ -140,8 +148,12 @@ export const factory =
                   ? Effect.succeed(response)
                   : // the body is read (and kept: the error's response still gives its text) so that
                     // the connection is released: an unread body holds its socket open, one more for
-                    // every failed attempt of a retried call
-                    Effect.zipRight(Effect.ignore(response.text), HttpClientResponse.filterStatusOk(response))
+                    // every failed attempt of a retried call. A body that does not end within a
+                    // second is given up on, which aborts the request (and frees the socket too)
+                    Effect.zipRight(
+                      Effect.ignore(Effect.timeout(response.text, errorBodyTimeout)),
+                      HttpClientResponse.filterStatusOk(response)
+                    )
               )
           : (request) => prefixed.execute(request)
       return endpoint

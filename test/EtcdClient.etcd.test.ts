@@ -1,4 +1,5 @@
 import { describe, expect, it, layer } from "@effect/vitest"
+import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -6,10 +7,12 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
 import * as Fs from "node:fs/promises"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Tls from "node:tls"
 import * as EtcdClient from "../src/EtcdClient.js"
 import { grantAndPut } from "../src/internal/client.js"
 import * as EtcdAuth from "../src/testing/EtcdAuth.js"
@@ -246,6 +249,44 @@ describe("EtcdClient over TLS (client-certificate auth)", () => {
         expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "AuthFailed" })
         expect(error.message).toContain("the server's TLS certificate was not accepted (check caCert")
       })
+    )
+
+    it.scoped("a member whose certificate caCert does not verify is one member down: watches go on to the others", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        // a TLS server with a certificate of another CA, as a member whose certificate is wrong
+        const other = yield* EtcdTls.generate(yield* tempDir)
+        const key = yield* Effect.promise(() => Fs.readFile(other.server.key))
+        const cert = yield* Effect.promise(() => Fs.readFile(other.server.cert))
+        const wrong = yield* Effect.acquireRelease(
+          Effect.async<Tls.Server>((resume) => {
+            const s = Tls.createServer({ key, cert }, (socket) => socket.destroy())
+            s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+          }),
+          (s) =>
+            Effect.async<void>((resume) => {
+              s.close(() => resume(Effect.void))
+            })
+        )
+        const address = wrong.address()
+        const wrongUrl = `https://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`
+        const client = yield* EtcdClient.make({ ...server.clientOptions, endpoints: [wrongUrl, ...server.clientUrls] })
+        const writer = yield* EtcdClient.make(server.clientOptions)
+        // the pool picks a member at random: several watches, so that some start on the wrong one
+        for (let i = 0; i < 6; i++) {
+          const prefix = `/tls-wrong-member/${i}/`
+          const from = (yield* writer.revision) + 1
+          const seen = yield* client.watch(prefix, { fromRevision: from }).pipe(
+            Stream.filter((event) => event._tag === "Put"),
+            Stream.runHead,
+            Effect.fork
+          )
+          yield* writer.put(`${prefix}k`, "v")
+          const event = yield* Fiber.join(seen).pipe(within(15, "the watch to see the put"))
+          expect(Option.getOrUndefined(event)).toMatchObject({ _tag: "Put", key: `${prefix}k` })
+        }
+        // reconnecting waits on the real clock
+      }).pipe(Effect.withClock(Clock.make()))
     )
 
     it.scoped("an http:// endpoint fails with Unavailable and says the server may require TLS", () =>

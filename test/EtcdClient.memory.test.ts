@@ -11,6 +11,7 @@ import * as EtcdClient from "../src/EtcdClient.js"
 import type { EtcdError } from "../src/EtcdError.js"
 import { contract } from "./contract/EtcdClientContract.js"
 import { probe } from "./contract/WatchProbe.js"
+import { replayedAsDelivered } from "../src/internal/client.js"
 
 contract("EtcdClient contract: layerMemory", EtcdClient.layerMemory, { advance: TestClock.adjust })
 
@@ -307,4 +308,30 @@ describe("EtcdClient.layerMemory", () => {
       expect((yield* Effect.flip(client.revision)).reason).toBe("Unavailable")
     }).pipe(Effect.scoped)
   )
+})
+
+describe("a resumed watch's replay of the last revision it delivered", () => {
+  const put = (key: string, value: string) =>
+    ({ _tag: "Put", key, value, malformed: false, revision: 7, lease: undefined }) as const
+  const del = (key: string) => ({ _tag: "Delete", key, revision: 7 }) as const
+  const delivered = [put("/s/a", "1"), del("/s/b"), del("/s/c"), put("/s/d", "2"), del("/s/e")]
+  const check = (replayed: ReadonlyArray<ReturnType<typeof put> | ReturnType<typeof del>>) =>
+    replayedAsDelivered({ revision: 7, expected: delivered, replayed: [...replayed] })
+
+  it("passes as delivered, or with some or all of its deletes gone (a compaction there, finished or not)", () => {
+    expect(check(delivered)).toBe(true)
+    expect(check([put("/s/a", "1"), put("/s/d", "2")])).toBe(true)
+    expect(check([put("/s/a", "1"), del("/s/c"), put("/s/d", "2")])).toBe(true)
+    expect(check([put("/s/a", "1"), del("/s/b"), put("/s/d", "2"), del("/s/e")])).toBe(true)
+  })
+
+  it("fails with a put missing, another key or value, a change too many, or the order changed (another store)", () => {
+    expect(check([put("/s/a", "1"), del("/s/b"), del("/s/c"), del("/s/e")])).toBe(false)
+    expect(check([])).toBe(false)
+    expect(check([put("/s/a", "1"), put("/s/d", "other")])).toBe(false)
+    expect(check([put("/s/x", "1"), put("/s/d", "2")])).toBe(false)
+    expect(check([...delivered, put("/s/f", "3")])).toBe(false)
+    expect(check([put("/s/d", "2"), put("/s/a", "1")])).toBe(false)
+    expect(check([put("/s/a", "1"), del("/s/x"), put("/s/d", "2")])).toBe(false)
+  })
 })

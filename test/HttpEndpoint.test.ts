@@ -6,8 +6,11 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { describe, expect, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import * as Net from "node:net"
 import { createServer } from "node:http"
 import * as HttpEndpoint from "../src/HttpEndpoint.js"
@@ -18,6 +21,13 @@ const App = HttpRouter.empty.pipe(
   HttpRouter.get("/teapot", HttpServerResponse.text("no", { status: 418 })),
   // a failure with a body larger than one read: left unread, it holds its connection
   HttpRouter.get("/unavailable", HttpServerResponse.text("x".repeat(100_000), { status: 503 })),
+  // a failure whose body starts and never ends
+  HttpRouter.get(
+    "/stalled",
+    HttpServerResponse.stream(Stream.concat(Stream.make(new TextEncoder().encode("partial")), Stream.never), {
+      status: 503
+    })
+  ),
   HttpServer.serve()
 )
 // the Node server itself, to count the connections clients hold open
@@ -95,6 +105,24 @@ describe("HttpEndpoint.factory", () => {
           // each call reused a released connection (an unread body kept one open per call: 20)
           expect((yield* openConnections) - before).toBeLessThanOrEqual(2)
         })
+    )
+
+    it.scoped("with filterStatusOk, a failed response whose body never ends still fails, its request aborted", () =>
+      Effect.gen(function* () {
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(yield* baseUrl)
+        const before = yield* openConnections
+        // the call must end, with the status error (not hang waiting for the body)
+        const error = yield* Effect.flip(strict(HttpClientRequest.get("/stalled"))).pipe(
+          Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("the call hung on the body") })
+        )
+        expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+        // and its connection goes, once the server has seen the abort
+        yield* Effect.repeat(openConnections, {
+          until: (open) => open <= before,
+          schedule: Schedule.spaced("20 millis")
+        }).pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the connection stayed open") }))
+        // the endpoint gives up on the body after a second of the real clock
+      }).pipe(Effect.withClock(Clock.make()))
     )
 
     it.scoped("a dead instance fails with a typed transport error", () =>

@@ -266,12 +266,13 @@ const grpcCode = (cause: unknown): number | undefined =>
 /**
  * A failed TLS handshake, in words a user can act on. grpc-js reports every one
  * as UNAVAILABLE ("No connection established. Last error: ..." with OpenSSL's
- * or Node's message), which would read as a member that is down. A certificate
- * refused either way is `AuthFailed` (the credentials were refused: retrying
- * the same files cannot help); a server that does not speak TLS at all stays
- * `Unavailable` (another member may). `undefined` for any other error.
+ * or Node's message), which would read as a member that is down. It stays
+ * `Unavailable` (one member's certificate may be wrong and another's right: a
+ * watch must go on to the next), with the hint in its detail; `refused` says
+ * that a certificate was refused either way, which the connection check, having
+ * tried every member, reports as `AuthFailed`. `undefined` for any other error.
  */
-const tlsFailure = (message: string): { readonly reason: EtcdError["reason"]; readonly hint: string } | undefined => {
+const tlsFailure = (message: string): { readonly refused: boolean; readonly hint: string } | undefined => {
   // the server's alert after it checked the client's certificate (RFC 8446 alerts 42-46, 48, 116)
   if (
     /alert (bad certificate|unsupported certificate|certificate revoked|certificate expired|certificate unknown|unknown ca|certificate required)|SSL alert number (42|43|44|45|46|48|116)\b/i.test(
@@ -279,7 +280,7 @@ const tlsFailure = (message: string): { readonly reason: EtcdError["reason"]; re
     )
   ) {
     return {
-      reason: "AuthFailed",
+      refused: true,
       hint: "the server refused this client's TLS certificate, or its lack of one (cert and key must be a certificate signed by a CA the server trusts)"
     }
   }
@@ -290,13 +291,13 @@ const tlsFailure = (message: string): { readonly reason: EtcdError["reason"]; re
     )
   ) {
     return {
-      reason: "AuthFailed",
+      refused: true,
       hint: "the server's TLS certificate was not accepted (check caCert, and that the certificate names the endpoint's host)"
     }
   }
   if (/before secure TLS connection was established|wrong version number|packet length too long/i.test(message)) {
     return {
-      reason: "Unavailable",
+      refused: false,
       hint: "the server did not answer the TLS handshake (an https:// endpoint for an etcd that serves plain http?)"
     }
   }
@@ -323,7 +324,7 @@ export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
   const code = grpcCode(cause)
   const tls = tlsFailure(message)
   if (tls !== undefined) {
-    return new EtcdError({ operation, reason: tls.reason, detail: `${tls.hint}: ${cleanMessage(message)}`, cause })
+    return new EtcdError({ operation, reason: "Unavailable", detail: `${tls.hint}: ${cleanMessage(message)}`, cause })
   }
   const reason: EtcdError["reason"] =
     message.includes("requested lease not found") ||
@@ -636,27 +637,33 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`
           })
       }),
-      Effect.mapError((e) =>
-        e.reason === "Timeout"
-          ? new EtcdError({
-              operation: "connect",
-              reason: "Unavailable",
-              detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`,
-              cause: e.cause
-            })
-          : e.reason === "Unavailable" &&
-              e.detail?.includes("Last error: Failed to connect") === true &&
-              resolved.credentials === undefined
-            ? // grpc-js's words for a connection closed before HTTP/2 began, which is what an etcd
-              // that requires TLS does to a plain-text client (a refused one says ECONNREFUSED)
-              new EtcdError({
-                operation: "connect",
-                reason: "Unavailable",
-                detail: `the server closed the connection before HTTP/2 began (an http:// endpoint for an etcd that requires TLS?): ${e.detail}`,
-                cause: e.cause
-              })
-            : e
-      )
+      Effect.mapError((e): EtcdError => {
+        if (e.reason === "Timeout") {
+          return new EtcdError({
+            operation: "connect",
+            reason: "Unavailable",
+            detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`,
+            cause: e.cause
+          })
+        }
+        if (e.reason !== "Unavailable" || e.detail === undefined) return e
+        // every member was tried: a certificate refused, by the server or by caCert, is the
+        // credentials' fault, not a member's
+        if (tlsFailure(e.detail)?.refused === true) {
+          return new EtcdError({ operation: "connect", reason: "AuthFailed", detail: e.detail, cause: e.cause })
+        }
+        // grpc-js's words for a connection closed before HTTP/2 began, which is what an etcd that
+        // requires TLS does to a plain-text client (a refused one says ECONNREFUSED)
+        if (e.detail.includes("Last error: Failed to connect") && resolved.credentials === undefined) {
+          return new EtcdError({
+            operation: "connect",
+            reason: "Unavailable",
+            detail: `the server closed the connection before HTTP/2 began (an http:// endpoint for an etcd that requires TLS?): ${e.detail}`,
+            cause: e.cause
+          })
+        }
+        return e
+      })
     )
 
     const grant = (ttlSeconds: number) =>

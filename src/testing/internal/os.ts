@@ -262,19 +262,23 @@ export const listensOn = (pid: number, port: number): Effect.Effect<boolean | un
     } catch {
       return undefined
     }
-    // local address as the kernel writes it (127.0.0.1 little-endian, the port in hex), state 0A: LISTEN
-    const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`
+    // local address as the kernel writes it (127.0.0.1 in host byte order, the port in hex), state 0A: LISTEN
+    const hexPort = port.toString(16).toUpperCase().padStart(4, "0")
+    const local = new Set([`0100007F:${hexPort}`, `7F000001:${hexPort}`])
     const inodes = new Set<string>()
     for (const line of table.split("\n").slice(1)) {
       const fields = line.trim().split(/\s+/)
-      if (fields[1] === local && fields[3] === "0A" && fields[9] !== undefined) inodes.add(`socket:[${fields[9]}]`)
+      if (local.has(fields[1] ?? "") && fields[3] === "0A" && fields[9] !== undefined) {
+        inodes.add(`socket:[${fields[9]}]`)
+      }
     }
     if (inodes.size === 0) return false
     let fds: Array<string>
     try {
       fds = await FsP.readdir(`/proc/${pid}/fd`)
     } catch {
-      return false
+      // not ours to read (or gone): nothing to say
+      return undefined
     }
     for (const fd of fds) {
       const target = await FsP.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "")
