@@ -180,9 +180,10 @@ const sameChange = (a: Change, b: Change): boolean =>
  * Whether etcd replayed the changes delivered at that revision: all of them, or
  * all but some of the deletes. A compaction at exactly that revision keeps its
  * puts and drops its deletes' tombstones, and it drops them in batches: a watch
- * opened while it runs is replayed some of them.
+ * opened while it runs is replayed some of them. Exported for its unit test.
+ *
+ * @internal
  */
-/** @internal (exported for its unit test) */
 export const replayedAsDelivered = (replay: Replay): boolean => {
   let r = 0
   for (const change of replay.expected) {
