@@ -9,7 +9,6 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
@@ -52,16 +51,13 @@ export type HttpEndpoint = Endpoint<
  */
 export interface Options {
   /**
-   * Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status, its
-   * body read (so that the connection is released) and still readable from the
-   * error's `response` as `text`; a body that takes more than a second is given
-   * up on (the request is aborted). Default false.
+   * Fail at once with a `ResponseError` (reason `StatusCode`) on a non-2xx
+   * status. Its body is read in the background, so that the connection is
+   * released, and stays readable from the error's `response` as `text`.
+   * Default false.
    */
   readonly filterStatusOk?: boolean | undefined
 }
-
-/** How long a failed response's body may take to arrive with `filterStatusOk`. */
-const errorBodyTimeout = Duration.seconds(1)
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`
@@ -146,12 +142,13 @@ export const factory =
               Effect.flatMap(prefixed.execute(request), (response) =>
                 response.status >= 200 && response.status < 300
                   ? Effect.succeed(response)
-                  : // the body is read (and kept: the error's response still gives its text) so that
-                    // the connection is released: an unread body holds its socket open, one more for
-                    // every failed attempt of a retried call. A body that does not end within a
-                    // second is given up on, which aborts the request (and frees the socket too)
+                  : // the body is read in the background (and kept: the error's response still
+                    // gives its text) so that the connection is released: an unread body holds its
+                    // socket open, one more for every failed attempt of a retried call. The call
+                    // fails at once, whatever the body does; the read is never cut short, which
+                    // would leave the response's text an interruption for whoever reads it later
                     Effect.zipRight(
-                      Effect.ignore(Effect.timeout(response.text, errorBodyTimeout)),
+                      Effect.forkDaemon(Effect.ignore(response.text)),
                       HttpClientResponse.filterStatusOk(response)
                     )
               )

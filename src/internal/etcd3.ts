@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel"
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry, type RetryPolicy } from "cockatiel"
 import * as Etcd3 from "etcd3"
 import type { ConnectionPool } from "etcd3/lib/connection-pool.js"
 import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdClient.js"
@@ -524,6 +524,8 @@ const isMemberFailure = (error: Error): boolean =>
 export interface Native {
   readonly etcd: Etcd3.Etcd3
   readonly resolved: Resolved
+  /** The pool's failover: its `onRetry` tells each member's failure before the next is tried. */
+  readonly failover: RetryPolicy
 }
 
 /** Builds the native client (closed with the scope) after validating the options. */
@@ -532,6 +534,8 @@ export const makeNative = (options: EtcdClientOptions): Effect.Effect<Native, In
     const resolved = yield* resolveOptions(options)
     const requestMillis = Duration.toMillis(resolved.requestTimeout)
     const keepAliveMillis = Duration.toMillis(resolved.dialKeepAlive)
+    // fail over to another member, at once
+    const failover = retry(handleWhen(isMemberFailure), { maxAttempts: Math.max(1, resolved.hosts.length) })
     const etcd = yield* Effect.acquireRelease(
       Effect.sync(
         () =>
@@ -564,19 +568,18 @@ export const makeNative = (options: EtcdClientOptions): Effect.Effect<Native, In
                   halfOpenAfter: 1000,
                   breaker: new ConsecutiveBreaker(2)
                 }),
-              // fail over to another member, at once
-              global: retry(handleWhen(isMemberFailure), { maxAttempts: Math.max(1, resolved.hosts.length) })
+              global: failover
             }
           })
       ),
       (etcd) => Effect.sync(() => etcd.close())
     )
-    return { etcd, resolved }
+    return { etcd, resolved, failover }
   })
 
 export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =>
   Effect.gen(function* () {
-    const { etcd, resolved } = yield* makeNative(options)
+    const { etcd, failover, resolved } = yield* makeNative(options)
     const requestTimeout = resolved.requestTimeout
     const requestMillis = Duration.toMillis(requestTimeout)
     const keepAliveMillis = Duration.toMillis(resolved.dialKeepAlive)
@@ -619,6 +622,14 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     // answers (paused, partitioned) would otherwise use it all, and the next one never be tried.
     // etcd3 spreads these options into every attempt's, so the getter gives each its own deadline.
     const attemptMillis = Duration.toMillis(resolved.dialTimeout) / resolved.hosts.length
+    // a certificate refused by a member that was tried before the last one: the error of the last
+    // (a member down, or hung) would hide it
+    let refusal: string | undefined = undefined
+    const listening = failover.onRetry((reason) => {
+      if (refusal !== undefined || !("error" in reason)) return
+      const detail = errorMessage(reason.error)
+      if (tlsFailure(detail)?.refused === true) refusal = toEtcdError("connect", reason.error).detail
+    })
     yield* Effect.tryPromise({
       try: () =>
         etcd.maintenance.status({
@@ -637,7 +648,14 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             detail: `no endpoint of ${options.endpoints.join(", ")} answered within ${Duration.format(resolved.dialTimeout)}`
           })
       }),
+      Effect.ensuring(Effect.sync(() => listening.dispose())),
       Effect.mapError((e): EtcdError => {
+        // every member was tried: a certificate refused, by the server or by caCert, is the
+        // credentials' fault, not a member's
+        const refused = e.detail !== undefined && tlsFailure(e.detail)?.refused === true ? e.detail : refusal
+        if (refused !== undefined && (e.reason === "Unavailable" || e.reason === "Timeout")) {
+          return new EtcdError({ operation: "connect", reason: "AuthFailed", detail: refused, cause: e.cause })
+        }
         if (e.reason === "Timeout") {
           return new EtcdError({
             operation: "connect",
@@ -647,11 +665,6 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
           })
         }
         if (e.reason !== "Unavailable" || e.detail === undefined) return e
-        // every member was tried: a certificate refused, by the server or by caCert, is the
-        // credentials' fault, not a member's
-        if (tlsFailure(e.detail)?.refused === true) {
-          return new EtcdError({ operation: "connect", reason: "AuthFailed", detail: e.detail, cause: e.cause })
-        }
         // grpc-js's words for a connection closed before HTTP/2 began, which is what an etcd that
         // requires TLS does to a plain-text client (a refused one says ECONNREFUSED)
         if (e.detail.includes("Last error: Failed to connect") && resolved.credentials === undefined) {

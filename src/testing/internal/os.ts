@@ -249,10 +249,26 @@ export const fileSize = (file: string): Effect.Effect<number> =>
     )
   )
 
+/** Process `pid` and its descendants (a wrapper that runs etcd without `exec` is its parent), from `/proc`. */
+const processTree = async (pid: number): Promise<ReadonlyArray<number>> => {
+  const children = new Map<number, Array<number>>()
+  for (const entry of await FsP.readdir("/proc").catch(() => [])) {
+    if (!/^[0-9]+$/.test(entry)) continue
+    const stat = await FsP.readFile(`/proc/${entry}/stat`, "utf8").catch(() => "")
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+    if (Number.isInteger(ppid)) children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
+  }
+  const tree = [pid]
+  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]!) ?? []))
+  return tree
+}
+
 /**
- * Whether process `pid` holds the socket that listens on 127.0.0.1:`port`,
- * from Linux's `/proc` (the listening socket's inode, among the process's open
- * files); `undefined` where `/proc` cannot tell (another OS).
+ * Whether process `pid` (or one it started) holds the socket that listens on
+ * 127.0.0.1:`port`, from Linux's `/proc` (the listening socket's inode, among
+ * the processes' open files); `undefined` where `/proc` cannot tell (another
+ * OS, a process whose files cannot be read, a listener it does not show).
  */
 export const listensOn = (pid: number, port: number): Effect.Effect<boolean | undefined> =>
   Effect.promise(async () => {
@@ -272,19 +288,23 @@ export const listensOn = (pid: number, port: number): Effect.Effect<boolean | un
         inodes.add(`socket:[${fields[9]}]`)
       }
     }
-    if (inodes.size === 0) return false
-    let fds: Array<string>
-    try {
-      fds = await FsP.readdir(`/proc/${pid}/fd`)
-    } catch {
-      // not ours to read (or gone): nothing to say
-      return undefined
+    // something answered on the port, so /proc does not show it
+    if (inodes.size === 0) return undefined
+    let unreadable = false
+    for (const member of await processTree(pid)) {
+      let fds: Array<string>
+      try {
+        fds = await FsP.readdir(`/proc/${member}/fd`)
+      } catch {
+        unreadable = true
+        continue
+      }
+      for (const fd of fds) {
+        const target = await FsP.readlink(`/proc/${member}/fd/${fd}`).catch(() => "")
+        if (inodes.has(target)) return true
+      }
     }
-    for (const fd of fds) {
-      const target = await FsP.readlink(`/proc/${pid}/fd/${fd}`).catch(() => "")
-      if (inodes.has(target)) return true
-    }
-    return false
+    return unreadable ? undefined : false
   })
 
 /** At most the last `bytes` bytes of a (log) file from offset `from` on, or "" when it cannot be read. */
