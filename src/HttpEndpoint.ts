@@ -6,10 +6,13 @@
  * @since 0.1.0
  */
 import * as HttpClient from "@effect/platform/HttpClient"
-import type * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
 import { traced } from "./internal/tracing.js"
@@ -51,13 +54,56 @@ export type HttpEndpoint = Endpoint<
  */
 export interface Options {
   /**
-   * Fail at once with a `ResponseError` (reason `StatusCode`) on a non-2xx
-   * status. Its body is read in the background, so that the connection is
-   * released, and stays readable from the error's `response` as `text`.
-   * Default false.
+   * Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status. Its
+   * body is read first (within a second; a body that does not end by then is
+   * given up on and the request aborted), so that the connection is released,
+   * and the error's `response` gives what was read, as text, JSON, bytes or a
+   * stream. Default false.
    */
   readonly filterStatusOk?: boolean | undefined
 }
+
+/** How long a failed response's body may take to arrive, with `filterStatusOk` (real time). */
+const errorBodyTimeout = Duration.seconds(1)
+
+/** The real clock: the bound is on a socket, also in a test that runs on `TestClock`. */
+const realClock = Clock.make()
+
+/** The ways to read a response's body. */
+const bodyReads: ReadonlySet<string> = new Set(["text", "json", "arrayBuffer", "stream", "formData", "urlParamsBody"])
+
+/** Statuses whose response has no body (the `Response` constructor refuses one). */
+const bodyless: ReadonlySet<number> = new Set([101, 103, 204, 205, 304])
+
+/**
+ * A failed response, its body read: an unread body holds its socket open, one
+ * more for every failed attempt of a retried call. Read within
+ * {@link errorBodyTimeout} (a body that does not end by then is given up on,
+ * which aborts the request and frees the socket too), into a response of its
+ * own, whose `text`, `json`, `arrayBuffer` and `stream` all give what was read.
+ */
+const settle = (
+  response: HttpClientResponse.HttpClientResponse
+): Effect.Effect<{ readonly response: HttpClientResponse.HttpClientResponse; readonly complete: boolean }> =>
+  Effect.map(
+    Effect.option(Effect.withClock(Effect.timeout(response.arrayBuffer, errorBodyTimeout), realClock)),
+    (body) => {
+      const status = response.status
+      // the Response constructor takes statuses 200-599 only: another is kept as it came
+      if (status < 200 || status > 599) return { response, complete: Option.isSome(body) }
+      const bytes = bodyless.has(status) ? null : Option.getOrElse(body, () => new ArrayBuffer(0))
+      // a web Response's body can be read once: each read of the body gets a Response of its own
+      const fresh = () =>
+        HttpClientResponse.fromWeb(response.request, new Response(bytes, { status, headers: response.headers }))
+      const own = new Proxy(fresh(), {
+        get: (target, property, receiver) =>
+          typeof property === "string" && bodyReads.has(property)
+            ? Reflect.get(fresh(), property)
+            : Reflect.get(target, property, receiver)
+      })
+      return { response: own, complete: Option.isSome(body) }
+    }
+  )
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`
@@ -142,14 +188,17 @@ export const factory =
               Effect.flatMap(prefixed.execute(request), (response) =>
                 response.status >= 200 && response.status < 300
                   ? Effect.succeed(response)
-                  : // the body is read in the background (and kept: the error's response still
-                    // gives its text) so that the connection is released: an unread body holds its
-                    // socket open, one more for every failed attempt of a retried call. The call
-                    // fails at once, whatever the body does; the read is never cut short, which
-                    // would leave the response's text an interruption for whoever reads it later
-                    Effect.zipRight(
-                      Effect.forkDaemon(Effect.ignore(response.text)),
-                      HttpClientResponse.filterStatusOk(response)
+                  : Effect.flatMap(settle(response), (settled) =>
+                      Effect.fail(
+                        new HttpClientError.ResponseError({
+                          request: response.request,
+                          response: settled.response,
+                          reason: "StatusCode",
+                          description: settled.complete
+                            ? "non 2xx status code"
+                            : `non 2xx status code (its body did not arrive within ${Duration.format(errorBodyTimeout)})`
+                        })
+                      )
                     )
               )
           : (request) => prefixed.execute(request)

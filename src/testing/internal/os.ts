@@ -259,33 +259,34 @@ const processTree = async (pid: number): Promise<ReadonlyArray<number>> => {
     const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
     if (Number.isInteger(ppid)) children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
   }
-  const tree = [pid]
-  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]!) ?? []))
-  return tree
+  // a set: a pid reused during the scan cannot make a cycle
+  const tree = new Set([pid])
+  for (const member of tree) for (const child of children.get(member) ?? []) tree.add(child)
+  return [...tree]
 }
 
 /**
- * Whether process `pid` (or one it started) holds the socket that listens on
- * 127.0.0.1:`port`, from Linux's `/proc` (the listening socket's inode, among
- * the processes' open files); `undefined` where `/proc` cannot tell (another
- * OS, a process whose files cannot be read, a listener it does not show).
+ * Whether process `pid` (or one it started) holds a socket that listens on
+ * `port` (on 127.0.0.1, or on any address, IPv4 or IPv6: all answer on
+ * 127.0.0.1), from Linux's `/proc` (the listening sockets' inodes, among the
+ * processes' open files); `undefined` where `/proc` cannot tell (another OS, a
+ * process whose files cannot be read, a listener it does not show).
  */
 export const listensOn = (pid: number, port: number): Effect.Effect<boolean | undefined> =>
   Effect.promise(async () => {
-    let table: string
-    try {
-      table = await FsP.readFile("/proc/net/tcp", "utf8")
-    } catch {
-      return undefined
-    }
-    // local address as the kernel writes it (127.0.0.1 in host byte order, the port in hex), state 0A: LISTEN
-    const hexPort = port.toString(16).toUpperCase().padStart(4, "0")
-    const local = new Set([`0100007F:${hexPort}`, `7F000001:${hexPort}`])
+    const tables = await Promise.all(
+      ["/proc/net/tcp", "/proc/net/tcp6"].map((file) => FsP.readFile(file, "utf8").catch(() => undefined))
+    )
+    if (tables[0] === undefined) return undefined
+    // local address as the kernel writes it ("address:port", the port in hex), state 0A: LISTEN
+    const hexPort = `:${port.toString(16).toUpperCase().padStart(4, "0")}`
     const inodes = new Set<string>()
-    for (const line of table.split("\n").slice(1)) {
-      const fields = line.trim().split(/\s+/)
-      if (local.has(fields[1] ?? "") && fields[3] === "0A" && fields[9] !== undefined) {
-        inodes.add(`socket:[${fields[9]}]`)
+    for (const table of tables) {
+      for (const line of (table ?? "").split("\n").slice(1)) {
+        const fields = line.trim().split(/\s+/)
+        if (fields[1]?.endsWith(hexPort) === true && fields[3] === "0A" && fields[9] !== undefined) {
+          inodes.add(`socket:[${fields[9]}]`)
+        }
       }
     }
     // something answered on the port, so /proc does not show it
@@ -295,8 +296,9 @@ export const listensOn = (pid: number, port: number): Effect.Effect<boolean | un
       let fds: Array<string>
       try {
         fds = await FsP.readdir(`/proc/${member}/fd`)
-      } catch {
-        unreadable = true
+      } catch (cause) {
+        // gone since the scan: nothing of it listens; else it is not ours to read
+        if ((cause as NodeJS.ErrnoException).code !== "ENOENT") unreadable = true
         continue
       }
       for (const fd of fds) {
