@@ -89,19 +89,27 @@ const settle = (
     Effect.option(Effect.withClock(Effect.timeout(response.arrayBuffer, errorBodyTimeout), realClock)),
     (body) => {
       const status = response.status
+      const complete = Option.isSome(body)
       // the Response constructor takes statuses 200-599 only: another is kept as it came
-      if (status < 200 || status > 599) return { response, complete: Option.isSome(body) }
+      if (status < 200 || status > 599) return { response, complete }
       const bytes = bodyless.has(status) ? null : Option.getOrElse(body, () => new ArrayBuffer(0))
-      // a web Response's body can be read once: each read of the body gets a Response of its own
+      // a web Response's body can be read once: each read of the body gets a Response of its own;
+      // everything else (status, headers, cookies, remote address) is the response's as it came
       const fresh = () =>
         HttpClientResponse.fromWeb(response.request, new Response(bytes, { status, headers: response.headers }))
-      const own = new Proxy(fresh(), {
+      try {
+        fresh()
+      } catch {
+        // headers a web Response refuses: the response as it came (its body read already)
+        return { response, complete }
+      }
+      const own = new Proxy(response, {
         get: (target, property, receiver) =>
           typeof property === "string" && bodyReads.has(property)
             ? Reflect.get(fresh(), property)
             : Reflect.get(target, property, receiver)
       })
-      return { response: own, complete: Option.isSome(body) }
+      return { response: own, complete }
     }
   )
 
