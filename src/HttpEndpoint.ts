@@ -12,7 +12,6 @@ import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import type { Endpoint, Factory } from "./Endpoint.js"
 import { traced } from "./internal/tracing.js"
@@ -72,44 +71,45 @@ const realClock = Clock.make()
 /** The ways to read a response's body. */
 const bodyReads: ReadonlySet<string> = new Set(["text", "json", "arrayBuffer", "stream", "formData", "urlParamsBody"])
 
-/** Statuses whose response has no body (the `Response` constructor refuses one). */
-const bodyless: ReadonlySet<number> = new Set([101, 103, 204, 205, 304])
-
 /**
  * A failed response, its body read: an unread body holds its socket open, one
  * more for every failed attempt of a retried call. Read within
  * {@link errorBodyTimeout} (a body that does not end by then is given up on,
- * which aborts the request and frees the socket too), into a response of its
- * own, whose `text`, `json`, `arrayBuffer` and `stream` all give what was read.
+ * which aborts the request and frees the socket too). The response returned is
+ * the one that came, except for its body reads, which give what was read (each
+ * from a web `Response` of its own: such a body can be read once); `problem`
+ * says why nothing was read, if so.
  */
 const settle = (
   response: HttpClientResponse.HttpClientResponse
-): Effect.Effect<{ readonly response: HttpClientResponse.HttpClientResponse; readonly complete: boolean }> =>
+): Effect.Effect<{ readonly response: HttpClientResponse.HttpClientResponse; readonly problem?: string }> =>
   Effect.map(
-    Effect.option(Effect.withClock(Effect.timeout(response.arrayBuffer, errorBodyTimeout), realClock)),
-    (body) => {
-      const status = response.status
-      const complete = Option.isSome(body)
-      // the Response constructor takes statuses 200-599 only: another is kept as it came
-      if (status < 200 || status > 599) return { response, complete }
-      const bytes = bodyless.has(status) ? null : Option.getOrElse(body, () => new ArrayBuffer(0))
-      // a web Response's body can be read once: each read of the body gets a Response of its own;
-      // everything else (status, headers, cookies, remote address) is the response's as it came
-      const fresh = () =>
-        HttpClientResponse.fromWeb(response.request, new Response(bytes, { status, headers: response.headers }))
+    Effect.either(Effect.withClock(Effect.timeout(response.arrayBuffer, errorBodyTimeout), realClock)),
+    (read) => {
+      const bytes = read._tag === "Right" ? read.right : new ArrayBuffer(0)
+      // the headers go along for the body reads that look at them (formData); a web Response
+      // refuses some that an HTTP parser let through: then it goes without them
+      let headers: Record<string, string> = response.headers
       try {
-        fresh()
+        new Response(null, { headers })
       } catch {
-        // headers a web Response refuses: the response as it came (its body read already)
-        return { response, complete }
+        headers = {}
       }
+      const fresh = () => HttpClientResponse.fromWeb(response.request, new Response(bytes, { headers }))
       const own = new Proxy(response, {
         get: (target, property, receiver) =>
           typeof property === "string" && bodyReads.has(property)
             ? Reflect.get(fresh(), property)
             : Reflect.get(target, property, receiver)
       })
-      return { response: own, complete }
+      if (read._tag === "Right") return { response: own }
+      return {
+        response: own,
+        problem:
+          read.left._tag === "TimeoutException"
+            ? `its body did not arrive within ${Duration.format(errorBodyTimeout)}`
+            : `its body could not be read: ${read.left.message}`
+      }
     }
   )
 
@@ -202,9 +202,10 @@ export const factory =
                           request: response.request,
                           response: settled.response,
                           reason: "StatusCode",
-                          description: settled.complete
-                            ? "non 2xx status code"
-                            : `non 2xx status code (its body did not arrive within ${Duration.format(errorBodyTimeout)})`
+                          description:
+                            settled.problem === undefined
+                              ? "non 2xx status code"
+                              : `non 2xx status code (${settled.problem})`
                         })
                       )
                     )
