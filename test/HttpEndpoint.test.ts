@@ -13,7 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
-import { createServer } from "node:http"
+import { createServer, type Server } from "node:http"
 import * as HttpEndpoint from "../src/HttpEndpoint.js"
 
 let slowBodyEnded = false
@@ -42,6 +42,14 @@ const App = HttpRouter.empty.pipe(
         }
       )
     })
+  ),
+  // a failure with two cookies
+  HttpRouter.get(
+    "/refused",
+    HttpServerResponse.text("nope", { status: 401 }).pipe(
+      HttpServerResponse.unsafeSetCookie("a", "1"),
+      HttpServerResponse.unsafeSetCookie("b", "2")
+    )
   ),
   HttpServer.serve()
 )
@@ -152,6 +160,46 @@ describe("HttpEndpoint.factory", () => {
         }).pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the connection stayed open") }))
         // polls on the real clock (the endpoint's bound is on it already)
       }).pipe(Effect.withClock(Clock.make()))
+    )
+
+    it.scoped("with filterStatusOk, the failed response keeps its status, headers and cookies", () =>
+      Effect.gen(function* () {
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(yield* baseUrl)
+        const error = yield* Effect.flip(strict(HttpClientRequest.get("/refused")))
+        expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+        if (error._tag !== "ResponseError") return
+        expect(error.response.status).toBe(401)
+        expect(Object.keys(error.response.cookies.cookies).sort()).toEqual(["a", "b"])
+        expect(yield* error.response.text).toBe("nope")
+        expect(yield* error.response.text).toBe("nope")
+      })
+    )
+
+    it.scoped("with filterStatusOk, a body that breaks off is told apart from one that is slow", () =>
+      Effect.gen(function* () {
+        // a server of its own, whose connection breaks off in the middle of a failure's body
+        const broken = yield* Effect.acquireRelease(
+          Effect.async<Server>((resume) => {
+            const server = createServer((_, response) => {
+              response.writeHead(502, { "content-length": "100" })
+              response.write("a start", () => response.destroy())
+            })
+            server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+          }),
+          (server) =>
+            Effect.async<void>((resume) => {
+              server.closeAllConnections()
+              server.close(() => resume(Effect.void))
+            })
+        )
+        const address = broken.address()
+        const port = typeof address === "object" && address !== null ? address.port : 0
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(`http://127.0.0.1:${port}`)
+        const error = yield* Effect.flip(strict(HttpClientRequest.get("/")))
+        expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+        expect(error.message).toContain("its body could not be read")
+        expect(error.message).not.toContain("did not arrive within")
+      })
     )
 
     it.scoped("a dead instance fails with a typed transport error", () =>
