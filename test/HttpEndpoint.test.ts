@@ -58,6 +58,11 @@ const nodeServer = createServer()
 const openConnections = Effect.async<number>((resume) => {
   nodeServer.getConnections((error, count) => resume(error === null ? Effect.succeed(count) : Effect.die(error)))
 })
+/** Waits (5 s at most, polling on the clock in use) until the server's open connections satisfy `done`. */
+const untilOpenConnections = (done: (open: number) => boolean) =>
+  Effect.repeat(openConnections, { until: done, schedule: Schedule.spaced("20 millis") }).pipe(
+    Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the connections stayed open") })
+  )
 const ServerLive = NodeHttpServer.layer(() => nodeServer, { port: 0, host: "127.0.0.1" })
 const TestLive = Layer.mergeAll(Layer.provide(App, ServerLive), ServerLive, NodeHttpClient.layerUndici)
 
@@ -133,12 +138,7 @@ describe("HttpEndpoint.factory", () => {
           }
           // the bodies were read: the connections went back to the pool (an unread body kept one
           // open per call: 17 of 20)
-          yield* Effect.repeat(openConnections, {
-            until: (open) => open - before <= 2,
-            schedule: Schedule.spaced("20 millis")
-          }).pipe(
-            Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the connections stayed open") })
-          )
+          yield* untilOpenConnections((open) => open - before <= 2)
         }).pipe(Effect.withClock(Clock.make()))
     )
 
@@ -154,10 +154,7 @@ describe("HttpEndpoint.factory", () => {
         // nothing was kept of it, and reading it says so instead of waiting
         if (error._tag === "ResponseError") expect(yield* error.response.text).toBe("")
         // the request was aborted: its connection goes
-        yield* Effect.repeat(openConnections, {
-          until: (open) => open <= before,
-          schedule: Schedule.spaced("20 millis")
-        }).pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the connection stayed open") }))
+        yield* untilOpenConnections((open) => open <= before)
         // polls on the real clock (the endpoint's bound is on it already)
       }).pipe(Effect.withClock(Clock.make()))
     )

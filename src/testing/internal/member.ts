@@ -167,9 +167,7 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
       Effect.sync(() => {
         const stopped = (): boolean => {
           try {
-            const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-            // the state follows the parenthesised command name
-            const state = stat.charAt(stat.lastIndexOf(")") + 2)
+            const state = Os.statFields(readFileSync(`/proc/${pid}/stat`, "utf8"))[0]
             return state === "T" || state === "t" || state === "Z" || state === "X"
           } catch {
             return true

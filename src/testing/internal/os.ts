@@ -130,6 +130,17 @@ const tempPrefix = "effect-sd-etcd-"
 const ownerFile = ".owner"
 
 /**
+ * The fields of a `/proc/<pid>/stat` line after the command name, which is in
+ * parentheses and may hold spaces and parentheses itself: the state first,
+ * then the parent's pid, ... (`proc(5)`'s third field on).
+ */
+export const statFields = (stat: string): Array<string> => stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+
+/** The pids in `/proc` (none where there is no `/proc`). */
+const processIds = async (): Promise<Array<string>> =>
+  (await FsP.readdir("/proc").catch(() => [])).filter((entry) => /^[0-9]+$/.test(entry))
+
+/**
  * A process as `<pid namespace> <pid> <start time>` (Linux /proc): a pid alone
  * may have been reused, and a pid from another namespace (another container
  * sharing the directory) means nothing here. `undefined` for no such process.
@@ -137,8 +148,8 @@ const ownerFile = ".owner"
 const processIdentity = (pid: number | "self"): string | undefined => {
   try {
     const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    // the fields after the parenthesised command name start with the 3rd; the start time is the 22nd
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    // the start time is the 22nd field
+    const fields = statFields(stat)
     const namespace = Fs.readlinkSync(`/proc/${pid}/ns/pid`)
     return `${namespace} ${stat.slice(0, stat.indexOf(" "))} ${fields[19]}`
   } catch {
@@ -151,8 +162,7 @@ const selfIdentity = processIdentity("self")
 
 /** Whether a process's command line names `text` (an etcd names its data dir). */
 const anyProcessMentions = async (text: string): Promise<boolean> => {
-  for (const entry of await FsP.readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
+  for (const entry of await processIds()) {
     const cmdline = await FsP.readFile(Path.join("/proc", entry, "cmdline"), "utf8").catch(() => "")
     if (cmdline.includes(text)) return true
   }
@@ -252,11 +262,9 @@ export const fileSize = (file: string): Effect.Effect<number> =>
 /** Process `pid` and its descendants (a wrapper that runs etcd without `exec` is its parent), from `/proc`. */
 const processTree = async (pid: number): Promise<ReadonlyArray<number>> => {
   const children = new Map<number, Array<number>>()
-  for (const entry of await FsP.readdir("/proc").catch(() => [])) {
-    if (!/^[0-9]+$/.test(entry)) continue
+  for (const entry of await processIds()) {
     const stat = await FsP.readFile(`/proc/${entry}/stat`, "utf8").catch(() => "")
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+    const ppid = Number(statFields(stat)[1])
     if (Number.isInteger(ppid)) children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
   }
   // a set: a pid reused during the scan cannot make a cycle
