@@ -2,7 +2,6 @@
  * Our side: effect-sd-etcd's Subscriber and Registrar, driven the way a user
  * would, over one EtcdClient per worker process.
  */
-import type * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -10,7 +9,6 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import * as EtcdClient from "../src/EtcdClient.js"
 import * as Registrar from "../src/Registrar.js"
 import * as Subscriber from "../src/Subscriber.js"
@@ -55,19 +53,12 @@ export const subscriber = async (options: SideOptions): Promise<SubscriberSide> 
                 return Object.assign((_: unknown) => Effect.succeed(instance), { instance }) as BenchEndpoint
               })
           })
-          // the changes are pulled in a loop, not drained by Stream.runForEach: in Effect 3, a stream
-          // run into a sink (runForEach, runForEachChunk, ...) often leaves a chain of its internal
-          // objects reachable from one promoted to the old generation, and that chain keeps the values
-          // emitted since alive through young collections until the next full one. At 10,000
-          // instances those are 80 KB snapshots, which every scavenge then copies: the subscriber's GC
-          // time per churn window halved when pulling (bench/NOTES.md). Pulling is how an
-          // application should follow `changes` on a hot path; a balancer needs neither.
-          const pull = yield* Stream.toPull(sub.endpointSet.changes)
-          const onSets = (sets: Chunk.Chunk<Subscriber.EndpointSet<unknown, string>>) =>
-            Effect.sync(() => {
-              for (const set of sets) tracker.changed(view(set.endpoints as ReadonlyArray<BenchEndpoint>))
-            })
-          const follow: Effect.Effect<never> = Effect.flatMap(Effect.flatMap(Effect.orDie(pull), onSets), () => follow)
+          // followed as an application should on a hot path: Subscriber.follow waits for the next
+          // change without a stream (bench/NOTES.md: a stream drained by runForEach kept the
+          // snapshots it had passed reachable; pulled, each change went through the channel executor)
+          const follow = Subscriber.follow(sub.endpointSet, (set) =>
+            Effect.sync(() => tracker.changed(view(set.endpoints as ReadonlyArray<BenchEndpoint>)))
+          )
           yield* Effect.forkIn(follow, scope)
         }).pipe(Scope.extend(scope))
       )

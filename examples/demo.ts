@@ -130,20 +130,17 @@ const demo = Effect.gen(function* () {
 
     // print every change the subscriber sees, with the time it saw it
     const seen = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
-    yield* subscriber.instances.changes.pipe(
-      Stream.runForEach((instances) =>
-        Effect.gen(function* () {
-          const before = yield* Ref.getAndSet(seen, instances)
-          for (const key of instances.keys()) {
-            if (!before.has(key)) yield* line("subscriber", `+ ${key.slice(prefix.length)} (${instances.size} live)`)
-          }
-          for (const key of before.keys()) {
-            if (!instances.has(key)) yield* line("subscriber", `- ${key.slice(prefix.length)} (${instances.size} live)`)
-          }
-        })
-      ),
-      Effect.forkScoped
-    )
+    yield* Subscriber.follow(subscriber.instances, (instances) =>
+      Effect.gen(function* () {
+        const before = yield* Ref.getAndSet(seen, instances)
+        for (const key of instances.keys()) {
+          if (!before.has(key)) yield* line("subscriber", `+ ${key.slice(prefix.length)} (${instances.size} live)`)
+        }
+        for (const key of before.keys()) {
+          if (!instances.has(key)) yield* line("subscriber", `- ${key.slice(prefix.length)} (${instances.size} live)`)
+        }
+      })
+    ).pipe(Effect.forkScoped)
     const until = (predicate: (instances: ReadonlyMap<string, string>) => boolean) =>
       subscriber.instances.changes.pipe(Stream.filter(predicate), Stream.runHead, Effect.timeout("15 seconds"))
 

@@ -9,6 +9,8 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
@@ -18,6 +20,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as Subscribable from "effect/Subscribable"
 import * as TestClock from "effect/TestClock"
 import * as TestServices from "effect/TestServices"
@@ -916,4 +919,81 @@ describe("Subscriber (in-memory etcd)", () => {
       )
     )
   })
+})
+
+describe("Subscriber.follow", () => {
+  it.effect("calls f with the current set, then each new one; a follower that falls behind gets the newest", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "http://a")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+        const seen = yield* Queue.unbounded<ReadonlyArray<string>>()
+        const gate = yield* Deferred.make<void>()
+        let calls = 0
+        yield* Effect.forkScoped(
+          Subscriber.follow(subscriber.endpointSet, (set) =>
+            Effect.zipRight(
+              Queue.offer(seen, set.keys),
+              // the second call holds the follower up until the gate opens
+              ++calls === 2 ? Deferred.await(gate) : Effect.void
+            )
+          )
+        )
+        expect(yield* Queue.take(seen)).toEqual(["/svc/a"])
+        yield* put("/svc/b", "http://b")
+        expect(yield* Queue.take(seen)).toEqual(["/svc/a", "/svc/b"])
+        // two more updates while the follower is busy: it skips to the newest
+        yield* put("/svc/c", "http://c")
+        yield* waitForInstances(subscriber, { "/svc/a": "http://a", "/svc/b": "http://b", "/svc/c": "http://c" })
+        yield* del("/svc/a")
+        yield* waitForInstances(subscriber, { "/svc/b": "http://b", "/svc/c": "http://c" })
+        yield* Deferred.succeed(gate, undefined)
+        expect(yield* Queue.take(seen)).toEqual(["/svc/b", "/svc/c"])
+        yield* put("/svc/d", "http://d")
+        expect(yield* Queue.take(seen)).toEqual(["/svc/b", "/svc/c", "/svc/d"])
+        expect(calls).toBe(4)
+      })
+    )
+  )
+
+  it.effect("fails with f's failure, and stops when interrupted", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+        const seen = yield* Queue.unbounded<number>()
+        const failing = yield* Effect.fork(
+          Subscriber.follow(subscriber.instances, (instances) =>
+            instances.has("/svc/bad") ? Effect.fail("bad instance" as const) : Queue.offer(seen, instances.size)
+          )
+        )
+        const interrupted = yield* Effect.fork(Subscriber.follow(subscriber.instances, () => Effect.void))
+        expect(yield* Queue.take(seen)).toBe(0)
+        yield* put("/svc/bad", "http://bad")
+        expect(yield* Fiber.await(failing)).toEqual(Exit.fail("bad instance"))
+        expect(Exit.isInterrupted(yield* Fiber.interrupt(interrupted))).toBe(true)
+      })
+    )
+  )
+
+  it.effect("follows any Subscribable: a SubscriptionRef, the subscriber's state", () =>
+    Effect.gen(function* () {
+      const ref = yield* SubscriptionRef.make(1)
+      const seen = yield* Queue.unbounded<number>()
+      yield* Effect.forkScoped(Subscriber.follow(ref, (n) => Queue.offer(seen, n)))
+      expect(yield* Queue.take(seen)).toBe(1)
+      yield* SubscriptionRef.set(ref, 2)
+      expect(yield* Queue.take(seen)).toBe(2)
+      yield* onMemory(
+        Effect.gen(function* () {
+          const { factory } = yield* recordingFactory
+          const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+          const states = yield* Queue.unbounded<string>()
+          yield* Effect.forkScoped(Subscriber.follow(subscriber.state, (state) => Queue.offer(states, state._tag)))
+          expect(yield* Queue.take(states)).toBe("Live")
+        })
+      )
+    }).pipe(Effect.scoped)
+  )
 })

@@ -337,6 +337,22 @@ class Published<A> implements Subscribable.Subscribable<A> {
     })
   }
 
+  /** The value after version `seen` and its version: at once when there is one, else at the next change. */
+  next(seen: number): Effect.Effect<readonly [A, number]> {
+    return Effect.suspend(() =>
+      seen !== this.version
+        ? Effect.succeed([this.current(), this.version] as const)
+        : Effect.async<readonly [A, number]>((resume) => {
+            const waiter = () => resume(Effect.sync(() => [this.current(), this.version] as const))
+            this.waiters.push(waiter)
+            return Effect.sync(() => {
+              const i = this.waiters.indexOf(waiter)
+              if (i >= 0) this.waiters.splice(i, 1)
+            })
+          })
+    )
+  }
+
   current(): A {
     if (this.builtAt !== this.version) {
       this.value = this.build()
@@ -364,6 +380,31 @@ Object.defineProperties(Published.prototype, {
   [Readable.TypeId]: { value: Readable.TypeId },
   [Subscribable.TypeId]: { value: Subscribable.TypeId }
 })
+
+/** @internal */
+export const follow = <A, E, R>(
+  self: Subscribable.Subscribable<A>,
+  f: (a: A) => Effect.Effect<void, E, R>
+): Effect.Effect<never, E, R> => {
+  if (self instanceof Published) {
+    // the published value's own wait: no stream, no channel executor between a change and `f`
+    const published: Published<A> = self
+    const loop = (seen: number): Effect.Effect<never, E, R> =>
+      Effect.flatMap(published.next(seen), ([a, version]) => Effect.flatMap(f(a), () => loop(version)))
+    return loop(-1)
+  }
+  // any other Subscribable (a SubscriptionRef, ...): its changes, pulled in a loop; a stream that
+  // ends leaves the follower waiting, as a follower ends only when interrupted or when `f` fails
+  return Effect.scoped(
+    Effect.flatMap(Stream.toPull(self.changes), (pull) => {
+      const loop: Effect.Effect<never, E, R> = Effect.flatMap(
+        Effect.catchAll(pull, () => Effect.never),
+        (chunk) => Effect.flatMap(Effect.forEach(chunk, f, { discard: true }), () => loop)
+      )
+      return loop
+    })
+  )
+}
 
 /** What one run of factories made: per job, its endpoint and scope (both undefined when the factory failed). */
 interface Made<Req, Res, E> {
