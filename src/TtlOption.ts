@@ -31,8 +31,10 @@ export interface TtlOption {
 export const minHeartbeat: Duration.Duration = Duration.millis(500)
 
 /**
- * The TTL must be at least this many heartbeats, so that one lost or late
- * heartbeat never lets the lease expire.
+ * The TTL must be more than this many heartbeats, so that one lost heartbeat
+ * never lets the lease expire: after a lost one, the next renews the lease a
+ * heartbeat before it would run out (at exactly two heartbeats, the renewal
+ * and the expiry fall due at the same moment).
  *
  * @since 0.1.0
  * @category constants
@@ -65,7 +67,7 @@ const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Du
 
 /**
  * Validates a TTL option. Rules: the heartbeat is at least 500 ms; the TTL is
- * at least two heartbeats. Invalid values fail with `InvalidOptions`; nothing is
+ * more than two heartbeats. Invalid values fail with `InvalidOptions`; nothing is
  * clamped. The TTL given to etcd is rounded up to whole seconds, never down.
  *
  * @since 0.1.0
@@ -84,10 +86,10 @@ export const make = (options?: {
         reason: `must be at least ${Duration.format(minHeartbeat)}, got ${Duration.format(heartbeat)}`
       })
     }
-    if (Duration.toMillis(ttl) < minHeartbeatsPerTtl * Duration.toMillis(heartbeat)) {
+    if (Duration.toMillis(ttl) <= minHeartbeatsPerTtl * Duration.toMillis(heartbeat)) {
       return yield* new InvalidOptions({
         option: "ttl",
-        reason: `must be at least ${minHeartbeatsPerTtl} heartbeats (${Duration.format(
+        reason: `must be more than ${minHeartbeatsPerTtl} heartbeats (${Duration.format(
           Duration.times(heartbeat, minHeartbeatsPerTtl)
         )}), got ${Duration.format(ttl)}`
       })

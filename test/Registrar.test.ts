@@ -732,11 +732,16 @@ describe("Registrar rejects bad input before touching etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
-  it.scoped("a TTL not greater than the heartbeat fails with InvalidOptions", () =>
+  it.scoped("a TTL of two heartbeats or less fails with InvalidOptions; a little more is accepted", () =>
     Effect.gen(function* () {
+      // at exactly two heartbeats, a lost heartbeat's successor and the lease's expiry fall due together
+      const accepted = yield* ttlOf("1 second", "2001 millis")
+      expect(accepted.ttlSeconds).toBe(3)
       for (const [heartbeat, ttl] of [
         ["1 second", "1 second"],
-        ["2 seconds", "1 second"]
+        ["2 seconds", "1 second"],
+        ["1 second", "2 seconds"],
+        ["1500 millis", "3 seconds"]
       ] as const) {
         const fromMake = yield* Effect.flip(ttlOf(heartbeat, ttl))
         expect(fromMake.option).toBe("ttl")
