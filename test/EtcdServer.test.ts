@@ -400,6 +400,27 @@ describe("EtcdServer", () => {
       })
   )
 
+  it.scopedLive("a binary that runs etcd as its child (a wrapper script without exec): pause and stop reach etcd", () =>
+    Effect.gen(function* () {
+      const dir = yield* parentDirectory
+      const wrapper = Path.join(dir, "etcd-wrapper.sh")
+      Fs.writeFileSync(wrapper, `#!/bin/sh\n"${process.env["ETCD_BIN"] || "etcd"}" "$@"\n`, { mode: 0o755 })
+      const server = yield* EtcdServer.make({ binary: wrapper })
+      const client = yield* etcd3(server.clientUrls)
+      yield* put(client, "/kit/wrapped", "yes")
+      yield* server.pause
+      expect(yield* server.isHealthy).toBe(false)
+      yield* server.resume
+      expect(yield* get(client, "/kit/wrapped")).toBe("yes")
+      const pid = yield* pidOf(server)
+      yield* server.stop
+      expect(processExists(pid)).toBe(false)
+      // nothing of it is left: no process names its data dir, nothing answers on its port
+      expect(yield* processesMentioning(server.dataDir)).toEqual([])
+      expect(yield* server.isHealthy).toBe(false)
+    })
+  )
+
   it.scoped("a directory option that cannot hold a temp dir fails with a typed error naming it", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(EtcdServer.make({ directory: "/nonexistent/etcd-kit-parent" }))

@@ -147,12 +147,19 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
 
     const alive = (): Running | undefined => (current !== undefined && !current.exited ? current : undefined)
 
+    /**
+     * Signals the member's process group: etcd, and whatever its binary started
+     * (a wrapper script that runs etcd as its child, without exec, would
+     * otherwise be paused or stopped while its etcd goes on). Where there are
+     * no process groups (Windows), the spawned process alone.
+     */
     const signal = (running: Running, signal: NodeJS.Signals): Effect.Effect<void> =>
       Effect.sync(() => {
-        // never signal a pid after its exit was seen: it may belong to someone else by now
-        if (running.exited) return
+        // a pid whose exit was seen may belong to someone else by now; a group's id stays taken
+        // while the group has a process, and a group without one is not signalled (ESRCH)
+        if (running.exited && !Os.processGroups) return
         try {
-          process.kill(running.pid, signal)
+          process.kill(Os.processGroups ? -running.pid : running.pid, signal)
         } catch {
           // ESRCH: it exited and its exit event is on its way
         }
@@ -178,8 +185,17 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
         for (let i = 0; i < 1000 && !stopped(); i++) Atomics.wait(tick, 0, 0, 1)
       })
 
+    /** Waits for the spawned process to exit, then for the rest of its group (within `stopTimeout`). */
     const awaitExit = (running: Running): Effect.Effect<boolean> =>
-      Deferred.await(running.exit).pipe(
+      Effect.zipRight(
+        Deferred.await(running.exit),
+        Os.processGroups
+          ? Effect.repeat(Os.groupAlive(running.pid), {
+              schedule: Schedule.spaced("10 millis"),
+              until: (alive) => !alive
+            })
+          : Effect.void
+      ).pipe(
         Effect.timeout(spec.stopTimeout),
         Effect.as(true),
         Effect.catchTag("TimeoutException", () => Effect.succeed(false))
@@ -227,7 +243,11 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
           } catch {
             // no log file to write to: etcd's own --log-outputs says why, in the error
           }
-          const child = ChildProcess.spawn(command, argv, { stdio: ["ignore", output, output] })
+          // a process group of its own, which every signal goes to (see `signal`)
+          const child = ChildProcess.spawn(command, argv, {
+            stdio: ["ignore", output, output],
+            detached: Os.processGroups
+          })
           if (output !== "ignore") closeSync(output)
           const pid = child.pid
           if (pid === undefined) {

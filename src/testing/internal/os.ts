@@ -140,6 +140,34 @@ export const statFields = (stat: string): Array<string> => stat.slice(stat.lastI
 const processIds = async (): Promise<Array<string>> =>
   (await FsP.readdir("/proc").catch(() => [])).filter((entry) => /^[0-9]+$/.test(entry))
 
+/** Whether members run in a process group of their own (POSIX), which their signals go to. */
+export const processGroups: boolean = process.platform !== "win32"
+
+/**
+ * Whether a process group (a member's etcd and whatever its binary started:
+ * a wrapper script may run etcd as its child) still has a live process. Where
+ * /proc shows the group's processes, zombies do not count: an orphan's zombie
+ * waits for an init that may never reap it.
+ */
+export const groupAlive = (pgid: number): Effect.Effect<boolean> =>
+  Effect.promise(async () => {
+    try {
+      process.kill(-pgid, 0)
+    } catch (cause) {
+      return (cause as NodeJS.ErrnoException).code !== "ESRCH"
+    }
+    if (process.platform !== "linux") return true
+    const ids = await processIds()
+    if (ids.length === 0) return true
+    for (const id of ids) {
+      const stat = await FsP.readFile(`/proc/${id}/stat`, "utf8").catch(() => undefined)
+      if (stat === undefined) continue
+      const [state, , group] = statFields(stat)
+      if (group === String(pgid) && state !== "Z" && state !== "X") return true
+    }
+    return false
+  })
+
 /**
  * A process as `<pid namespace> <pid> <start time>` (Linux /proc): a pid alone
  * may have been reused, and a pid from another namespace (another container
