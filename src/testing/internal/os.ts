@@ -97,6 +97,15 @@ export const parentDeathWrapper: Effect.Effect<Wrapper | undefined> = Effect.cac
   })
 ).pipe(Effect.runSync)
 
+/**
+ * Whether members run in a process group of their own, which their signals go
+ * to: only where the kernel kills them with this process (see
+ * {@link parentDeathWrapper}). Out of the terminal's process group, they no
+ * longer get its Ctrl-C; elsewhere that is what stops them when a test run is
+ * cut short.
+ */
+export const processGroups: boolean = parentDeathWrapper !== undefined
+
 /** `count` distinct free TCP ports on 127.0.0.1 (bound to port 0 together, then released). */
 export const freePorts = (count: number): Effect.Effect<ReadonlyArray<number>, EtcdTestError> =>
   Effect.tryPromise({
@@ -139,9 +148,6 @@ export const statFields = (stat: string): Array<string> => stat.slice(stat.lastI
 /** The pids in `/proc` (none where there is no `/proc`). */
 const processIds = async (): Promise<Array<string>> =>
   (await FsP.readdir("/proc").catch(() => [])).filter((entry) => /^[0-9]+$/.test(entry))
-
-/** Whether members run in a process group of their own (POSIX), which their signals go to. */
-export const processGroups: boolean = process.platform !== "win32"
 
 /**
  * Whether a process group (a member's etcd and whatever its binary started:
