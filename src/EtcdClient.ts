@@ -55,6 +55,12 @@ export interface KeyValue {
 export interface Listing {
   readonly revision: number
   readonly entries: ReadonlyArray<KeyValue>
+  /**
+   * The id of the cluster the listing was read from, when the client knows it.
+   * Give it to the watch that follows (`WatchOptions.cluster`): a watch that
+   * finds another cluster then fails with `Rewound`, even on its first connection.
+   */
+  readonly cluster?: string | undefined
 }
 
 /**
@@ -88,6 +94,13 @@ export type WatchEvent =
 export interface WatchOptions {
   /** The first revision to deliver changes of (a listing's `revision + 1`). */
   readonly fromRevision: number
+  /**
+   * The cluster id `fromRevision` belongs to (a listing's `cluster`). The watch
+   * fails with `Rewound` when it connects to another cluster (a wiped or
+   * replaced one), or to a store whose revision is behind `fromRevision - 1`.
+   * Without it, the first connection's cluster is the one followed.
+   */
+  readonly cluster?: string | undefined
   /**
    * When and how often to reconnect after a transient disconnect. Defaults to a
    * jittered exponential backoff from 100 ms capped at 2 s, forever.

@@ -34,7 +34,7 @@ describe("EtcdClient.layerMemory", () => {
       Effect.gen(function* () {
         const { client, control } = yield* services
         expect(yield* client.revision).toBe(1)
-        expect(yield* client.list("")).toEqual({ revision: 1, entries: [] })
+        expect(yield* client.list("")).toEqual({ revision: 1, entries: [], cluster: "1" })
         expect((yield* control.leases).size).toBe(0)
       })
     )

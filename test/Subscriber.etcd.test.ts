@@ -318,4 +318,31 @@ describe("Subscriber against a real etcd", () => {
       expect(yield* callAll(subscriber)).toEqual(["new got ping"])
     })
   )
+
+  it.scopedLive(
+    "etcd wiped right after the listing, its revision caught up before the watch connects: told by the cluster id",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.make()
+        const client = yield* EtcdClient.make(server.clientOptions)
+        const prefix = `/sub-${run}/wipe-early/`
+        yield* client.put(`${prefix}old`, "old")
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({
+          prefix,
+          factory,
+          reconnect: Schedule.spaced("200 millis"),
+          retryList: Schedule.spaced("200 millis")
+        }).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+        expect(yield* callAll(subscriber)).toEqual(["old got ping"])
+        // before the subscriber's watch has heard from etcd: the wiped store's revisions soon pass
+        // the listed one, so the revision alone cannot tell
+        yield* server.wipe
+        const writer = yield* EtcdClient.make(server.clientOptions)
+        yield* writer.put(`${prefix}new-1`, "new-1")
+        yield* writer.put(`${prefix}new-2`, "new-2")
+        yield* waitForInstances(subscriber, { [`${prefix}new-1`]: "new-1", [`${prefix}new-2`]: "new-2" })
+        expect(yield* callAll(subscriber)).toEqual(["new-1 got ping", "new-2 got ping"])
+      })
+  )
 })

@@ -11,7 +11,7 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import type { EtcdClient, LeaseId, WatchEvent } from "../EtcdClient.js"
+import type { EtcdClient, LeaseId, WatchEvent, WatchOptions } from "../EtcdClient.js"
 import { EtcdError, NoKey, NoValue } from "../EtcdError.js"
 import { normalizePrefix } from "./prefix.js"
 
@@ -224,14 +224,16 @@ export const openWatch = (
   primitives: Primitives,
   prefix: string,
   fromRevision: number,
-  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
+  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect,
+  knownCluster: string | undefined = undefined
 ): Effect.Effect<WatchBatches, never, Scope.Scope> =>
   Effect.gen(function* () {
     const driver = yield* Schedule.driver(Schedule.whileInput(reconnect, isTransient))
     // the watch's state, touched only by the fiber taking from it (and the sinks, which only fill mailboxes)
     let next = fromRevision // the next revision to deliver
     let disconnected = false
-    let cluster: string | undefined = undefined // the cluster followed, from the first connection on
+    // the cluster followed: the listing's, else the first connection's
+    let cluster: string | undefined = knownCluster
     let connection: Connection | undefined = undefined
     // the transient failure to back off from before connecting again
     let retryAfter: EtcdError | undefined = undefined
@@ -491,10 +493,11 @@ export const reconnectingWatch = (
   primitives: Primitives,
   prefix: string,
   fromRevision: number,
-  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect
+  reconnect: Schedule.Schedule<unknown, EtcdError> = defaultReconnect,
+  cluster: string | undefined = undefined
 ): Stream.Stream<WatchEvent, EtcdError> =>
   Stream.unwrapScoped(
-    Effect.map(openWatch(primitives, prefix, fromRevision, reconnect), (watch) =>
+    Effect.map(openWatch(primitives, prefix, fromRevision, reconnect, cluster), (watch) =>
       Stream.repeatEffectChunk(Effect.map(watch.take, (events) => Chunk.unsafeFromArray(events)))
     )
   )
@@ -502,7 +505,8 @@ export const reconnectingWatch = (
 type OpenWatchOf = (
   prefix: string,
   fromRevision: number,
-  reconnect: Schedule.Schedule<unknown, EtcdError> | undefined
+  reconnect: Schedule.Schedule<unknown, EtcdError> | undefined,
+  cluster: string | undefined
 ) => Effect.Effect<WatchBatches, never, Scope.Scope>
 
 /** Where an EtcdClient made by {@link fromPrimitives} keeps its {@link openWatch}. */
@@ -515,10 +519,10 @@ const OpenWatch: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/openWatch
 export const watchBatches = (
   client: EtcdClient,
   prefix: string,
-  options: { readonly fromRevision: number; readonly reconnect?: Schedule.Schedule<unknown, EtcdError> | undefined }
+  options: WatchOptions
 ): Effect.Effect<WatchBatches, never, Scope.Scope> => {
   const direct = (client as { readonly [OpenWatch]?: OpenWatchOf })[OpenWatch]
-  if (direct !== undefined) return direct(prefix, options.fromRevision, options.reconnect)
+  if (direct !== undefined) return direct(prefix, options.fromRevision, options.reconnect, options.cluster)
   return Effect.map(Stream.toPull(client.watch(prefix, options)), (pull) => {
     const take = Effect.mapBoth(pull, {
       onFailure: Option.getOrElse(
@@ -608,13 +612,14 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
       get: primitives.get,
       delete: primitives.delete,
       list: primitives.list,
-      watch: (prefix, options) => reconnectingWatch(primitives, prefix, options.fromRevision, options.reconnect),
+      watch: (prefix, options) =>
+        reconnectingWatch(primitives, prefix, options.fromRevision, options.reconnect, options.cluster),
       compact: primitives.compact,
       revision: primitives.revision
     } satisfies EtcdClient
     // not enumerable: a client spread into a wrapper (which may change `watch`) uses that `watch`
-    const direct: OpenWatchOf = (prefix, fromRevision, reconnect) =>
-      openWatch(primitives, prefix, fromRevision, reconnect)
+    const direct: OpenWatchOf = (prefix, fromRevision, reconnect, cluster) =>
+      openWatch(primitives, prefix, fromRevision, reconnect, cluster)
     Object.defineProperty(client, OpenWatch, { value: direct })
     if (primitives.grantAndPut !== undefined)
       Object.defineProperty(client, GrantAndPut, { value: primitives.grantAndPut })

@@ -679,10 +679,38 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       })
     )
 
+    // The TTL of each lease this client granted (seconds). A request a lease depends on (its grant,
+    // the puts on it, its keep-alives) gives each member a quarter of the TTL to answer, at most
+    // the request timeout, before it goes to the next: with a hung member tried first, a whole
+    // request timeout (3 s by default) let a 3 s or 5 s lease expire between two heartbeats, and a
+    // re-grant's put land as its new lease ran out. With a quarter, a heartbeat (a TTL holds more
+    // than two) fails over and renews the lease well within its TTL.
+    const leaseTtls = new Map<LeaseId, number>()
+    const memberMillis = (ttlSeconds: number | undefined): number =>
+      ttlSeconds === undefined ? requestMillis : Math.min(requestMillis, ttlSeconds * 250)
+    /** Call options giving each attempt (each member tried) its own deadline; etcd3 reads them per attempt. */
+    const memberOptions = (ttlSeconds: number | undefined): { readonly deadline: number } | undefined => {
+      const millis = memberMillis(ttlSeconds)
+      if (millis === requestMillis) return undefined
+      return {
+        get deadline() {
+          return Date.now() + millis
+        }
+      }
+    }
+    const forget = (lease: LeaseId) => {
+      leaseTtls.delete(lease)
+    }
+
     const grant = (ttlSeconds: number) =>
       Effect.suspend(() =>
         Number.isInteger(ttlSeconds) && ttlSeconds > 0
-          ? call("grant", () => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds })).pipe(Effect.map((r) => r.ID))
+          ? call("grant", () => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }, memberOptions(ttlSeconds))).pipe(
+              Effect.map((r) => {
+                leaseTtls.set(r.ID, ttlSeconds)
+                return r.ID
+              })
+            )
           : Effect.fail(
               new EtcdError({ operation: "grant", reason: "Other", detail: `TTL must be a positive integer` })
             )
@@ -695,7 +723,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
      * merely opened would count as a success, and every keep-alive would go back
      * to the hung member).
      */
-    const keepAliveAttempt = (lease: LeaseId, hosts: Hosts): Effect.Effect<number, EtcdError> =>
+    const keepAliveAttempt = (lease: LeaseId, hosts: Hosts, millis: number): Effect.Effect<number, EtcdError> =>
       Effect.async<number, EtcdError>((resume) => {
         let call: KeepAliveCall | undefined
         let done = false
@@ -706,7 +734,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               new Promise<Etcd3.ILeaseKeepAliveResponse | undefined>((resolve, reject) => {
                 if (done) return resolve(undefined)
                 const s = (client as unknown as LeaseService).leaseKeepAlive(metadata, {
-                  deadline: Date.now() + requestMillis
+                  deadline: Date.now() + millis
                 })
                 call = s
                 s.on("data", (res: Etcd3.ILeaseKeepAliveResponse) => {
@@ -747,12 +775,12 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       }).pipe(
         // a safety net: the call's own deadline ends a normal attempt first
         Effect.timeoutFail({
-          duration: Duration.sum(requestTimeout, Duration.millis(500)),
+          duration: Duration.millis(millis + 500),
           onTimeout: () =>
             new EtcdError({
               operation: "keepAlive",
               reason: "Timeout",
-              detail: `no answer in ${Duration.format(requestTimeout)}`
+              detail: `no answer in ${Duration.format(Duration.millis(millis))}`
             })
         })
       )
@@ -766,12 +794,22 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
       Effect.suspend(() => {
         const hosts = poolOf(etcd).shuffledHosts()
-        return keepAliveAttempt(lease, hosts).pipe(
-          Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
+        return keepAliveAttempt(lease, hosts, memberMillis(leaseTtls.get(lease))).pipe(
+          Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) }),
+          Effect.tapErrorTag("EtcdError", (error) =>
+            error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
+          )
         )
       })
 
-    const revoke = (lease: LeaseId) => Effect.asVoid(call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })))
+    const revoke = (lease: LeaseId) =>
+      call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })).pipe(
+        Effect.tapErrorTag("EtcdError", (error) =>
+          error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
+        ),
+        Effect.zipLeft(Effect.sync(() => forget(lease))),
+        Effect.asVoid
+      )
 
     const put = (key: string, value: string, options?: { readonly lease?: LeaseId | undefined }) =>
       // a lease id is the decimal string etcd gave (0: no lease, as in etcd); etcd3 would turn
@@ -781,11 +819,14 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             new EtcdError({ operation: "put", reason: "LeaseNotFound", detail: `not a lease id: ${options.lease}` })
           )
         : call("put", () =>
-            etcd.kv.put({
-              key: Buffer.from(key, "utf8"),
-              value: Buffer.from(value, "utf8"),
-              ...(options?.lease === undefined ? {} : { lease: options.lease })
-            })
+            etcd.kv.put(
+              {
+                key: Buffer.from(key, "utf8"),
+                value: Buffer.from(value, "utf8"),
+                ...(options?.lease === undefined ? {} : { lease: options.lease })
+              },
+              options?.lease === undefined ? undefined : memberOptions(leaseTtls.get(options.lease))
+            )
           ).pipe(Effect.map((r) => Number(r.header.revision)))
 
     /**
@@ -828,18 +869,24 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             }
             const putOn = (id: LeaseId) => {
               lease = id
+              leaseTtls.set(id, ttlSeconds)
               arm("put")
-              etcd.kv.put({ key: Buffer.from(key, "utf8"), value: Buffer.from(value, "utf8"), lease: id }).then(
-                (r) => {
-                  if (done) revokeLater(id)
-                  else settle(Effect.succeed({ lease: id, revision: Number(r.header.revision) }))
-                },
-                (cause: unknown) => failWith(toEtcdError("put", cause))
-              )
+              etcd.kv
+                .put(
+                  { key: Buffer.from(key, "utf8"), value: Buffer.from(value, "utf8"), lease: id },
+                  memberOptions(ttlSeconds)
+                )
+                .then(
+                  (r) => {
+                    if (done) revokeLater(id)
+                    else settle(Effect.succeed({ lease: id, revision: Number(r.header.revision) }))
+                  },
+                  (cause: unknown) => failWith(toEtcdError("put", cause))
+                )
             }
             arm("grant")
             try {
-              etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }).then(
+              etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }, memberOptions(ttlSeconds)).then(
                 (r) => {
                   if (done) return revokeLater(r.ID)
                   try {
@@ -874,7 +921,11 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
 
     const list = (prefix: string) =>
       call("list", () => etcd.kv.range(rangeOf(prefix))).pipe(
-        Effect.map((r) => ({ revision: Number(r.header.revision), entries: r.kvs.map(toKeyValue) }))
+        Effect.map((r) => ({
+          revision: Number(r.header.revision),
+          entries: r.kvs.map(toKeyValue),
+          cluster: String(r.header.cluster_id)
+        }))
       )
 
     const compact = (revision: number) =>

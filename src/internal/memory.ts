@@ -362,7 +362,7 @@ export const make: Effect.Effect<
           if (!key.startsWith(prefix)) break
           entries.push(toKeyValue(key, values.get(key) as StoredValue))
         }
-        return Effect.succeed({ revision, entries })
+        return Effect.succeed({ revision, entries, cluster: String(cluster) })
       }),
 
     watchOnce: watchOnce(faulty),

@@ -1201,7 +1201,7 @@ export const make = <Req, Res, E, FE, R>(
           const result = yield* Effect.either(client.list(prefix))
           if (result._tag === "Right") {
             yield* applyListing(result.right)
-            return result.right.revision
+            return { revision: result.right.revision, cluster: result.right.cluster }
           }
           yield* Effect.logWarning(`listing instances failed; retrying: ${result.left.message}`)
           yield* markFailing(result.left)
@@ -1210,18 +1210,25 @@ export const make = <Req, Res, E, FE, R>(
         }
       })
       for (;;) {
-        const listed = yield* list
+        const { cluster, revision: listed } = yield* list
         yield* Deferred.succeed(firstAttempt, undefined)
 
         // then the changes after the listed revision. The watch starts at the listed revision
         // itself (whose changes the listing holds already, so they are dropped): if a compaction
         // has passed it, the watch fails with Compacted. Starting one later would be accepted
         // after a compaction at exactly that revision, whose deletes etcd no longer has: they
-        // would be missed for good.
+        // would be missed for good. Given the listing's cluster id, the watch makes that early start
+        // itself (see openWatch) and checks from its first connection on that it is still the
+        // listed cluster, at or past the listed revision: a cluster wiped right after the listing,
+        // before the watch had heard from it, was followed as if nothing had happened.
         // the watch ends only with an error
         const error = yield* Effect.scoped(
           Effect.flatMap(
-            watchBatches(client, prefix, { fromRevision: listed, reconnect: options.reconnect }),
+            watchBatches(client, prefix, {
+              fromRevision: cluster === undefined ? listed : listed + 1,
+              cluster,
+              reconnect: options.reconnect
+            }),
             (watch) => {
               let progressed = false
               const step = (events: ReadonlyArray<WatchEvent>) => {

@@ -144,7 +144,10 @@ const suite = (test: Vitest.Test<EtcdClient | Scope.Scope>, options: ContractOpt
     Effect.gen(function* () {
       const client = yield* EtcdClient
       const prefix = uniquePrefix("list")
-      expect(yield* client.list(prefix)).toEqual({ revision: yield* client.revision, entries: [] })
+      const empty = yield* client.list(prefix)
+      expect(empty).toEqual({ revision: yield* client.revision, entries: [], cluster: empty.cluster })
+      // the cluster id etcd gives in every answer's header, as a decimal string
+      expect(empty.cluster).toMatch(/^[1-9][0-9]*$/)
       // UTF-8 byte order: U+FFFD (EF BF BD) sorts before U+1F600 (F0 9F 98 80), unlike in UTF-16
       const names = ["b", "\u{1F600}", "a/2", "\uFFFD", "é", "A", "a/1"]
       const revisions = new Map<string, number>()

@@ -247,6 +247,39 @@ describe("Reliability: a 3-member cluster", () => {
     }
 
     it.scoped(
+      "with the default request timeout, 1 s / 3 s and 2 s / 5 s registrations ride out a hung member the client talks to first: no delete, no lost lease, the keys stay",
+      () =>
+        Effect.gen(function* () {
+          const { others, target } = yield* followerAndOthers
+          const prefix = `/reliability-${run}/hung-short-ttl/`
+          yield* lastEndpointFirst
+          // headerTimeoutPerRequest left at its 3 s default: a whole TTL for the first option
+          const client = yield* EtcdClient.make({
+            endpoints: [...others.map((member) => member.clientUrl), target.clientUrl]
+          })
+          const observer = yield* observerOf(others.map((member) => member.clientUrl))
+          const short = yield* TtlOption.make({ heartbeat: "1 second", ttl: "3 seconds" })
+          const medium = yield* TtlOption.make({ heartbeat: "2 seconds", ttl: "5 seconds" })
+          const registrations = yield* Effect.forEach(
+            [
+              { key: `${prefix}short`, ttl: short },
+              { key: `${prefix}medium`, ttl: medium }
+            ],
+            ({ key, ttl }) => Registrar.make({ key, value: "http://10.0.0.1:8080", ttl })
+          ).pipe(Effect.provideService(EtcdClient.EtcdClient, client))
+          const changes = yield* recordChanges(observer, prefix)
+          const states = yield* recordStates(registrations)
+          const pausedAt = now()
+          yield* Effect.acquireRelease(target.pause, () => target.resume)
+          // the hang outlasts each TTL twice (the scenario itself, not a wait for an event)
+          yield* Effect.sleep(Math.max(0, pausedAt + 10_000 - now()))
+          expect(changes.changes.filter((c) => c._tag === "Delete").map((c) => c.key)).toEqual([])
+          expect(states.transitions).toEqual([])
+          expect((yield* truth(observer, prefix)).size).toBe(2)
+        })
+    )
+
+    it.scoped(
       "a keep-alive whose first member hangs fails over to the next member within one request timeout, not one per attempt",
       () =>
         Effect.gen(function* () {
