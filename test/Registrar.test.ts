@@ -309,6 +309,141 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "closing registrations while etcd does not answer: one request waits out its timeout, the rest do not, and the keys go with the lease",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        // etcd hangs: every request of this process times out after 10 s (a 3-member cluster's call timeout)
+        let hung = false
+        const hang = <A>(operation: string, request: Effect.Effect<A, EtcdError>) =>
+          hung
+            ? Effect.zipRight(
+                Effect.sleep("10 seconds"),
+                Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: "injected" }))
+              )
+            : request
+        const hanging: EtcdClient = {
+          ...client,
+          keepAliveOnce: (lease) => hang("keepAlive", client.keepAliveOnce(lease)),
+          revoke: (lease) => hang("revoke", client.revoke(lease)),
+          delete: (key) => hang("delete", client.delete(key)),
+          put: (key, value, options) => hang("put", client.put(key, value, options))
+        }
+        const scope = yield* Scope.make()
+        const keys = ["/svc/hung/1", "/svc/hung/2", "/svc/hung/3", "/svc/hung/4"]
+        const ttl = yield* standard
+        const registrations = yield* Effect.forEach(keys, (key) => Registrar.make(service(key, ttl))).pipe(
+          Effect.provideService(EtcdClient, hanging),
+          Scope.extend(scope)
+        )
+        hung = true
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        const took = yield* advanceUntil(
+          Effect.map(closing.poll, (exit) => exit._tag === "Some"),
+          "1 second",
+          "2 minutes"
+        )
+        // the first delete waits out its 10 s; etcd is known unreachable after it (each request: 10 s, 50 s in all)
+        expect(took).toBeLessThanOrEqual(11_000)
+        for (const registration of registrations)
+          expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+        // nobody renews the lease any more: it expires with the keys
+        yield* advanceUntil(
+          Effect.map(leaseIds, (ids) => ids.length === 0),
+          "1 second",
+          "30 seconds"
+        )
+        for (const key of keys) expect(yield* stored(key)).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "a registration whose put timed out after landing leaves no key on the shared lease, though its first delete fails too",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        const ttl = yield* standard
+        // once armed, a put lands but its answer is lost, and the delete that cleans up fails twice (a breaker open)
+        let lossy = false
+        let failDeletes = 2
+        const flaky: EtcdClient = {
+          ...client,
+          put: (key, value, options) =>
+            lossy
+              ? Effect.zipRight(
+                  client.put(key, value, options),
+                  Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
+                )
+              : client.put(key, value, options),
+          delete: (key) =>
+            lossy && failDeletes-- > 0
+              ? Effect.fail(new EtcdError({ operation: "delete", reason: "Unavailable", detail: "injected" }))
+              : client.delete(key)
+        }
+        const stays = yield* Registrar.make(service("/svc/late/stays", ttl)).pipe(
+          Effect.provideService(EtcdClient, flaky)
+        )
+        lossy = true
+        const error = yield* Effect.flip(
+          Registrar.make(service("/svc/late/failed", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+        )
+        expect(error._tag).toBe("EtcdError")
+        expect((yield* stored("/svc/late/failed"))?.lease).toBe(yield* leaseOf(stays))
+        // the shared lease stays alive (the other registration): the key must go anyway
+        yield* advanceUntil(
+          Effect.map(stored("/svc/late/failed"), (kv) => kv === undefined),
+          "100 millis",
+          "10 seconds"
+        )
+        expect((yield* stored("/svc/late/stays"))?.value).toBe("http://svc/late/stays")
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a deleted key that cannot be put back at once: Retrying counts the attempt about to be made", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      let failPuts = 0
+      const flaky: EtcdClient = {
+        ...client,
+        put: (key, value, options) =>
+          failPuts-- > 0
+            ? Effect.fail(new EtcdError({ operation: "put", reason: "Unavailable", detail: "injected" }))
+            : client.put(key, value, options)
+      }
+      const registration = yield* Registrar.make(service("/svc/repair/1", yield* standard)).pipe(
+        Effect.provideService(EtcdClient, flaky)
+      )
+      const states = yield* recordStates(registration)
+      failPuts = 2
+      yield* Effect.orDie(etcd.client.delete("/svc/repair/1"))
+      yield* advanceUntil(
+        Effect.map(stored("/svc/repair/1"), (kv) => kv !== undefined),
+        "100 millis",
+        "30 seconds"
+      )
+      const seen = (yield* Ref.get(states)).map(([, s]) => (s._tag === "Retrying" ? `Retrying ${s.attempt}` : s._tag))
+      // two failed put-backs: the second and the third attempts announced, then the third works
+      expect(seen).toEqual(["Registered", "Retrying 2", "Retrying 3", "Registered"])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("the same key and value registered twice: closing one leaves the key untouched for the other", () =>
+    Effect.gen(function* () {
+      const ttl = yield* standard
+      const scope = yield* Scope.make()
+      yield* Registrar.make(service("/svc/twice/1", ttl)).pipe(Scope.extend(scope))
+      const other = yield* Registrar.make(service("/svc/twice/1", ttl))
+      const before = yield* stored("/svc/twice/1")
+      yield* Scope.close(scope, Exit.void)
+      yield* TestClock.adjust("5 seconds")
+      // not deleted and put back (a subscriber would have closed and remade its endpoint): never touched
+      expect((yield* stored("/svc/twice/1"))?.modRevision).toBe(before?.modRevision)
+      expect((yield* Registrar.state(other))._tag).toBe("Registered")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a short outage (less than the TTL) keeps the lease: heartbeat failures only", () =>
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd

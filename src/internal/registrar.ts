@@ -5,11 +5,13 @@
  *
  * @internal
  */
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import type * as SubscriptionRef from "effect/SubscriptionRef"
 import { EtcdClient } from "../EtcdClient.js"
@@ -118,8 +120,13 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       if (Exit.isSuccess(left)) {
         yield* logInfo("deregister", { key: service.key, lease })
       } else {
-        yield* Effect.logWarning("deregister: removing the key failed", left.cause).pipe(
-          Effect.annotateLogs({ key: service.key, lease })
+        // the reason on one line, as the other warnings give it (a cause would print a stack trace)
+        const error = Option.match(Cause.failureOption(left.cause), {
+          onNone: () => Cause.pretty(left.cause),
+          onSome: (e) => e.message
+        })
+        yield* Effect.logWarning("deregister: removing the key failed").pipe(
+          Effect.annotateLogs({ key: service.key, lease, error })
         )
       }
       return yield* left

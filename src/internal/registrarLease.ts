@@ -29,7 +29,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
-import { grantAndPut } from "./client.js"
+import { grantAndPut, isTransient } from "./client.js"
 import { withPermits } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
 import type { StateCell } from "./registrarState.js"
@@ -104,6 +104,13 @@ export interface Group {
   abandoned: LeaseId | undefined
   healing: boolean
   closed: boolean
+  /**
+   * Whether the group's last request to etcd went unanswered (a transient
+   * failure: unreachable, timed out); cleared by the next answer. A
+   * deregistration then does not wait on etcd for a key its lease removes (see
+   * {@link leave}).
+   */
+  unreachable: boolean
   /** Whether the heartbeat runs: it starts with the first member, after its put (off the registration's path). */
   beating: boolean
 }
@@ -186,6 +193,7 @@ const groupFor = (client: EtcdClient, ttl: TtlOption | undefined): Effect.Effect
       abandoned: undefined,
       healing: false,
       closed: false,
+      unreachable: false,
       beating: false
     }
     registry.set(name, group)
@@ -211,10 +219,12 @@ const heartbeat = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
     const sentAt = yield* Clock.currentTimeMillis
     const result = yield* Effect.either(group.client.keepAliveOnce(lease.id))
     if (Either.isRight(result)) {
+      group.unreachable = false
       if (group.lease === lease) lease.lastOk = sentAt
       return
     }
     const error = result.left
+    group.unreachable = isTransient(error)
     yield* Metric.increment(heartbeatFailures)
     if (error.reason === "LeaseNotFound") {
       return yield* group.lock.exclusive(leaseLost(group, lease.id, error))
@@ -367,7 +377,8 @@ const repairOnce = (group: Group, member: Member, deletedAt: number): Effect.Eff
 
 /** {@link repairOnce}, retried with backoff until it is done or not needed. */
 export const repair = (group: Group, member: Member, deletedAt: number): Effect.Effect<void> => {
-  let attempt = 0
+  // the attempt about to be made, as in Retrying: the first failure announces the second
+  let attempt = 1
   return repairOnce(group, member, deletedAt).pipe(
     Effect.tapError((error) =>
       group.lock.shared(
@@ -547,19 +558,20 @@ const watchDir = (group: Group, dir: DirWatch, from: number): Effect.Effect<void
  * Puts a joining member's key, on `lease` if any. A put that fails (a timeout,
  * an interruption) may still have landed: then the key is deleted, so that a
  * registration that failed leaves nothing behind, neither on a shared lease
- * that others keep alive nor as a plain key that nothing would ever remove. A
- * `LeaseNotFound` put did not land.
+ * that others keep alive nor as a plain key that nothing would ever remove;
+ * a delete that fails too (etcd still unreachable, a breaker open) is retried
+ * in the background while the group lives. A `LeaseNotFound` put did not land.
  */
 const putMember = (group: Group, member: Member, lease: LeaseId | undefined): Effect.Effect<number, EtcdError> =>
-  group.client
-    .put(member.entry.key, member.entry.value, { lease })
-    .pipe(
-      Effect.onExit((exit) =>
-        Exit.isSuccess(exit) || isLeaseNotFound(exit.cause)
-          ? Effect.void
-          : Effect.ignore(group.client.delete(member.entry.key))
-      )
+  answered(group, group.client.put(member.entry.key, member.entry.value, { lease })).pipe(
+    Effect.onExit((exit) =>
+      Exit.isSuccess(exit) || isLeaseNotFound(exit.cause)
+        ? Effect.void
+        : Effect.catchAll(answered(group, group.client.delete(member.entry.key)), () =>
+            deleteLater(group, member.entry.key)
+          )
     )
+  )
 
 /**
  * Joins on the group's live lease (or without lease), under the shared lock:
@@ -663,7 +675,18 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
  * group's fibers (a few milliseconds of stream teardown) come after the
  * request, so that they do not delay the key's removal. Nothing puts the key
  * back meanwhile: the member is out of the group, and a closed group neither
- * heals nor joins.
+ * heals nor joins. Another member of the group with the same key and value
+ * keeps it: the key stays, untouched.
+ *
+ * When the group's last request went unanswered (etcd unreachable, see
+ * `Group.unreachable`), a member on a lease does not wait on etcd: its key is
+ * deleted in the background while others keep the lease alive, and the last
+ * member leaves the lease, which nobody renews any more, to expire with its
+ * keys within its TTL. Each request to an unreachable cluster takes a whole
+ * call timeout (the request timeout times the members, plus a second): a
+ * process closing N registrations waited N + 1 of them, past a container's
+ * grace period. The deregistration then fails with `Unavailable`, saying so.
+ * A key without a lease is always asked for: nothing else would remove it.
  */
 export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
   group.lock.exclusive(
@@ -677,39 +700,84 @@ export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdErr
         group.closed = true
         return yield* Effect.gen(function* () {
           if (lease !== undefined) {
+            if (group.unreachable && group.ttl !== undefined) return yield* leftToExpire(group.ttl, lease.id)
             const revoked = yield* Effect.either(group.client.revoke(lease.id))
             if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
             yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
               Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
             )
           }
-          yield* Effect.asVoid(group.client.delete(key))
+          yield* Effect.asVoid(answered(group, group.client.delete(key)))
         }).pipe(
           Effect.ensuring(
             Effect.zipRight(deregistered, Effect.zipRight(unwatchMember(group, member), closeGroup(group)))
           )
         )
       }
-      return yield* removeKey(group, key).pipe(
-        Effect.ensuring(Effect.zipRight(deregistered, unwatchMember(group, member)))
-      )
+      const ensure = Effect.zipRight(deregistered, unwatchMember(group, member))
+      // a registration of the same key and value stays: so does the key
+      if ([...group.members].some((m) => m.entry.key === key && m.entry.value === member.entry.value))
+        return yield* ensure
+      return yield* removeKey(group, key).pipe(Effect.ensuring(ensure))
+    })
+  )
+
+/** Notes whether etcd answered the group's request (see `Group.unreachable`). */
+const answered = <A>(group: Group, request: Effect.Effect<A, EtcdError>): Effect.Effect<A, EtcdError> =>
+  Effect.tapBoth(request, {
+    onFailure: (error) =>
+      Effect.sync(() => {
+        group.unreachable = isTransient(error)
+      }),
+    onSuccess: () =>
+      Effect.sync(() => {
+        group.unreachable = false
+      })
+  })
+
+/** The last member leaves while etcd is unreachable: the lease is left to expire, with its keys. */
+const leftToExpire = (ttl: TtlOption, lease: LeaseId): Effect.Effect<never, EtcdError> =>
+  Effect.fail(
+    new EtcdError({
+      operation: "revoke",
+      reason: "Unavailable",
+      detail: `not sent: etcd did not answer the last request; lease ${lease} is no longer kept alive and expires with its keys within ${ttl.ttlSeconds} s`
     })
   )
 
 /** Deletes the key of a member that leaves a group others stay in. Call under the exclusive lock. */
 const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
-    const deleted = yield* Effect.either(group.client.delete(key))
+    // etcd did not answer the group's last request: the delete goes to the background at once
+    const deleted: Either.Either<unknown, EtcdError> =
+      group.unreachable && group.lease !== undefined
+        ? Either.left(
+            new EtcdError({
+              operation: "delete",
+              reason: "Unavailable",
+              detail: "not sent: etcd did not answer the last request; the key is deleted in the background"
+            })
+          )
+        : yield* Effect.either(answered(group, group.client.delete(key)))
     if (Either.isRight(deleted)) return
-    // the shared lease would keep the key alive: keep trying in the background
-    const retryDelete = group.lock
-      .shared(
-        Effect.gen(function* () {
-          const again = [...group.members].some((m) => m.entry.key === key)
-          if (!again && !group.closed) yield* group.client.delete(key)
-        })
-      )
-      .pipe(Effect.retry(healSchedule), Effect.ignore)
-    yield* Effect.forkIn(Effect.interruptible(retryDelete), group.scope)
+    yield* deleteLater(group, key)
     return yield* deleted.left
   })
+
+/**
+ * Deletes a key that no member holds any more in the background, retried with
+ * backoff while the group lives: the shared lease would keep it alive. Skips
+ * when a member holds the key again, or when the group is closed (its lease
+ * is revoked or left to expire, and the key with it).
+ */
+const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
+  const retryDelete = group.lock
+    .shared(
+      Effect.gen(function* () {
+        const again = [...group.members].some((m) => m.entry.key === key)
+        if (!again && !group.closed) yield* answered(group, group.client.delete(key))
+      })
+    )
+    .pipe(Effect.retry(healSchedule), Effect.ignore)
+  return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
+}
