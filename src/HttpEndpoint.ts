@@ -13,6 +13,7 @@ import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import type { Endpoint, Factory } from "./Endpoint.js"
 import { traced } from "./internal/tracing.js"
 
@@ -56,8 +57,9 @@ export interface Options {
    * Fail with a `ResponseError` (reason `StatusCode`) on a non-2xx status. Its
    * body is read first (within a second; a body that does not end by then is
    * given up on and the request aborted), so that the connection is released,
-   * and the error's `response` gives what was read, as text, JSON, bytes or a
-   * stream. Default false.
+   * and the error's `response` gives what was read (of a body given up on or
+   * broken off, the part that came), as text, JSON, bytes or a stream. Default
+   * false.
    */
   readonly filterStatusOk?: boolean | undefined
 }
@@ -71,47 +73,64 @@ const realClock = Clock.make()
 /** The ways to read a response's body. */
 const bodyReads: ReadonlySet<string> = new Set(["text", "json", "arrayBuffer", "stream", "formData", "urlParamsBody"])
 
+/** The chunks of a body, joined. */
+const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array<ArrayBuffer> => {
+  const bytes = new Uint8Array(chunks.reduce((size, chunk) => size + chunk.length, 0))
+  let offset = 0
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset)
+    offset += chunk.length
+  }
+  return bytes
+}
+
 /**
  * A failed response, its body read: an unread body holds its socket open, one
  * more for every failed attempt of a retried call. Read within
  * {@link errorBodyTimeout} (a body that does not end by then is given up on,
  * which aborts the request and frees the socket too). The response returned is
  * the one that came, except for its body reads, which give what was read (each
- * from a web `Response` of its own: such a body can be read once); `problem`
- * says why nothing was read, if so.
+ * from a web `Response` of its own: such a body can be read once): all of it,
+ * or the part that came before the body was given up on or broke off, which
+ * `problem` then tells.
  */
 const settle = (
   response: HttpClientResponse.HttpClientResponse
-): Effect.Effect<{ readonly response: HttpClientResponse.HttpClientResponse; readonly problem?: string }> =>
-  Effect.map(
-    Effect.either(Effect.withClock(Effect.timeout(response.arrayBuffer, errorBodyTimeout), realClock)),
-    (read) => {
-      const bytes = read._tag === "Right" ? read.right : new ArrayBuffer(0)
-      // the headers go along for the body reads that look at them (formData); a web Response
-      // refuses some that an HTTP parser let through: then it goes without them
-      let headers: Record<string, string> = response.headers
-      try {
-        new Response(null, { headers })
-      } catch {
-        headers = {}
-      }
-      const fresh = () => HttpClientResponse.fromWeb(response.request, new Response(bytes, { headers }))
-      const own = new Proxy(response, {
-        get: (target, property, receiver) =>
-          typeof property === "string" && bodyReads.has(property)
-            ? Reflect.get(fresh(), property)
-            : Reflect.get(target, property, receiver)
-      })
-      if (read._tag === "Right") return { response: own }
-      return {
-        response: own,
-        problem:
-          read.left._tag === "TimeoutException"
-            ? `its body did not arrive within ${Duration.format(errorBodyTimeout)}`
-            : `its body could not be read: ${read.left.message}`
-      }
-    }
+): Effect.Effect<{ readonly response: HttpClientResponse.HttpClientResponse; readonly problem?: string }> => {
+  // read chunk by chunk, so that what came before a timeout or a break is kept
+  const chunks: Array<Uint8Array> = []
+  const reading = Stream.runForEachChunk(response.stream, (chunk) =>
+    Effect.sync(() => {
+      for (const bytes of chunk) chunks.push(bytes)
+    })
   )
+  return Effect.map(Effect.either(Effect.withClock(Effect.timeout(reading, errorBodyTimeout), realClock)), (read) => {
+    const bytes = concat(chunks)
+    // the headers go along for the body reads that look at them (formData); a web Response
+    // refuses some that an HTTP parser let through: then it goes without them
+    let headers: Record<string, string> = response.headers
+    try {
+      new Response(null, { headers })
+    } catch {
+      headers = {}
+    }
+    const fresh = () => HttpClientResponse.fromWeb(response.request, new Response(bytes, { headers }))
+    const own = new Proxy(response, {
+      get: (target, property, receiver) =>
+        typeof property === "string" && bodyReads.has(property)
+          ? Reflect.get(fresh(), property)
+          : Reflect.get(target, property, receiver)
+    })
+    if (read._tag === "Right") return { response: own }
+    return {
+      response: own,
+      problem:
+        read.left._tag === "TimeoutException"
+          ? `its body did not end within ${Duration.format(errorBodyTimeout)}`
+          : `its body could not be read: ${read.left.message}`
+    }
+  })
+}
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`

@@ -8,12 +8,13 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
-import { createServer, type Server } from "node:http"
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import * as HttpEndpoint from "../src/HttpEndpoint.js"
 
 let slowBodyEnded = false
@@ -69,6 +70,26 @@ const TestLive = Layer.mergeAll(Layer.provide(App, ServerLive), ServerLive, Node
 const baseUrl = Effect.map(HttpServer.HttpServer, (server) =>
   server.address._tag === "TcpAddress" ? `http://127.0.0.1:${server.address.port}` : ""
 )
+
+/** A node:http server of a test's own, with `handler`, closed (its connections too) with the scope: its base URL. */
+const serverOwn = (handler: (request: IncomingMessage, response: ServerResponse) => void) =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.async<Server>((resume) => {
+        const server = createServer(handler)
+        server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+      }),
+      (server) =>
+        Effect.async<void>((resume) => {
+          server.closeAllConnections()
+          server.close(() => resume(Effect.void))
+        })
+    ),
+    (server) => {
+      const address = server.address()
+      return `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`
+    }
+  )
 
 describe("HttpEndpoint.parseInstance", () => {
   it.effect("accepts http(s) URLs and rejects anything else with InvalidInstance", () =>
@@ -148,11 +169,11 @@ describe("HttpEndpoint.factory", () => {
         const before = yield* openConnections
         const error = yield* Effect.flip(strict(HttpClientRequest.get("/slow")))
         expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
-        expect(error.message).toContain("its body did not arrive within 1s")
+        expect(error.message).toContain("its body did not end within 1s")
         // the call did not wait for the body's end (a second and a half on the server)
         expect(slowBodyEnded).toBe(false)
-        // nothing was kept of it, and reading it says so instead of waiting
-        if (error._tag === "ResponseError") expect(yield* error.response.text).toBe("")
+        // what came before is kept, and reading it gives that instead of waiting
+        if (error._tag === "ResponseError") expect(yield* error.response.text).toBe("a start")
         // the request was aborted: its connection goes
         yield* untilOpenConnections((open) => open <= before)
         // polls on the real clock (the endpoint's bound is on it already)
@@ -172,30 +193,48 @@ describe("HttpEndpoint.factory", () => {
       })
     )
 
+    it.scoped("with filterStatusOk, a body that starts and never ends gives what came before it was given up on", () =>
+      Effect.gen(function* () {
+        // a server of its own, whose failure's body sends a chunk and then stalls for good
+        const closed = yield* Deferred.make<void>()
+        const base = yield* serverOwn((_, response) => {
+          response.on("close", () => Deferred.unsafeDone(closed, Effect.void))
+          response.writeHead(500, { "content-type": "text/plain" })
+          response.write("partial")
+        })
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(base)
+        const error = yield* Effect.flip(strict(HttpClientRequest.get("/")))
+        expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+        expect(error.message).toContain("its body did not end within 1s")
+        if (error._tag !== "ResponseError") return
+        expect(error.response.status).toBe(500)
+        // what was read, whichever way it is read, as often as it is read
+        expect(yield* error.response.text).toBe("partial")
+        expect(yield* error.response.text).toBe("partial")
+        expect(new TextDecoder().decode(yield* error.response.arrayBuffer)).toBe("partial")
+        const chunks = yield* Stream.runCollect(error.response.stream)
+        expect(Chunk.reduce(chunks, 0, (n, chunk) => n + chunk.length)).toBe("partial".length)
+        // the request was aborted: the server sees its response closed
+        yield* Deferred.await(closed).pipe(
+          Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("the request was not aborted") })
+        )
+      }).pipe(Effect.withClock(Clock.make()))
+    )
+
     it.scoped("with filterStatusOk, a body that breaks off is told apart from one that is slow", () =>
       Effect.gen(function* () {
         // a server of its own, whose connection breaks off in the middle of a failure's body
-        const broken = yield* Effect.acquireRelease(
-          Effect.async<Server>((resume) => {
-            const server = createServer((_, response) => {
-              response.writeHead(502, { "content-length": "100" })
-              response.write("a start", () => response.destroy())
-            })
-            server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-          }),
-          (server) =>
-            Effect.async<void>((resume) => {
-              server.closeAllConnections()
-              server.close(() => resume(Effect.void))
-            })
-        )
-        const address = broken.address()
-        const port = typeof address === "object" && address !== null ? address.port : 0
-        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(`http://127.0.0.1:${port}`)
+        const base = yield* serverOwn((_, response) => {
+          response.writeHead(502, { "content-length": "100" })
+          response.write("a start", () => response.destroy())
+        })
+        const strict = yield* HttpEndpoint.factory({ filterStatusOk: true })(base)
         const error = yield* Effect.flip(strict(HttpClientRequest.get("/")))
         expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
         expect(error.message).toContain("its body could not be read")
-        expect(error.message).not.toContain("did not arrive within")
+        expect(error.message).not.toContain("did not end within")
+        // what came before the break is kept
+        if (error._tag === "ResponseError") expect(yield* error.response.text).toBe("a start")
       })
     )
 
