@@ -37,7 +37,9 @@ export class InvalidInstance extends Schema.TaggedError<InvalidInstance>()("Inva
 /**
  * An HTTP endpoint: an `HttpClientRequest` with a URL relative to the instance
  * (`/hello`, `hello?x=1`) in, the `HttpClientResponse` out. Transport failures
- * (and, with `filterStatusOk`, non-2xx statuses) are `HttpClientError`s.
+ * (and, with `filterStatusOk`, non-2xx statuses) are `HttpClientError`s; an
+ * absolute URL (`http://other/x`, any URL with a scheme) is a `RequestError`
+ * (reason `InvalidUrl`), and nothing is sent.
  *
  * @since 0.1.0
  * @category models
@@ -132,6 +134,9 @@ const settle = (
   })
 }
 
+/** A URL with a scheme (RFC 3986: a letter, then letters, digits, `+`, `-` or `.`, then `:`). */
+const absoluteUrl = /^[A-Za-z][A-Za-z0-9+.-]*:/
+
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`
  * and `https:` URLs with a host, and without a user name, password, query or
@@ -176,7 +181,9 @@ export const parseInstance = (instance: string): Effect.Effect<string, InvalidIn
  * The factory: makes an endpoint per instance from the `HttpClient` in the
  * context. Request URLs are resolved against the instance's base URL before
  * the client's own middlewares run: they see the absolute URL (a path prefix
- * belongs in the instance, not in a middleware's `prependUrl`).
+ * belongs in the instance, not in a middleware's `prependUrl`). A request
+ * whose URL is absolute already fails with a `RequestError` (reason
+ * `InvalidUrl`) before them: the instance decides where requests go.
  *
  * @example
  * ```ts
@@ -202,12 +209,23 @@ export const factory =
       const http = yield* HttpClient.HttpClient
       // applied before the client's own request steps: its middlewares (logging, signing,
       // tracing) see the instance's absolute URL, not the caller's relative one. A path prefix
-      // belongs in the instance: a middleware's prependUrl would go in front of the host
-      const prefixed = HttpClient.mapRequestInput(http, (request) =>
-        HttpClientRequest.prependUrl(
-          request,
-          request.url === "" || request.url.startsWith("/") || request.url.startsWith("?") ? base : `${base}/`
-        )
+      // belongs in the instance: a middleware's prependUrl would go in front of the host. An
+      // absolute URL would become a path under the base: it is refused, not sent there
+      const prefixed = HttpClient.mapRequestInputEffect(http, (request) =>
+        absoluteUrl.test(request.url)
+          ? Effect.fail(
+              new HttpClientError.RequestError({
+                request,
+                reason: "InvalidUrl",
+                description: `the URL is absolute: a request's URL is relative to the instance ${base}`
+              })
+            )
+          : Effect.succeed(
+              HttpClientRequest.prependUrl(
+                request,
+                request.url === "" || request.url.startsWith("/") || request.url.startsWith("?") ? base : `${base}/`
+              )
+            )
       )
       const endpoint: HttpEndpoint =
         options.filterStatusOk === true

@@ -276,6 +276,33 @@ describe("HttpEndpoint.factory", () => {
       })
     )
 
+    it.scoped("a request with an absolute URL fails with RequestError InvalidUrl, and nothing is sent", () =>
+      Effect.gen(function* () {
+        const base = yield* baseUrl
+        const seen: Array<string> = []
+        const watched = Effect.map(HttpClient.HttpClient, (client) =>
+          HttpClient.tapRequest(client, (request) => Effect.sync(() => seen.push(request.url)))
+        )
+        for (const filterStatusOk of [false, true]) {
+          const endpoint = yield* HttpEndpoint.factory({ filterStatusOk })(`${base}/api/v1`).pipe(
+            Effect.provideServiceEffect(HttpClient.HttpClient, watched)
+          )
+          // another host, and the instance's own URL spelt out: neither becomes a path under the base
+          for (const url of ["http://other.invalid/x", "https://other.invalid", `${base}/hello`, "mailto:a@b.c"]) {
+            const error = yield* Effect.flip(endpoint(HttpClientRequest.get(url)))
+            expect(error).toMatchObject({ _tag: "RequestError", reason: "InvalidUrl" })
+            expect(error.request.url).toBe(url)
+            expect(error.message).toContain(`relative to the instance ${base}/api/v1`)
+          }
+          const fromUrl = yield* Effect.flip(endpoint(HttpClientRequest.get(new URL(`${base}/hello?x=1`))))
+          expect(fromUrl).toMatchObject({ _tag: "RequestError", reason: "InvalidUrl" })
+          // relative ones still go
+          expect(yield* Effect.flatMap(endpoint(HttpClientRequest.get("echo")), (r) => r.text)).toBe("echo")
+        }
+        expect(seen).toEqual([`${base}/api/v1/echo`, `${base}/api/v1/echo`])
+      })
+    )
+
     it.scoped("an instance that is not an http(s) URL fails the factory with InvalidInstance", () =>
       Effect.gen(function* () {
         const error = yield* Effect.flip(HttpEndpoint.factory()("127.0.0.1:8080"))
