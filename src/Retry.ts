@@ -21,11 +21,26 @@ import { InvalidOptions } from "./EtcdError.js"
 import { timeoutFailIn } from "./internal/timeout.js"
 
 /**
+ * What an error says, for a message: its message, or when it has none (a
+ * `Data.TaggedError` without one has an empty message) its `_tag`, or else its
+ * String form.
+ */
+const reasonOf = (error: unknown): string => {
+  if (typeof error === "object" && error !== null) {
+    const message = "message" in error && error.message !== undefined ? String(error.message) : ""
+    if (message !== "") return message
+    if ("_tag" in error && typeof error._tag === "string" && error._tag !== "") return error._tag
+  }
+  return String(error)
+}
+
+/**
  * A retried call failed: the callback (or `max`) said stop, or the timeout
  * passed. `errors` holds every attempt's error in order (a balancer failure such
  * as `NoEndpoints` counts as an attempt); `final` is the error that ended the
  * call: the last attempt's (or the callback's replacement for it), or a
- * `TimeoutException` when `timedOut` is true.
+ * `TimeoutException` when `timedOut` is true. Its message says how the call
+ * ended and gives the final error's message (its `_tag` when it has none).
  *
  * See {@link RetryErrorOf} for the same error with typed fields.
  *
@@ -39,12 +54,9 @@ export class RetryError extends Schema.TaggedError<RetryError>()("RetryError", {
 }) {
   /** @since 0.1.0 */
   override get message(): string {
-    const final = this.final
-    const reason =
-      typeof final === "object" && final !== null && "message" in final ? String(final.message) : String(final)
     return `${this.timedOut ? "timed out" : "failed"} after ${this.errors.length} attempt${
       this.errors.length === 1 ? "" : "s"
-    }: ${reason}`
+    }: ${reasonOf(this.final)}`
   }
 }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -355,5 +356,26 @@ describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin
       expect(error.timedOut).toBe(false)
       expect(error.errors).toEqual([new Boom(7), new Boom(7), new Boom(7)])
     }).pipe(onMemory)
+  )
+})
+
+describe("RetryError.message", () => {
+  class Bare extends Data.TaggedError("Bare")<{ readonly n: number }> {}
+  class Told extends Data.TaggedError("Told")<{ readonly message: string }> {}
+
+  it.effect("gives the final error's message, or its _tag when it has none", () =>
+    Effect.gen(function* () {
+      const bare: Endpoint<string, string, Bare> = () => Effect.fail(new Bare({ n: 1 }))
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([bare])), { max: 2, timeout: "1 second" })
+      const error = yield* Effect.flip(call("hi"))
+      expect(error.final).toBeInstanceOf(Bare)
+      expect(error.message).toBe("failed after 2 attempts: Bare")
+      const failed = (final: unknown) => new Retry.RetryError({ errors: [final], final, timedOut: false }).message
+      expect(failed(new Told({ message: "told why" }))).toBe("failed after 1 attempt: told why")
+      // a plain tagged object, an Error without a message, a callback's replacement
+      expect(failed(new Boom(1))).toBe("failed after 1 attempt: Boom")
+      expect(failed(new Error())).toBe("failed after 1 attempt: Error")
+      expect(failed("gave up")).toBe("failed after 1 attempt: gave up")
+    })
   )
 })
