@@ -172,7 +172,14 @@ export interface EtcdClient {
   readonly watch: (prefix: string, options: WatchOptions) => Stream.Stream<WatchEvent, EtcdError>
   /** Compacts the key-value history up to `revision`. */
   readonly compact: (revision: number) => Effect.Effect<void, EtcdError>
-  /** The current store revision. */
+  /**
+   * The current store revision. It is read with a request on the key `"\0"`,
+   * outside every prefix: a user whose role may read only its own prefix gets
+   * `PermissionDenied`, and reads it from a listing of that prefix instead
+   * (`list(prefix)` gives the revision it was read at). The library's own
+   * reads of the revision (the watch's checks, `watchPrefix`, the Registrar's)
+   * are made on the prefix concerned.
+   */
   readonly revision: Effect.Effect<number, EtcdError>
 }
 

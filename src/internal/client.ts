@@ -47,6 +47,12 @@ export interface Primitives extends Pick<
   "grant" | "keepAliveOnce" | "revoke" | "put" | "get" | "delete" | "list" | "compact" | "revision"
 > {
   readonly watchOnce: (prefix: string, fromRevision: number, sink: WatchSink) => Effect.Effect<() => void>
+  /**
+   * The store revision, read (linearizably) with a request on `prefix`: a user
+   * whose role may read only its own prefix can make it (`revision` reads a
+   * key outside every prefix). Without it, `revision`.
+   */
+  readonly revisionOf?: ((prefix: string) => Effect.Effect<number, EtcdError>) | undefined
   /** {@link grantAndPut}, when the client can send the put without a fiber between the two requests. */
   readonly grantAndPut?: GrantAndPutOf | undefined
 }
@@ -96,6 +102,10 @@ export const grantAndPut = (
     )
   )
 }
+
+/** The store revision, read with a request on `prefix` where the primitives can (see `Primitives.revisionOf`). */
+const revisionOf = (primitives: Primitives, prefix: string): Effect.Effect<number, EtcdError> =>
+  primitives.revisionOf === undefined ? primitives.revision : primitives.revisionOf(prefix)
 
 /** The default reconnect schedule of a watch: jittered exponential from 100 ms, capped at 2 s, forever. */
 export const defaultReconnect: Schedule.Schedule<unknown, EtcdError> = Schedule.exponential("100 millis").pipe(
@@ -318,7 +328,7 @@ export const openWatch = (
           })
         }
         if (event.revision < from - 1) {
-          const current = yield* primitives.revision
+          const current = yield* revisionOf(primitives, prefix)
           if (current < from - 1) {
             return yield* new EtcdError({
               operation: "watch",
@@ -545,7 +555,7 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
 
     const watchPrefix = (prefix: string): Stream.Stream<void, EtcdError> =>
       Stream.unwrap(
-        Effect.map(primitives.revision, (revision) =>
+        Effect.map(revisionOf(primitives, normalizePrefix(prefix)), (revision) =>
           Stream.concat(
             Stream.succeed(undefined),
             reconnectingWatch(primitives, normalizePrefix(prefix), revision + 1).pipe(

@@ -934,6 +934,11 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     const revision = call("status", () => etcd.kv.range({ key: Buffer.from([0]), count_only: true, limit: 1 })).pipe(
       Effect.map((r) => Number(r.header.revision))
     )
+    // the same, read on a prefix the caller may read (a role limited to its prefix may not read "\0")
+    const revisionOf = (prefix: string) =>
+      call("status", () => etcd.kv.range({ ...rangeOf(prefix), count_only: true, limit: 1 })).pipe(
+        Effect.map((r) => Number(r.header.revision))
+      )
 
     const watchOnce = (prefix: string, fromRevision: number, sink: WatchSink): Effect.Effect<() => void> =>
       Effect.sync(() => {
@@ -1130,6 +1135,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       delete: del,
       list,
       watchOnce,
+      revisionOf,
       compact,
       revision,
       grantAndPut

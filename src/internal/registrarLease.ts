@@ -482,11 +482,16 @@ const unwatchMember = (group: Group, member: Member): Effect.Effect<void> =>
     return dir.fiber === undefined ? Effect.void : Fiber.interrupt(dir.fiber)
   })
 
-/** Puts the member's key back if it is missing now. */
+/**
+ * Puts the member's key back if it is missing now. One read of the key (as a
+ * prefix: a role limited to the service's prefix may make it), whose revision
+ * is the one the key was missing at.
+ */
 const checkKey = (group: Group, member: Member): Effect.Effect<void> =>
   Effect.gen(function* () {
-    const revision = yield* group.client.revision
-    if (Option.isNone(yield* group.client.get(member.entry.key))) yield* repair(group, member, revision)
+    const key = member.entry.key
+    const listing = yield* group.client.list(key)
+    if (!listing.entries.some((kv) => kv.key === key)) yield* repair(group, member, listing.revision)
   }).pipe(Effect.retry(healSchedule), Effect.ignore)
 
 const membersOf = (dir: DirWatch): ReadonlyArray<Member> => [...dir.members.values()].flatMap((set) => [...set])

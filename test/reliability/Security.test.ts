@@ -9,6 +9,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -231,6 +232,40 @@ describe("Reliability: security", () => {
             expect(rejections.reasons).toEqual([])
           })
         )
+    )
+  })
+
+  layer(EtcdServer.layer(), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.scoped(
+      "a user whose role may read only its prefix: watchPrefix reads the revision on the prefix, and a subscriber follows",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const rootPassword = Redacted.make(`root-pw-${run}`)
+          const password = Redacted.make(`lim-pw-${run}`)
+          yield* EtcdAuth.enable(server, rootPassword)
+          yield* EtcdAuth.createRole(server, {
+            rootPassword,
+            role: "lim-writer",
+            permissions: [{ prefix: "/services/lim/", permission: "ReadWrite" }]
+          })
+          yield* EtcdAuth.createUser(server, { rootPassword, user: "lim", password, roles: ["lim-writer"] })
+          const client = yield* EtcdClient.make({ endpoints: server.clientUrls, username: "lim", password })
+          // the store revision alone reads outside the prefix: documented as such
+          expect(yield* Effect.flip(client.revision)).toMatchObject({ reason: "PermissionDenied" })
+          // go-kit's WatchPrefix: a signal at once, then one after a change (it read the revision before)
+          const signals = yield* Stream.take(client.watchPrefix("/services/lim"), 2).pipe(
+            Stream.runCollect,
+            Effect.fork
+          )
+          const sub = yield* Subscriber.make({ prefix: "/services/lim", factory: echoFactory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client)
+          )
+          yield* client.put("/services/lim/a", "http://a:8080")
+          const collected = yield* within(10, "two watchPrefix signals")(Fiber.join(signals))
+          expect(collected.length).toBe(2)
+          yield* awaitInstances(sub, new Map([["/services/lim/a", "http://a:8080"]]), 10, "the subscriber to see it")
+        })
     )
   })
 })
