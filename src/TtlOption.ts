@@ -49,6 +49,17 @@ export const minHeartbeatsPerTtl = 2
  */
 export const defaults = { heartbeat: Duration.seconds(3), ttl: Duration.seconds(10) } as const
 
+/**
+ * The input as the user gave it, for error messages: a Duration decodes negative
+ * and NaN inputs to zero, so the decoded value would hide them.
+ */
+const given = (input: Duration.DurationInput): string =>
+  Duration.isDuration(input)
+    ? Duration.format(input)
+    : Array.isArray(input)
+      ? `[${input.map(String).join(", ")}]`
+      : String(input)
+
 const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Duration.Duration, InvalidOptions> =>
   Effect.suspend(() => {
     const decoded = Duration.decodeUnknown(input)
@@ -60,7 +71,7 @@ const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Du
       return Effect.fail(new InvalidOptions({ option, reason: "must be finite" }))
     }
     if (Duration.toMillis(d) <= 0 || Number.isNaN(Duration.toMillis(d))) {
-      return Effect.fail(new InvalidOptions({ option, reason: `must be positive, got ${Duration.format(d)}` }))
+      return Effect.fail(new InvalidOptions({ option, reason: `must be positive, got ${given(input)}` }))
     }
     return Effect.succeed(d)
   })
@@ -78,12 +89,14 @@ export const make = (options?: {
   readonly ttl?: Duration.DurationInput | undefined
 }): Effect.Effect<TtlOption, InvalidOptions> =>
   Effect.gen(function* () {
-    const heartbeat = yield* decode("heartbeat", options?.heartbeat ?? defaults.heartbeat)
-    const ttl = yield* decode("ttl", options?.ttl ?? defaults.ttl)
+    const heartbeatInput = options?.heartbeat ?? defaults.heartbeat
+    const ttlInput = options?.ttl ?? defaults.ttl
+    const heartbeat = yield* decode("heartbeat", heartbeatInput)
+    const ttl = yield* decode("ttl", ttlInput)
     if (Duration.lessThan(heartbeat, minHeartbeat)) {
       return yield* new InvalidOptions({
         option: "heartbeat",
-        reason: `must be at least ${Duration.format(minHeartbeat)}, got ${Duration.format(heartbeat)}`
+        reason: `must be at least ${Duration.format(minHeartbeat)}, got ${given(heartbeatInput)}`
       })
     }
     if (Duration.toMillis(ttl) <= minHeartbeatsPerTtl * Duration.toMillis(heartbeat)) {
@@ -91,7 +104,7 @@ export const make = (options?: {
         option: "ttl",
         reason: `must be more than ${minHeartbeatsPerTtl} heartbeats (${Duration.format(
           Duration.times(heartbeat, minHeartbeatsPerTtl)
-        )}), got ${Duration.format(ttl)}`
+        )}), got ${given(ttlInput)}`
       })
     }
     const option: TtlOption = Object.freeze({

@@ -298,6 +298,13 @@ describe("Reliability: bad input", () => {
             )
             expect(retry).toMatchObject({ _tag: "InvalidOptions", option: "timeout" })
           }
+          // a negative duration is reported as given, not as the zero that Duration decodes it to
+          const negative = yield* Effect.flip(
+            Effect.scoped(EtcdClient.make({ endpoints: server.clientUrls, dialTimeout: "-5 seconds" }))
+          )
+          expect(negative.message).toBe("invalid option dialTimeout: must be positive and finite, got -5 seconds")
+          const negativeTtl = yield* Effect.flip(TtlOption.make({ heartbeat: "1 second", ttl: "-5 seconds" }))
+          expect(negativeTtl.message).toBe("invalid option ttl: must be positive, got -5 seconds")
           const client = yield* connect
           for (const value of [-1, -1000]) {
             const error = yield* Effect.flip(
