@@ -42,6 +42,25 @@ export const minHeartbeat: Duration.Duration = Duration.millis(500)
 export const minHeartbeatsPerTtl = 2
 
 /**
+ * The largest heartbeat interval accepted: 2^31 - 1 ms (about 24.8 days), the
+ * longest delay a Node.js timer takes (a longer heartbeat would never fire). The
+ * same limit as every duration of `EtcdClientOptions`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const maxHeartbeat: Duration.Duration = Duration.millis(2 ** 31 - 1)
+
+/**
+ * The largest TTL accepted: 9,000,000,000 s, etcd's largest lease TTL
+ * (`MaxLeaseTTL`); etcd refuses a longer lease ("too large lease TTL").
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const maxTtl: Duration.Duration = Duration.seconds(9_000_000_000)
+
+/**
  * Defaults: 3 s heartbeat, 10 s TTL.
  *
  * @since 0.1.0
@@ -77,9 +96,13 @@ const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Du
   })
 
 /**
- * Validates a TTL option. Rules: the heartbeat is at least 500 ms; the TTL is
- * more than two heartbeats. Invalid values fail with `InvalidOptions`; nothing is
- * clamped. The TTL given to etcd is rounded up to whole seconds, never down.
+ * Validates a TTL option. Rules: the heartbeat is at least 500 ms
+ * ({@link minHeartbeat}) and at most about 24.8 days ({@link maxHeartbeat}, a
+ * timer's limit); the TTL is more than two heartbeats
+ * ({@link minHeartbeatsPerTtl}) and at most 9,000,000,000 s ({@link maxTtl},
+ * etcd's limit). Invalid values fail with `InvalidOptions`, which names the
+ * option and the rule; nothing is clamped. The TTL given to etcd is rounded up
+ * to whole seconds, never down.
  *
  * @since 0.1.0
  * @category constructors
@@ -97,6 +120,18 @@ export const make = (options?: {
       return yield* new InvalidOptions({
         option: "heartbeat",
         reason: `must be at least ${Duration.format(minHeartbeat)}, got ${given(heartbeatInput)}`
+      })
+    }
+    if (Duration.greaterThan(heartbeat, maxHeartbeat)) {
+      return yield* new InvalidOptions({
+        option: "heartbeat",
+        reason: `must be at most ${Duration.format(maxHeartbeat)} (a timer's limit), got ${given(heartbeatInput)}`
+      })
+    }
+    if (Duration.greaterThan(ttl, maxTtl)) {
+      return yield* new InvalidOptions({
+        option: "ttl",
+        reason: `must be at most ${Duration.toSeconds(maxTtl)} seconds (etcd's largest lease TTL), got ${given(ttlInput)}`
       })
     }
     if (Duration.toMillis(ttl) <= minHeartbeatsPerTtl * Duration.toMillis(heartbeat)) {
@@ -121,8 +156,12 @@ export const make = (options?: {
 const validated = new WeakSet<TtlOption>()
 
 /**
- * Whether `option` is one that {@link make} returned (and so is valid as it is).
+ * Whether `option` is one that {@link make} returned, and so is valid as it is.
+ * A `TtlOption` is a plain record that can be built by hand: the Registrar
+ * checks such a one again with {@link make} (and fails with `InvalidOptions`
+ * when it breaks a rule), and takes one that `make` returned as it is.
  *
- * @internal
+ * @since 0.1.0
+ * @category guards
  */
 export const isValidated = (option: TtlOption): boolean => validated.has(option)

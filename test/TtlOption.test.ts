@@ -1,6 +1,10 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { randomUUID } from "node:crypto"
+import * as EtcdClient from "../src/EtcdClient.js"
+import { EtcdServer } from "../src/testing/index.js"
 import * as TtlOption from "../src/TtlOption.js"
 
 describe("TtlOption.make", () => {
@@ -21,4 +25,50 @@ describe("TtlOption.make", () => {
       }
     })
   )
+
+  it.effect("a TTL over etcd's largest lease TTL (9,000,000,000 s) is InvalidOptions naming the limit", () =>
+    Effect.gen(function* () {
+      for (const ttl of [Duration.seconds(2 ** 40), Duration.sum(TtlOption.maxTtl, Duration.millis(1))]) {
+        const error = yield* Effect.flip(TtlOption.make({ ttl }))
+        expect(error).toMatchObject({ _tag: "InvalidOptions", option: "ttl" })
+        expect(error.message).toContain("must be at most 9000000000 seconds (etcd's largest lease TTL)")
+      }
+      const largest = yield* TtlOption.make({ ttl: TtlOption.maxTtl })
+      expect(largest.ttlSeconds).toBe(9_000_000_000)
+    })
+  )
+
+  it.effect("a heartbeat longer than a timer can wait (2^31 - 1 ms, about 24.8 days) is InvalidOptions", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(TtlOption.make({ heartbeat: "30 days", ttl: "90 days" }))
+      expect(error).toMatchObject({ _tag: "InvalidOptions", option: "heartbeat" })
+      expect(error.message).toBe(
+        "invalid option heartbeat: must be at most 24d 20h 31m 23s 647ms (a timer's limit), got 30 days"
+      )
+      const longer = yield* Effect.flip(
+        TtlOption.make({ heartbeat: Duration.millis(2 ** 31), ttl: Duration.millis(2 ** 33) })
+      )
+      expect(longer).toMatchObject({ _tag: "InvalidOptions", option: "heartbeat" })
+      const longest = yield* TtlOption.make({ heartbeat: TtlOption.maxHeartbeat, ttl: "60 days" })
+      expect(Duration.toMillis(longest.heartbeat)).toBe(2 ** 31 - 1)
+    })
+  )
+})
+
+describe("TtlOption limits against etcd 3.4", () => {
+  layer(EtcdServer.layer(), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.scoped("the largest TTL registers; a lease one second longer is refused by etcd itself", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* EtcdClient.make(server.clientOptions)
+        const ttl = yield* TtlOption.make({ ttl: TtlOption.maxTtl })
+        const service = { key: `/ttl-option-${randomUUID().slice(0, 8)}/a`, value: "http://a:8080", ttl }
+        const lease = yield* client.register(service)
+        expect(Option.isSome(lease)).toBe(true)
+        yield* client.deregister(service)
+        const refused = yield* Effect.flip(client.grant(ttl.ttlSeconds + 1))
+        expect(refused.message).toContain("too large lease TTL")
+      })
+    )
+  })
 })
