@@ -32,7 +32,7 @@ export class NoValue extends Schema.TaggedError<NoValue>()("NoValue", {}) {
 }
 
 /**
- * Options that can never work: an endpoint without scheme, an unreadable TLS
+ * Options that can never work: an endpoint without scheme or port, an unreadable TLS
  * file, a non-positive duration, a TTL not greater than its heartbeat, ...
  * Raised before anything is sent to etcd.
  *

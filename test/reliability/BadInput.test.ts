@@ -5,8 +5,10 @@
  * nothing, and leaves no unhandled promise rejection.
  */
 import { describe, expect, layer } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs/promises"
@@ -181,6 +183,37 @@ describe("Reliability: bad input", () => {
           // one bad endpoint among good ones is still an error: it can never work
           const mixed = yield* Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: [server.clientUrl, hostPort] })))
           expect(mixed).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+        })
+      )
+    )
+
+    it.scoped("an endpoint without a port is InvalidOptions that says so, before any network call", () =>
+      guarded(
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const host = new URL(server.clientUrl).hostname
+          for (const endpoint of [`http://${host}`, `http://${host}/`, `http://${host}:`, "https://[::1]"]) {
+            const [error, took] = yield* timed(Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: [endpoint] }))))
+            expect(error).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+            expect(error.message).toContain(`${endpoint} has no port`)
+            expect(took).toBeLessThan(1000)
+          }
+          // through the environment too, and one port-less endpoint among good ones is still an error
+          const fromConfig = yield* Effect.flip(
+            Layer.build(EtcdClient.layerConfig()).pipe(
+              Effect.scoped,
+              Effect.withConfigProvider(
+                ConfigProvider.fromMap(new Map([["ETCD_ENDPOINTS", `${server.clientUrl},http://${host}`]]))
+              )
+            )
+          )
+          expect(fromConfig).toMatchObject({ _tag: "InvalidOptions", option: "endpoints" })
+          expect(fromConfig.message).toBe(
+            `invalid option endpoints: http://${host} has no port: add it, e.g. http://${host}:2379 (etcd's default client port)`
+          )
+          // with its port, the same host works
+          const client = yield* EtcdClient.make({ endpoints: [server.clientUrl] })
+          expect(yield* client.revision).toBeGreaterThan(0)
         })
       )
     )
