@@ -126,8 +126,13 @@ export interface EtcdClient {
    */
   readonly getEntries: (prefix: string) => Effect.Effect<ReadonlyArray<string>, EtcdError>
   /**
-   * go-kit's `WatchPrefix`: emits once at once, then once per change under
-   * `prefix` (normalised to end with `/`). A signal only: re-read with `getEntries`.
+   * go-kit's `WatchPrefix`: emits once at once, then a signal after changes under
+   * `prefix` (normalised to end with `/`). Changes delivered together give one
+   * signal: the changes of one revision (a lease's keys expiring), what one watch
+   * response or burst carried, and what came while the stream was not being
+   * read. So there may be fewer signals than changes, on etcd as in memory
+   * (go-kit too signals once per watch response), but every change is followed
+   * by one. A signal only: re-read with `getEntries`.
    */
   readonly watchPrefix: (prefix: string) => Stream.Stream<void, EtcdError>
   /**
@@ -218,11 +223,13 @@ export interface EtcdClientOptions {
    */
   readonly dialTimeout?: Duration.DurationInput | undefined
   /**
-   * gRPC keep-alive ping interval (at least 10 s on the wire: etcd refuses faster
-   * pings), and how long a watch may stay silent before it asks its member for a
-   * progress report: a member that does not answer within
-   * `headerTimeoutPerRequest` is taken for hung and the watch moves to another.
-   * Default 3 s.
+   * The gRPC keep-alive, both its ping interval and its ack timeout: the client
+   * pings every `dialKeepAlive` but at least every 10 s on the wire (as grpc-go;
+   * etcd refuses faster pings), and drops a connection whose ping is not
+   * acknowledged within `dialKeepAlive`. Also how long a watch may stay silent
+   * before it asks its member for a progress report: a member that does not
+   * answer within `headerTimeoutPerRequest` is taken for hung and the watch moves
+   * to another. Default 3 s.
    */
   readonly dialKeepAlive?: Duration.DurationInput | undefined
   /** Deadline of every request, and of each attempt on one member (keep-alives included). Default 3 s. */

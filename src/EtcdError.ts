@@ -32,9 +32,10 @@ export class NoValue extends Schema.TaggedError<NoValue>()("NoValue", {}) {
 }
 
 /**
- * Options that can never work: an endpoint without scheme or port, an unreadable TLS
- * file, a non-positive duration, a TTL not greater than its heartbeat, ...
- * Raised before anything is sent to etcd.
+ * Options that can never work: an endpoint without scheme or port, an
+ * unreadable TLS file, a non-positive duration or one over its limit, a heartbeat
+ * under 500 ms, a TTL of two heartbeats or less, ... Raised before anything is
+ * sent to etcd.
  *
  * @since 0.1.0
  * @category errors

@@ -238,6 +238,23 @@ describe("EtcdClient.layerMemory", () => {
     )
   )
 
+  it.effect("watchPrefix is a signal, not one per change: a lease's three keys deleted together give one", () =>
+    withMemory(
+      Effect.gen(function* () {
+        const { client, control } = yield* services
+        const lease = yield* client.grant(30)
+        for (const key of ["a", "b", "c"]) yield* client.put(`/svc/${key}`, "v", { lease })
+        const signals = yield* probe(client.watchPrefix("/svc"))
+        yield* signals.next
+        expect(yield* client.getEntries("/svc")).toEqual(["v", "v", "v"])
+        yield* control.loseLease(lease)
+        yield* signals.next
+        expect(yield* client.getEntries("/svc")).toEqual([])
+        expect(yield* signals.pending).toBe(0)
+      })
+    )
+  )
+
   it.effect(
     "wipe empties the store back to revision 1, and a watch resumed from a later revision fails with Rewound",
     () =>

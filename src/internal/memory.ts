@@ -15,6 +15,10 @@
  *   timeout: `lease grant 1` answers `TTL(2s)`). A lease expires when the clock
  *   reaches its deadline; `keepAliveOnce` moves the deadline to now + TTL.
  *   Ids are decimal strings of positive 63-bit integers, never reused by one store.
+ * - A watch is handed each revision's changes under its prefix together, as etcd
+ *   sends a revision's events in one watch response (the deletes of an expired
+ *   lease are one batch). The client's watch hands over everything delivered
+ *   since it was last read as one batch, so `watchPrefix`'s signals coalesce.
  * - Compaction at `C` keeps revision `C` readable: a watch from `C` still gets the
  *   puts of revision `C` (not its deletes, whose tombstones etcd drops), a watch
  *   from below `C` fails with `Compacted`.
