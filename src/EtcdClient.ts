@@ -11,7 +11,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
-import type * as Redacted from "effect/Redacted"
+import * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
@@ -304,11 +304,21 @@ const writtenPort = (url: string): string | undefined => {
 export const layer = (options: EtcdClientOptions): Layer.Layer<EtcdClient, InvalidOptions | EtcdError> =>
   Layer.scoped(EtcdClient, make(options))
 
+/** Whether a variable is unset, or set to nothing (empty or whitespace only). */
+const unset = (value: string | undefined): boolean => value === undefined || value.trim() === ""
+
 /**
  * Reads the options from the environment:
  * `ETCD_ENDPOINTS` (comma-separated URLs), `ETCD_CERT`, `ETCD_KEY`, `ETCD_CACERT`,
  * `ETCD_DIAL_TIMEOUT`, `ETCD_DIAL_KEEPALIVE`, `ETCD_REQUEST_TIMEOUT` (durations such as `3 seconds`),
  * `ETCD_USERNAME`, `ETCD_PASSWORD`.
+ *
+ * An empty (or whitespace-only) `ETCD_USERNAME` or `ETCD_PASSWORD` counts as
+ * unset when the other one is empty or unset too, as many deployments mean it:
+ * no authentication. When the other one is set to something, both are taken as
+ * given: `ETCD_USERNAME=alice` with `ETCD_PASSWORD=` signs in with an empty
+ * password, and a user name without any `ETCD_PASSWORD` (or a password with an
+ * empty user name) is still `InvalidOptions`.
  *
  * @since 0.1.0
  * @category config
@@ -329,17 +339,23 @@ export const config: Config.Config<EtcdClientOptions> = Config.all({
   username: Config.option(Config.string("ETCD_USERNAME")),
   password: Config.option(Config.redacted("ETCD_PASSWORD"))
 }).pipe(
-  Config.map((c) => ({
-    endpoints: c.endpoints,
-    cert: c.cert._tag === "Some" ? c.cert.value : undefined,
-    key: c.key._tag === "Some" ? c.key.value : undefined,
-    caCert: c.caCert._tag === "Some" ? c.caCert.value : undefined,
-    dialTimeout: c.dialTimeout._tag === "Some" ? c.dialTimeout.value : undefined,
-    dialKeepAlive: c.dialKeepAlive._tag === "Some" ? c.dialKeepAlive.value : undefined,
-    headerTimeoutPerRequest: c.headerTimeoutPerRequest._tag === "Some" ? c.headerTimeoutPerRequest.value : undefined,
-    username: c.username._tag === "Some" ? c.username.value : undefined,
-    password: c.password._tag === "Some" ? c.password.value : undefined
-  }))
+  Config.map((c) => {
+    const username = c.username._tag === "Some" ? c.username.value : undefined
+    const password = c.password._tag === "Some" ? c.password.value : undefined
+    // both unset or empty: no authentication; else both as given, for `make` to check
+    const auth = !(unset(username) && unset(password === undefined ? undefined : Redacted.value(password)))
+    return {
+      endpoints: c.endpoints,
+      cert: c.cert._tag === "Some" ? c.cert.value : undefined,
+      key: c.key._tag === "Some" ? c.key.value : undefined,
+      caCert: c.caCert._tag === "Some" ? c.caCert.value : undefined,
+      dialTimeout: c.dialTimeout._tag === "Some" ? c.dialTimeout.value : undefined,
+      dialKeepAlive: c.dialKeepAlive._tag === "Some" ? c.dialKeepAlive.value : undefined,
+      headerTimeoutPerRequest: c.headerTimeoutPerRequest._tag === "Some" ? c.headerTimeoutPerRequest.value : undefined,
+      username: auth ? username : undefined,
+      password: auth ? password : undefined
+    }
+  })
 )
 
 /**

@@ -6,10 +6,12 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
@@ -214,6 +216,59 @@ describe("Reliability: bad input", () => {
           // with its port, the same host works
           const client = yield* EtcdClient.make({ endpoints: [server.clientUrl] })
           expect(yield* client.revision).toBeGreaterThan(0)
+        })
+      )
+    )
+
+    it.scoped("empty ETCD_USERNAME / ETCD_PASSWORD mean unset; a user name without password is still an error", () =>
+      guarded(
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const fromEnv = (variables: Record<string, string>) =>
+            Layer.build(EtcdClient.layerConfig()).pipe(
+              Effect.map((context) => Context.get(context, EtcdClient.EtcdClient)),
+              Effect.withConfigProvider(
+                ConfigProvider.fromMap(new Map(Object.entries({ ETCD_ENDPOINTS: server.clientUrl, ...variables })))
+              )
+            )
+          const unset: ReadonlyArray<Record<string, string>> = [
+            { ETCD_USERNAME: "", ETCD_PASSWORD: "" },
+            { ETCD_USERNAME: "" },
+            { ETCD_PASSWORD: "" },
+            { ETCD_USERNAME: "  ", ETCD_PASSWORD: "\t" }
+          ]
+          for (const variables of unset) {
+            const revision = yield* Effect.scoped(Effect.flatMap(fromEnv(variables), (client) => client.revision))
+            expect(revision).toBeGreaterThan(0)
+          }
+          const options = yield* Effect.withConfigProvider(
+            EtcdClient.config,
+            ConfigProvider.fromMap(
+              new Map([
+                ["ETCD_ENDPOINTS", server.clientUrl],
+                ["ETCD_USERNAME", ""]
+              ])
+            )
+          )
+          expect(options.username).toBeUndefined()
+          expect(options.password).toBeUndefined()
+          // when the other one is set, an empty value is taken as given
+          const withUser = yield* Effect.withConfigProvider(
+            EtcdClient.config,
+            ConfigProvider.fromMap(
+              new Map([
+                ["ETCD_ENDPOINTS", server.clientUrl],
+                ["ETCD_USERNAME", "alice"],
+                ["ETCD_PASSWORD", ""]
+              ])
+            )
+          )
+          expect(withUser.username).toBe("alice")
+          expect(withUser.password === undefined ? undefined : Redacted.value(withUser.password)).toBe("")
+          const noPassword = yield* Effect.flip(Effect.scoped(fromEnv({ ETCD_USERNAME: "alice" })))
+          expect(noPassword).toMatchObject({ _tag: "InvalidOptions", option: "password" })
+          const noUser = yield* Effect.flip(Effect.scoped(fromEnv({ ETCD_USERNAME: "", ETCD_PASSWORD: "secret" })))
+          expect(noUser).toMatchObject({ _tag: "InvalidOptions", option: "username" })
         })
       )
     )
