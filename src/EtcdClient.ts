@@ -15,8 +15,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
-import type { EtcdError, NoKey, NoValue } from "./EtcdError.js"
-import { InvalidOptions } from "./EtcdError.js"
+import type { EtcdError, InvalidOptions, NoKey, NoValue } from "./EtcdError.js"
 import * as Etcd3 from "./internal/etcd3.js"
 import * as Memory from "./internal/memory.js"
 import type { Service } from "./Service.js"
@@ -250,52 +249,8 @@ export interface EtcdClientOptions {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =>
-  Effect.zipRight(requirePorts(options.endpoints), Etcd3.make(options))
-
-/** The scheme and `//` an endpoint URL starts with. */
-const schemePrefix = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//
-
-/**
- * Fails on the first endpoint that is an http(s) URL with a host but names no
- * port. Anything else wrong with an endpoint is left to the full validation,
- * which also keeps a URL with credentials out of the message.
- */
-const requirePorts = (endpoints: ReadonlyArray<string>): Effect.Effect<void, InvalidOptions> =>
-  Effect.forEach(endpoints, (url) => {
-    if (!schemePrefix.test(url)) return Effect.void
-    let parsed: URL
-    try {
-      parsed = new URL(url)
-    } catch {
-      return Effect.void
-    }
-    if (
-      (parsed.protocol !== "http:" && parsed.protocol !== "https:") ||
-      parsed.hostname === "" ||
-      parsed.username !== "" ||
-      parsed.password !== "" ||
-      writtenPort(url) !== undefined
-    ) {
-      return Effect.void
-    }
-    return Effect.fail(
-      new InvalidOptions({
-        option: "endpoints",
-        reason: `${url} has no port: add it, e.g. ${parsed.protocol}//${parsed.host}:2379 (etcd's default client port)`
-      })
-    )
-  }).pipe(Effect.asVoid)
-
-/**
- * The port an endpoint URL names, as written, or `undefined`. (`URL` drops a
- * scheme's default port: `new URL("http://h:80").port` is empty.)
- */
-const writtenPort = (url: string): string | undefined => {
-  const authority = url.replace(schemePrefix, "").split(/[/?#]/, 1)[0] ?? ""
-  const host = authority.slice(authority.lastIndexOf("@") + 1)
-  return /^(?:\[[^\]]*\]|[^:]*):(\d+)$/.exec(host)?.[1]
-}
+export const make: (options: EtcdClientOptions) => Effect.Effect<EtcdClient, InvalidOptions | EtcdError, Scope.Scope> =
+  Etcd3.make
 
 /**
  * @since 0.1.0

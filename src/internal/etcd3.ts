@@ -58,6 +58,16 @@ const duration = (
   return Effect.succeed(decoded.value)
 }
 
+/**
+ * The port an endpoint URL names, as written, or `undefined` (`URL` drops a
+ * scheme's default port: `new URL("http://h:80").port` is "").
+ */
+const writtenPort = (url: string): string | undefined => {
+  const authority = url.replace(/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//, "").split(/[/?#]/, 1)[0] ?? ""
+  const host = authority.slice(authority.lastIndexOf("@") + 1)
+  return /^(?:\[[^\]]*\]|[^:]*):(\d+)$/.exec(host)?.[1]
+}
+
 const endpoint = (url: string): Effect.Effect<{ readonly host: string; readonly secure: boolean }, InvalidOptions> => {
   if (!/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(url)) {
     return Effect.fail(
@@ -78,15 +88,25 @@ const endpoint = (url: string): Effect.Effect<{ readonly host: string; readonly 
   if (parsed.hostname === "") {
     return Effect.fail(new InvalidOptions({ option: "endpoints", reason: `${url} has no host` }))
   }
-  const port = parsed.port === "" ? "2379" : parsed.port
+  // the port as written: URL drops a scheme's default one (`http://h:80` has port ""), and none is
+  // guessed (etcd serves clients on 2379, a URL's default would be 80 or 443)
+  const port = parsed.port !== "" ? parsed.port : writtenPort(url)
   // a member is a scheme, a host and a port: anything else would be dropped without a word
-  const member = `${parsed.protocol}//${parsed.hostname}:${port}`
+  const member = `${parsed.protocol}//${parsed.hostname}:${port ?? "2379"}`
   if (parsed.username !== "" || parsed.password !== "") {
     // the URL is not repeated: it holds a password
     return Effect.fail(
       new InvalidOptions({
         option: "endpoints",
-        reason: `the endpoint ${member} has a user name or password in its URL: use the username and password options`
+        reason: `the endpoint ${parsed.protocol}//${parsed.host} has a user name or password in its URL: use the username and password options`
+      })
+    )
+  }
+  if (port === undefined) {
+    return Effect.fail(
+      new InvalidOptions({
+        option: "endpoints",
+        reason: `${url} has no port: add it, e.g. ${member} (etcd's default client port)`
       })
     )
   }

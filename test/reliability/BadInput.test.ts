@@ -220,6 +220,24 @@ describe("Reliability: bad input", () => {
       )
     )
 
+    it.scoped("an endpoint whose port is its scheme's default (:80, :443) is dialled on that port, not 2379", () =>
+      guarded(
+        Effect.gen(function* () {
+          // nothing listens there: the refusal names the address dialled
+          for (const [endpoint, address] of [
+            ["http://127.0.0.1:80", "127.0.0.1:80"],
+            ["https://127.0.0.1:443", "127.0.0.1:443"]
+          ] as const) {
+            const error = yield* Effect.flip(
+              Effect.scoped(EtcdClient.make({ endpoints: [endpoint], dialTimeout: "1 second" }))
+            )
+            expect(error).toMatchObject({ _tag: "EtcdError", reason: "Unavailable" })
+            expect(error.message).toContain(`ECONNREFUSED ${address}`)
+          }
+        })
+      )
+    )
+
     it.scoped("empty ETCD_USERNAME / ETCD_PASSWORD mean unset; a user name without password is still an error", () =>
       guarded(
         Effect.gen(function* () {
