@@ -31,7 +31,7 @@ import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
+import type * as Subscribable from "effect/Subscribable"
 import type { EtcdClient } from "./EtcdClient.js"
 import type { EtcdError, InvalidOptions, NoKey, NoValue } from "./EtcdError.js"
 import * as internal from "./internal/registrar.js"
@@ -73,8 +73,8 @@ export const RegistrationState = internalState.RegistrationState
 export interface Registration {
   /** The service as validated. */
   readonly service: Service
-  /** The current state and its changes. Read it; the Registrar alone writes it. */
-  readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
+  /** The current state (`get`) and its changes (`changes`): the Registrar alone writes it. */
+  readonly state: Subscribable.Subscribable<RegistrationState>
   /**
    * go-kit's `Register`: registers again after a `deregister`; does nothing
    * while registered (or healing). Once the scope it was made in has closed it
@@ -167,7 +167,10 @@ export const changes: Stream.Stream<RegistrationState, never, Registrar> = Strea
 )
 
 /**
- * Waits until the registration is `Registered` (at once if it is).
+ * Waits until the registration is `Registered` (at once if it is). A
+ * deregistered registration is waited on until `register` is called again:
+ * once its scope has closed it never will be, and this never returns (bound it
+ * with `Effect.timeout` when that can happen).
  *
  * @since 0.1.0
  * @category combinators
@@ -210,5 +213,4 @@ export const metrics: {
  * @since 0.1.0
  * @category accessors
  */
-export const state = (registration: Registration): Effect.Effect<RegistrationState> =>
-  SubscriptionRef.get(registration.state)
+export const state = (registration: Registration): Effect.Effect<RegistrationState> => registration.state.get

@@ -20,6 +20,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
 import { EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
@@ -426,6 +427,19 @@ describe("Registrar on the in-memory etcd", () => {
       const seen = (yield* Ref.get(states)).map(([, s]) => (s._tag === "Retrying" ? `Retrying ${s.attempt}` : s._tag))
       // two failed put-backs: the second and the third attempts announced, then the third works
       expect(seen).toEqual(["Registered", "Retrying 2", "Retrying 3", "Registered"])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a registration's state is read-only to its users", () =>
+    Effect.gen(function* () {
+      const registration = yield* Registrar.make(service("/svc/readonly/1", yield* standard))
+      const state = registration.state
+      const deregistered = Registrar.RegistrationState.Deregistered()
+      // @ts-expect-error: the state is a Subscribable, not a SubscriptionRef: only the Registrar writes it
+      const write = () => SubscriptionRef.set(state, deregistered)
+      expect(write).toBeTypeOf("function")
+      expect("modify" in registration.state).toBe(false)
+      expect((yield* registration.state.get)._tag).toBe("Registered")
     }).pipe(Effect.provide(layerMemory))
   )
 

@@ -13,7 +13,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import type * as SubscriptionRef from "effect/SubscriptionRef"
+import type * as Subscribable from "effect/Subscribable"
 import { EtcdClient } from "../EtcdClient.js"
 import type { InvalidOptions, EtcdError } from "../EtcdError.js"
 import { NoKey, NoValue } from "../EtcdError.js"
@@ -28,7 +28,7 @@ import { RegistrationState, StateCell } from "./registrarState.js"
 /** A registration handle (the public `Registration`). */
 export interface Registration {
   readonly service: Service
-  readonly state: SubscriptionRef.SubscriptionRef<RegistrationState>
+  readonly state: Subscribable.Subscribable<RegistrationState>
   readonly register: Effect.Effect<void, EtcdError>
   readonly deregister: Effect.Effect<void, EtcdError>
 }
@@ -141,7 +141,7 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
     const registration = {
       service,
       get state() {
-        return state.ref
+        return state.view
       },
       register,
       deregister

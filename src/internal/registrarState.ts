@@ -5,6 +5,7 @@
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import * as Subscribable from "effect/Subscribable"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { LeaseId } from "../EtcdClient.js"
 import type { EtcdError } from "../EtcdError.js"
@@ -42,11 +43,22 @@ export class StateCell {
     this.value = initial
   }
 
+  private readOnly: Subscribable.Subscribable<RegistrationState> | undefined = undefined
+
   /** The state and its changes, from now on through a SubscriptionRef. */
   get ref(): SubscriptionRef.SubscriptionRef<RegistrationState> {
     // making one only allocates: it runs to completion synchronously
     this.subscriptionRef ??= Effect.runSync(SubscriptionRef.make(this.value))
     return this.subscriptionRef
+  }
+
+  /** The read side of {@link ref}: what a registration hands out (the Registrar alone writes its state). */
+  get view(): Subscribable.Subscribable<RegistrationState> {
+    if (this.readOnly === undefined) {
+      const ref = this.ref
+      this.readOnly = Subscribable.make({ get: SubscriptionRef.get(ref), changes: ref.changes })
+    }
+    return this.readOnly
   }
 
   set(state: RegistrationState): Effect.Effect<void> {
