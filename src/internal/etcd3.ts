@@ -609,6 +609,24 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     // One timer per call, no fiber race: `Effect.timeoutFail` forks the call and a sleeper and
     // joins them, which cost 0.3-0.4 ms per request on a loaded machine (the benchmark, issue 7).
     const callTimeoutMillis = Duration.toMillis(callTimeout)
+    // A request refused by the members' circuit breakers (each opens after two failures in a row, for
+    // a second) says only "Execution prevented because the circuit breaker is open": it then says
+    // why, with the last failure that was not such a refusal.
+    let lastFailure: string | undefined = undefined
+    const failure = (operation: string, cause: unknown): EtcdError => {
+      const error = toEtcdError(operation, cause)
+      if (errorName(cause) !== "BrokenCircuitError" && !errorMessage(cause).includes("circuit breaker is open")) {
+        if (isTransient(error)) lastFailure = `${error.operation}: ${error.detail ?? error.reason}`
+        return error
+      }
+      return new EtcdError({
+        operation,
+        reason: "Unavailable",
+        detail: `not sent: every member failed just before and is tried again within a second (the last failure, ${lastFailure ?? "not known"})`,
+        cause
+      })
+    }
+
     const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, EtcdError> =>
       Effect.async<A, EtcdError>((resume) => {
         let done = false
@@ -626,10 +644,10 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         try {
           f().then(
             (a) => settle(Effect.succeed(a)),
-            (cause: unknown) => settle(Effect.fail(toEtcdError(operation, cause)))
+            (cause: unknown) => settle(Effect.fail(failure(operation, cause)))
           )
         } catch (cause) {
-          settle(Effect.fail(toEtcdError(operation, cause)))
+          settle(Effect.fail(failure(operation, cause)))
         }
         return Effect.sync(() => {
           done = true
@@ -784,7 +802,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             (cause: unknown) => {
               if (done) return
               done = true
-              resume(Effect.fail(toEtcdError("keepAlive", cause)))
+              resume(Effect.fail(failure("keepAlive", cause)))
             }
           )
         return Effect.sync(() => {
@@ -901,7 +919,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                     if (done) revokeLater(id)
                     else settle(Effect.succeed({ lease: id, revision: Number(r.header.revision) }))
                   },
-                  (cause: unknown) => failWith(toEtcdError("put", cause))
+                  (cause: unknown) => failWith(failure("put", cause))
                 )
             }
             arm("grant")
@@ -912,13 +930,13 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                   try {
                     putOn(r.ID)
                   } catch (cause) {
-                    failWith(toEtcdError("put", cause))
+                    failWith(failure("put", cause))
                   }
                 },
-                (cause: unknown) => failWith(toEtcdError("grant", cause))
+                (cause: unknown) => failWith(failure("grant", cause))
               )
             } catch (cause) {
-              failWith(toEtcdError("grant", cause))
+              failWith(failure("grant", cause))
             }
             return Effect.suspend(() => {
               if (done) return Effect.void
@@ -1126,7 +1144,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                 }
               }
             })
-            s.on("error", (cause: unknown) => fail(toEtcdError("watch", cause)))
+            s.on("error", (cause: unknown) => fail(failure("watch", cause)))
             s.on("end", () =>
               fail(new EtcdError({ operation: "watch", reason: "Unavailable", detail: "watch stream ended" }))
             )
@@ -1137,7 +1155,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               }
             })
           },
-          (cause: unknown) => fail(toEtcdError("watch", cause))
+          (cause: unknown) => fail(failure("watch", cause))
         )
         return () => {
           closed = true

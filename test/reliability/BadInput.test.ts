@@ -220,6 +220,30 @@ describe("Reliability: bad input", () => {
       )
     )
 
+    it.scoped(
+      "etcd gone: a request its circuit breakers refuse says so with the failure before, not only cockatiel's words",
+      () =>
+        guarded(
+          Effect.gen(function* () {
+            const server = yield* EtcdServer.make()
+            const client = yield* EtcdClient.make(server.clientOptions)
+            yield* server.stop
+            const messages: Array<string> = []
+            for (let i = 0; i < 4; i++) {
+              const error = yield* Effect.flip(client.put(`/bad-input-${run}/breaker`, "v"))
+              expect(error).toMatchObject({ _tag: "EtcdError", reason: "Unavailable" })
+              messages.push(error.message)
+            }
+            // the first failures are the refusals themselves; then the breaker refuses, naming the last one
+            expect(messages[0]).toContain("ECONNREFUSED")
+            const refused = messages.filter((m) => m.includes("tried again within a second"))
+            expect(refused.length).toBeGreaterThan(0)
+            for (const message of refused) expect(message).toContain("ECONNREFUSED")
+            for (const message of messages) expect(message).not.toContain("Execution prevented")
+          })
+        )
+    )
+
     it.scoped("an endpoint whose port is its scheme's default (:80, :443) is dialled on that port, not 2379", () =>
       guarded(
         Effect.gen(function* () {
