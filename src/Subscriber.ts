@@ -150,12 +150,17 @@ export interface Options<Req, Res, E = never, FE = never, R = never> {
   /**
    * How long one factory may run. Factories run one after another, so a factory
    * that hangs holds up every later change (deletes included) until it ends.
-   * With this option, a factory still running after `factoryTimeout` is
-   * interrupted, its scope closed, and its instance skipped with a warning, like
-   * a failed one (it is made again when its value changes or the prefix is
-   * listed again). Factories that run without the run loop (see `Factory`) are
-   * not timed: they cannot hang. Off by default: timing a factory forks a fiber
-   * for it (a few µs per instance).
+   * With this option, a factory still running after `factoryTimeout` is given
+   * up on: its instance is skipped with a warning, like a failed one (it is
+   * made again when its value changes or the prefix is listed again), and the
+   * subscriber goes on at once, even when the factory cannot be interrupted
+   * then (an `Effect.acquireRelease` whose acquire hangs). The factory is
+   * interrupted in the background, and its scope is closed at the deadline:
+   * what it had acquired is released then, and whatever it acquires after (an
+   * acquire that ends late) is released as soon as it is acquired. Factories
+   * that run without the run loop (see `Factory`) are not timed: they cannot
+   * hang. Off by default: timing a factory forks two fibers for it (a few µs
+   * per instance).
    */
   readonly factoryTimeout?: Duration.DurationInput | undefined
 }

@@ -841,6 +841,76 @@ describe("Subscriber (in-memory etcd)", () => {
     }
   )
 
+  it.effect(
+    "factoryTimeout gives up at the deadline on a factory whose acquire cannot be interrupted; what it acquires later is released",
+    () => {
+      const { layer, logs } = capturingLogger()
+      return onMemory(
+        Effect.gen(function* () {
+          const released = yield* Ref.make<ReadonlyArray<string>>([])
+          const acquiring = yield* Deferred.make<void>()
+          const connect = yield* Deferred.make<void>()
+          const stuckReleased = yield* Deferred.make<void>()
+          // the idiomatic scoped factory: a connection acquired with acquireRelease, whose acquire
+          // cannot be interrupted; the one to "http://stuck" hangs until the test lets it connect
+          const factory: Factory<string, string> = (instance) =>
+            Effect.gen(function* () {
+              const connection = yield* Effect.acquireRelease(
+                instance === "http://stuck"
+                  ? Effect.zipRight(
+                      Deferred.succeed(acquiring, undefined),
+                      Effect.as(Deferred.await(connect), instance)
+                    )
+                  : Effect.succeed(instance),
+                (connection) =>
+                  Effect.zipRight(
+                    Ref.update(released, (xs) => [...xs, connection]),
+                    connection === "http://stuck" ? Deferred.succeed(stuckReleased, undefined) : Effect.void
+                  )
+              )
+              return (request: string) => Effect.succeed(`${connection} got ${request}`)
+            })
+          yield* put("/svc/a", "http://a")
+          const subscriber = yield* Subscriber.make({ prefix: "/svc", factory, factoryTimeout: "5 seconds" })
+          // the stuck acquire ends before the subscriber is closed, should an assertion fail first
+          yield* Effect.addFinalizer(() => Deferred.succeed(connect, undefined))
+          yield* put("/svc/b", "http://stuck")
+          yield* put("/svc/c", "http://c")
+          yield* Deferred.await(acquiring)
+          yield* TestClock.adjust("5 seconds")
+          // given up on at the deadline, while its acquire still runs: c is made, b skipped with a warning
+          const set = yield* waitFor(
+            subscriber.endpointSet,
+            (s) => s.keys.join() === "/svc/a,/svc/c",
+            "the set without the stuck instance"
+          )
+          expect(yield* Effect.forEach(set.endpoints, (endpoint) => endpoint("ping"))).toEqual([
+            "http://a got ping",
+            "http://c got ping"
+          ])
+          expect(logs.find((l) => l.key === "/svc/b")).toMatchObject({
+            message: "endpoint factory failed; instance skipped",
+            level: "WARN"
+          })
+          // and the changes after it are not held up
+          yield* del("/svc/a")
+          yield* waitFor(subscriber.endpointSet, (s) => s.keys.join() === "/svc/c", "a deleted")
+          expect(yield* Ref.get(released)).toEqual(["http://a"])
+          // the abandoned acquire ends: its connection is released at once, its endpoint scope being closed
+          yield* Deferred.succeed(connect, undefined)
+          yield* TestServices.provideWithLive(Deferred.await(stuckReleased), (effect) =>
+            Effect.timeoutFail(effect, {
+              duration: "10 seconds",
+              onTimeout: () => new Error("timed out waiting for the stuck connection's release")
+            }).pipe(Effect.orDie)
+          )
+          expect(yield* Ref.get(released)).toEqual(["http://a", "http://stuck"])
+          expect((yield* subscriber.endpointSet.get).keys).toEqual(["/svc/c"])
+        })
+      ).pipe(Effect.provide(layer))
+    }
+  )
+
   it.effect("invalid options are a typed InvalidOptions error", () =>
     onMemory(
       Effect.gen(function* () {

@@ -607,12 +607,24 @@ export const make = <Req, Res, E, FE, R>(
 
     const noneMade: Made<Req, Res, E> = { endpoints: [], scopes: [] }
 
-    /** A factory's effect, bounded by `factoryTimeout` (a defect when it runs out: the instance is skipped). */
+    /**
+     * A factory's effect, bounded by `factoryTimeout` (a defect when it runs out: the instance is
+     * skipped). The factory runs disconnected: at the deadline it is interrupted in the background
+     * and the engine goes on at once. Without that, the timeout waited for the interruption to end,
+     * and a factory in an uninterruptible region (an `Effect.acquireRelease` whose acquire hangs)
+     * held up every later change as if there were no timeout. The factory's endpoint scope is closed
+     * with the failed instance's (see `logFailures`); a finalizer it adds after that, such as the
+     * release of an acquire that ends late, runs as soon as it is added (`EndpointScope.addFinalizer`).
+     */
     const timed: <A, R1>(effect: Effect.Effect<A, FE, R1>) => Effect.Effect<A, FE, R1> = Option.match(factoryTimeout, {
       onNone: () => (effect) => effect,
       onSome: (duration) => {
         const message = `the endpoint factory did not finish within ${Duration.format(duration)}`
-        return (effect) => Effect.timeoutFailCause(effect, { duration, onTimeout: () => Cause.die(new Error(message)) })
+        return (effect) =>
+          Effect.timeoutFailCause(Effect.disconnect(effect), {
+            duration,
+            onTimeout: () => Cause.die(new Error(message))
+          })
       }
     })
 
