@@ -94,10 +94,12 @@ export interface Subscriber<Req, Res, E = never> {
   readonly prefix: string
   /**
    * The instances: key → instance string (the value in etcd), in key order.
-   * Values that are not valid UTF-8 are left out. `changes` emits the current
-   * value, then the new value after each update (a batch of changes from etcd
-   * is one update); a consumer that falls behind skips to the newest value
-   * instead of queueing the ones in between.
+   * A key or a value that is not valid UTF-8 (written by another client) is
+   * left out, with a warning each time it is listed or put; such a key is
+   * never taken for another, and its delete removes no instance. `changes`
+   * emits the current value, then the new value after each update (a batch of
+   * changes from etcd is one update); a consumer that falls behind skips to
+   * the newest value instead of queueing the ones in between.
    */
   readonly instances: Subscribable.Subscribable<ReadonlyMap<string, string>>
   /**

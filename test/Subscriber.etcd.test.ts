@@ -4,6 +4,8 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as HashMap from "effect/HashMap"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
@@ -18,6 +20,7 @@ import * as Service from "../src/Service.js"
 import * as Subscriber from "../src/Subscriber.js"
 import * as EtcdServer from "../src/testing/EtcdServer.js"
 import * as TtlOption from "../src/TtlOption.js"
+import { call, etcd3 } from "./testing-helpers.js"
 
 /** Keeps this run's keys apart from any other run's on a shared server. */
 const run = `${process.pid}-${Date.now()}`
@@ -262,6 +265,63 @@ describe("Subscriber against a real etcd", () => {
         expect(madeValues.filter((v) => !closedValues.includes(v)).sort()).toEqual(live)
         expect([...(yield* callAll(subscriber))].sort()).toEqual(live.map((v) => `${v} got ping`).sort())
       })
+    )
+
+    it.scoped(
+      "keys that are not UTF-8 are logged and skipped, and never taken for another key, listed or watched",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const client = yield* connect
+          // another client, which writes keys as bytes
+          const raw = yield* etcd3(server.clientUrls)
+          const prefix = `/sub-${run}/not-utf8-keys/`
+          const bytesKey = (last: number) => Buffer.concat([Buffer.from(`${prefix}k`), Buffer.from([last])])
+          // two keys that differ only in a byte that is not UTF-8, and a well-formed key holding the
+          // replacement character U+FFFD, which the bad bytes decode to
+          yield* call(() => raw.put(bytesKey(0xff)).value("http://ff").exec())
+          yield* call(() => raw.put(bytesKey(0xfe)).value("http://fe").exec())
+          yield* client.put(`${prefix}k\uFFFD`, "http://replacement")
+          yield* client.put(`${prefix}ok`, "http://ok")
+          const warnings: Array<string> = []
+          const logger = Logger.make(({ annotations, logLevel, message }) => {
+            const text = Array.isArray(message) ? message[0] : message
+            if (logLevel._tag === "Warning" && typeof text === "string" && text.includes("UTF-8")) {
+              warnings.push(`${text} ${String(Option.getOrUndefined(HashMap.get(annotations, "key")))}`)
+            }
+          })
+          const { factory, made } = yield* recordingFactory
+          const subscriber = yield* Subscriber.make({ prefix, factory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client),
+            Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+          )
+          expect(yield* callAll(subscriber)).toEqual(["http://replacement got ping", "http://ok got ping"])
+          expect([...(yield* subscriber.instances.get)]).toEqual([
+            [`${prefix}k\uFFFD`, "http://replacement"],
+            [`${prefix}ok`, "http://ok"]
+          ])
+          expect(warnings).toEqual([
+            `key is not valid UTF-8; instance skipped ${prefix}k\\xfe`,
+            `key is not valid UTF-8; instance skipped ${prefix}k\\xff`
+          ])
+
+          // through the watch: a put of another such key, and the delete of one, change no instance
+          yield* call(() => raw.put(bytesKey(0xfd)).value("http://fd").exec())
+          yield* call(() => raw.delete().key(bytesKey(0xff)).exec())
+          yield* client.put(`${prefix}z`, "http://z")
+          yield* waitForInstances(subscriber, {
+            [`${prefix}k\uFFFD`]: "http://replacement",
+            [`${prefix}ok`]: "http://ok",
+            [`${prefix}z`]: "http://z"
+          })
+          expect(yield* callAll(subscriber)).toEqual([
+            "http://replacement got ping",
+            "http://ok got ping",
+            "http://z got ping"
+          ])
+          expect(warnings.slice(2)).toEqual([`key is not valid UTF-8; instance skipped ${prefix}k\\xfd`])
+          expect([...(yield* made)].sort()).toEqual(["http://ok", "http://replacement", "http://z"])
+        })
     )
   })
 

@@ -458,14 +458,91 @@ const loneMillis = 1
 const leaseOf = (lease: string | undefined): LeaseId | undefined =>
   lease === undefined || lease === "0" || lease === "" ? undefined : lease
 
-const toKeyValue = (kv: Etcd3.IKeyValue): KeyValue => ({
-  key: kv.key.toString("utf8"),
-  value: kv.value.toString("utf8"),
-  malformed: !isUtf8(kv.value),
-  createRevision: Number(kv.create_revision),
-  modRevision: Number(kv.mod_revision),
-  lease: leaseOf(kv.lease)
-})
+/**
+ * Whether `decoded`, the UTF-8 decoding of `bytes`, comes from bytes that are
+ * not UTF-8 (etcd keys and values are bytes: another client may write any).
+ * Those decode with U+FFFD, which is checked first: most keys have none.
+ */
+const notUtf8 = (bytes: Buffer, decoded: string): boolean => decoded.includes("\uFFFD") && !isUtf8(bytes)
+
+/** The length of the well-formed UTF-8 sequence at `i`, or 0 when none starts there (Unicode's table 3-7). */
+const utf8SequenceAt = (bytes: Buffer, i: number): number => {
+  const first = bytes[i]!
+  const next = (j: number, lo: number, hi: number) => {
+    const byte = bytes[i + j]
+    return byte !== undefined && byte >= lo && byte <= hi
+  }
+  if (first < 0x80) return 1
+  if (first >= 0xc2 && first <= 0xdf) return next(1, 0x80, 0xbf) ? 2 : 0
+  if (first >= 0xe0 && first <= 0xef) {
+    const ok = next(1, first === 0xe0 ? 0xa0 : 0x80, first === 0xed ? 0x9f : 0xbf) && next(2, 0x80, 0xbf)
+    return ok ? 3 : 0
+  }
+  if (first >= 0xf0 && first <= 0xf4) {
+    const ok =
+      next(1, first === 0xf0 ? 0x90 : 0x80, first === 0xf4 ? 0x8f : 0xbf) && next(2, 0x80, 0xbf) && next(3, 0x80, 0xbf)
+    return ok ? 4 : 0
+  }
+  return 0
+}
+
+/**
+ * A key that is not UTF-8, as a string of its own: its well-formed sequences
+ * decoded, and each other byte (0x80 to 0xFF) as the lone surrogate U+DC80 to
+ * U+DCFF, which no UTF-8 decodes to (Python's "surrogateescape"). Decoded with
+ * U+FFFD for the bad bytes, `/p/k\xff` and `/p/k\xfe` were one key, and the
+ * same as a well-formed `/p/k\uFFFD`: the subscriber held duplicates, and the
+ * delete of one removed another. Such a key is `malformed` (see `toKeyValue`).
+ */
+const escapeKey = (bytes: Buffer): string => {
+  let out = ""
+  let from = 0
+  let i = 0
+  while (i < bytes.length) {
+    const n = utf8SequenceAt(bytes, i)
+    if (n > 0) {
+      i += n
+      continue
+    }
+    out += bytes.toString("utf8", from, i) + String.fromCharCode(0xdc00 + bytes[i]!)
+    from = ++i
+  }
+  return out + bytes.toString("utf8", from)
+}
+
+/** A key as a string; one that is not UTF-8 is escaped (see {@link escapeKey}). */
+const keyOf = (bytes: Buffer): string => {
+  const decoded = bytes.toString("utf8")
+  return notUtf8(bytes, decoded) ? escapeKey(bytes) : decoded
+}
+
+/** `malformed` when the key or the value is not UTF-8: the entry is no instance. */
+const toKeyValue = (kv: Etcd3.IKeyValue): KeyValue => {
+  const key = kv.key.toString("utf8")
+  const badKey = notUtf8(kv.key, key)
+  return {
+    key: badKey ? escapeKey(kv.key) : key,
+    value: kv.value.toString("utf8"),
+    malformed: badKey || !isUtf8(kv.value),
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    lease: leaseOf(kv.lease)
+  }
+}
+
+/** A watched put; `malformed` as in {@link toKeyValue}. */
+const toPut = (kv: Etcd3.IKeyValue): RawWatchEvent => {
+  const key = kv.key.toString("utf8")
+  const badKey = notUtf8(kv.key, key)
+  return {
+    _tag: "Put",
+    key: badKey ? escapeKey(kv.key) : key,
+    value: kv.value.toString("utf8"),
+    malformed: badKey || !isUtf8(kv.value),
+    revision: Number(kv.mod_revision),
+    lease: leaseOf(kv.lease)
+  }
+}
 
 // ---- the client ----
 
@@ -1112,15 +1189,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                 const kv = event.kv
                 pending.push(
                   event.type === "Put"
-                    ? {
-                        _tag: "Put",
-                        key: kv.key.toString("utf8"),
-                        value: kv.value.toString("utf8"),
-                        malformed: !isUtf8(kv.value),
-                        revision: Number(kv.mod_revision),
-                        lease: leaseOf(kv.lease)
-                      }
-                    : { _tag: "Delete", key: kv.key.toString("utf8"), revision: Number(kv.mod_revision) }
+                    ? toPut(kv)
+                    : { _tag: "Delete", key: keyOf(kv.key), revision: Number(kv.mod_revision) }
                 )
               }
               // one batch per turn of the event loop: under churn a turn brings ~10 responses,

@@ -501,6 +501,16 @@ const isSorted = (keys: ReadonlyArray<string>): boolean => {
   return true
 }
 
+/**
+ * A byte of a key that is not UTF-8, as the etcd client decodes it: a lone
+ * surrogate U+DC80 to U+DCFF, which no UTF-8 decodes to. Such a key comes
+ * `malformed`, and cannot be (nor delete) an instance: it is a string no
+ * well-formed key has. Its warning shows the bytes as `\xff`.
+ */
+const escapedByte = /(?<![\uD800-\uDBFF])[\uDC80-\uDCFF]/
+const escapedBytes = new RegExp(escapedByte.source, "g")
+const showByte = (char: string): string => `\\x${(char.charCodeAt(0) - 0xdc00).toString(16)}`
+
 /** @internal */
 export const make = <Req, Res, E, FE, R>(
   options: Options<Req, Res, E, FE, R>
@@ -1012,7 +1022,12 @@ export const make = <Req, Res, E, FE, R>(
     const warnMalformed = (malformedKeys: ReadonlyArray<string>) =>
       Effect.forEach(
         malformedKeys,
-        (key) => Effect.logWarning("value is not valid UTF-8; instance skipped").pipe(Effect.annotateLogs("key", key)),
+        (key) =>
+          escapedByte.test(key)
+            ? Effect.logWarning("key is not valid UTF-8; instance skipped").pipe(
+                Effect.annotateLogs("key", key.replace(escapedBytes, showByte))
+              )
+            : Effect.logWarning("value is not valid UTF-8; instance skipped").pipe(Effect.annotateLogs("key", key)),
         { discard: true }
       )
 
@@ -1153,6 +1168,8 @@ export const make = <Req, Res, E, FE, R>(
             if (event._tag === "Put" && !event.malformed) {
               changes.set(event.key, event.value)
             } else {
+              // a value that is not UTF-8: the instance leaves. A key that is not (see escapedByte)
+              // is no instance's, so its put or delete changes none
               if (event._tag === "Put") (malformed ??= []).push(event.key)
               changes.set(event.key, undefined)
             }
