@@ -179,7 +179,11 @@ export const isSubscriber: (u: unknown) => u is Subscriber<unknown, unknown, unk
  * Starts a subscriber in the current scope. Returns once the first listing has
  * been applied, or has failed (the subscriber then keeps retrying in the
  * background and reports `Failing` in its state). Fails with `InvalidOptions`
- * on an empty prefix or a negative `invalidateOnError`.
+ * on an empty prefix or a negative `invalidateOnError`. When the scope is
+ * closed before the first listing is applied (a layer torn down while it is
+ * built, a timeout around `Scope.extend`), `make` is interrupted: the
+ * subscriber is stopped, the endpoints made so far are closed, and there is
+ * no subscriber to return.
  *
  * @since 0.1.0
  * @category constructors

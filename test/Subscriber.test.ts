@@ -18,7 +18,7 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type * as Subscribable from "effect/Subscribable"
@@ -153,6 +153,48 @@ describe("Subscriber (in-memory etcd)", () => {
         expect((yield* subscriber.endpointSet.get).endpoints).toEqual([])
       })
     )
+  )
+
+  it.effect(
+    "a scope closed before the first listing is applied: make is interrupted, the endpoints made are closed",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          yield* put("/svc/a", "http://a")
+          yield* put("/svc/b", "http://b")
+          const closed = yield* Ref.make<ReadonlyArray<string>>([])
+          const making = yield* Deferred.make<void>()
+          // a's endpoint is made; b's factory is still running when the scope closes
+          const factory: Factory<string, string> = (instance) =>
+            Effect.gen(function* () {
+              yield* Effect.addFinalizer(() => Ref.update(closed, (xs) => [...xs, instance]))
+              if (instance === "http://b") yield* Effect.zipRight(Deferred.succeed(making, undefined), Effect.never)
+              return (request: string) => Effect.succeed(`${instance} got ${request}`)
+            })
+          const scope = yield* Scope.make()
+          const fiber = yield* Effect.fork(Scope.extend(Subscriber.make({ prefix: "/svc", factory }), scope))
+          yield* Deferred.await(making)
+          yield* Scope.close(scope, Exit.void)
+          const exit = yield* TestServices.provideWithLive(Fiber.await(fiber), (effect) =>
+            Effect.timeoutFail(effect, {
+              duration: "10 seconds",
+              onTimeout: () => new Error("Subscriber.make did not end after its scope was closed")
+            }).pipe(Effect.orDie)
+          )
+          expect(Exit.isInterrupted(exit)).toBe(true)
+          expect([...(yield* Ref.get(closed))].sort()).toEqual(["http://a", "http://b"])
+          // a scope closed before make runs: the same
+          const late = yield* TestServices.provideWithLive(
+            Effect.exit(Scope.extend(Subscriber.make({ prefix: "/svc", factory }), scope)),
+            (effect) =>
+              Effect.timeoutFail(effect, {
+                duration: "10 seconds",
+                onTimeout: () => new Error("Subscriber.make did not end in a closed scope")
+              }).pipe(Effect.orDie)
+          )
+          expect(Exit.isInterrupted(late)).toBe(true)
+        })
+      )
   )
 
   it.effect("the prefix is normalised: /services/bar never sees /services/barsvc2/...", () =>

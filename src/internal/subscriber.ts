@@ -609,9 +609,12 @@ export const make = <Req, Res, E, FE, R>(
         )
         instances.changed()
         endpointSet.changed()
-        return Effect.forEach(open, ([key, endpointScope]) => closeEndpoint(key, endpointScope, exit), {
-          discard: true
-        })
+        // closed before the first listing was applied: the engine is gone, and `make`, waiting for
+        // it, is interrupted (a no-op once the first attempt is done)
+        return Effect.zipRight(
+          Deferred.interrupt(firstAttempt),
+          Effect.forEach(open, ([key, endpointScope]) => closeEndpoint(key, endpointScope, exit), { discard: true })
+        )
       })
     )
 
