@@ -31,4 +31,19 @@ describe("toEtcdError", () => {
     expect(isTransient(lost)).toBe(false)
     expect(toEtcdError("put", fromServer(2, "UNKNOWN", "something else went wrong")).reason).toBe("Other")
   })
+
+  it("a stream reset without a gRPC status (etcd stopped under a watch) is a transient Unavailable", () => {
+    // as grpc-js hands it to our own watch stream (not cast by etcd3), and as etcd3 casts it for a request
+    const details = "Received RST_STREAM with code 0 (Call ended without gRPC status)"
+    const raw = Object.assign(new Error(`13 INTERNAL: ${details}`), { code: 13, details })
+    const error = toEtcdError("watch", raw)
+    expect(error.reason).toBe("Unavailable")
+    expect(isTransient(error)).toBe(true)
+    expect(toEtcdError("put", fromServer(13, "INTERNAL", details)).reason).toBe("Unavailable")
+    expect(toEtcdError("watch", fromServer(13, "INTERNAL", "Received RST_STREAM with code 2")).reason).toBe(
+      "Unavailable"
+    )
+    // any other INTERNAL is still Other
+    expect(toEtcdError("put", fromServer(13, "INTERNAL", "something else went wrong")).reason).toBe("Other")
+  })
 })

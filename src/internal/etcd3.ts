@@ -338,6 +338,16 @@ const cleanMessage = (message: string): string =>
     .replace(/\s*Resolution note:\s*$/, "")
     .trim()
 
+/**
+ * gRPC's INTERNAL (13) for a stream the server reset without a status: grpc-js
+ * says "Received RST_STREAM with code 0 (Call ended without gRPC status)" when
+ * etcd is stopped under an open watch. The member went away, as with
+ * UNAVAILABLE: a transient failure (the watch resumes), not `Other` (which
+ * made the subscriber list again).
+ */
+const rstStream = (code: number | undefined, cause: unknown, message: string): boolean =>
+  (code === 13 || cause instanceof Etcd3.GRPCInternalError) && message.includes("Received RST_STREAM")
+
 export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
   const name = errorName(cause)
   const message = errorMessage(cause)
@@ -352,7 +362,7 @@ export const toEtcdError = (operation: string, cause: unknown): EtcdError => {
     message.includes("authentication failed") ||
     message.includes("request is too large")
       ? reasonOf(cause, name, message)
-      : code === 14 || code === 1
+      : code === 14 || code === 1 || rstStream(code, cause, message)
         ? "Unavailable"
         : code === 4
           ? "Timeout"
