@@ -67,7 +67,16 @@ export interface EndpointSet<Req, Res, E = never> {
  * How the subscription is doing.
  *
  * - `Starting`: the first listing has not finished yet.
- * - `Live`: the instance set follows etcd.
+ * - `Live`: the instance set follows etcd. A member that stops answering
+ *   without closing the connection (paused, hung) is found out by the watch's
+ *   own timer: after `dialKeepAlive` (an `EtcdClient` option) without a
+ *   message it asks the member for a progress report, and gives up when none
+ *   comes within `headerTimeoutPerRequest`. Until then the set is stale and
+ *   the state still `Live`: for up to `dialKeepAlive` +
+ *   `headerTimeoutPerRequest` after the member's last message (6 s with the
+ *   defaults, about that long on a busy watch; an idle one finds out 3 to 6 s
+ *   after the pause). Then it is `Failing` (reason `Timeout`) while the watch
+ *   reconnects, to another member in a cluster.
  * - `Failing`: etcd cannot be reached (the watch is disconnected, or listing
  *   fails); `error` is the latest failure, `since` the time the failures began
  *   (epoch milliseconds on the Effect `Clock`). The subscriber keeps retrying.
@@ -83,7 +92,8 @@ export type State =
 /**
  * A subscription to the instances under a prefix, and their endpoints.
  * Stop it by closing the scope it was made in: its fibers are interrupted and
- * every endpoint's scope is closed.
+ * every endpoint's scope is closed, one after another; the close ends when
+ * the last endpoint finalizer does (see {@link Options.factory}).
  *
  * @since 0.1.0
  * @category models
@@ -128,7 +138,18 @@ export interface Subscriber<Req, Res, E = never> {
 export interface Options<Req, Res, E = never, FE = never, R = never> {
   /** The prefix to watch; normalised to end with `/`, so `/services/bar` never sees `/services/barsvc2/...`. */
   readonly prefix: string
-  /** Makes an endpoint from an instance string, in a scope closed when the instance leaves or changes. */
+  /**
+   * Makes an endpoint from an instance string, in a scope closed when the
+   * instance leaves or changes. The scopes of instances that left are closed
+   * after the change is published, one after another, by one fiber, in the
+   * order they left: a finalizer that takes long (a graceful drain) holds up
+   * no change, but one that never ends leaves every endpoint scope queued
+   * after it open for good, and the subscriber's own close never ends: it
+   * waits for that fiber, then closes the endpoint scopes still open one by
+   * one (those still queued, then the others in key order), so a finalizer
+   * that hangs there holds up the ones after it too. Bound a finalizer that
+   * could hang (`Effect.timeout`).
+   */
   readonly factory: Factory<Req, Res, E, FE, R>
   /**
    * go-kit's `InvalidateOnError(timeout)`. Without it (the default) the last good
@@ -179,7 +200,8 @@ export const isSubscriber: (u: unknown) => u is Subscriber<unknown, unknown, unk
  * Starts a subscriber in the current scope. Returns once the first listing has
  * been applied, or has failed (the subscriber then keeps retrying in the
  * background and reports `Failing` in its state). Fails with `InvalidOptions`
- * on an empty prefix or a negative `invalidateOnError`. When the scope is
+ * on an empty prefix, a negative `invalidateOnError`, a `factoryTimeout` that
+ * is not positive, or either of them that is not a duration. When the scope is
  * closed before the first listing is applied (a layer torn down while it is
  * built, a timeout around `Scope.extend`), `make` is interrupted: the
  * subscriber is stopped, the endpoints made so far are closed, and there is
