@@ -30,8 +30,11 @@ export type LeaseId = string
 
 /**
  * A key and its value as read from etcd. `value` is the UTF-8 decoding of the
- * stored bytes; `malformed` is true when those bytes were not valid UTF-8 (the
- * value then holds replacement characters and should not be trusted).
+ * stored bytes; `malformed` is true when the value's bytes or the key's were
+ * not valid UTF-8 (the value then holds replacement characters and should not
+ * be trusted). A key that is not UTF-8 keeps each bad byte as a lone surrogate
+ * (U+DC80 to U+DCFF), so that two such keys never read as one, nor as a
+ * well-formed key; such a key cannot be written back through this client.
  *
  * @since 0.1.0
  * @category models

@@ -965,6 +965,13 @@ describe("Subscriber (in-memory etcd)", () => {
         expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: -1 })).toEqual(
           Option.some("invalidateOnError")
         )
+        // negative inputs that Duration would turn into zero (which invalidateOnError accepts)
+        expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: "-5 seconds" })).toEqual(
+          Option.some("invalidateOnError")
+        )
+        expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: [-5, 0] })).toEqual(
+          Option.some("invalidateOnError")
+        )
         // a string from outside the type system, as configuration could hand over
         const soon = "soon" as Duration.DurationInput
         expect(yield* rejected({ prefix: "/svc", factory, invalidateOnError: soon })).toEqual(

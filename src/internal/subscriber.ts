@@ -84,10 +84,14 @@ const durationOption = (
 ): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> => {
   if (input === undefined) return Effect.succeed(Option.none())
   const reason = positive ? "must be positive" : "must not be negative"
-  // Duration turns negative numbers into zero: reject them before decoding
+  // Duration turns negative inputs (-5, "-5 seconds", [-5, 0]) into zero: reject them before decoding
   if ((typeof input === "number" || typeof input === "bigint") && (positive ? input <= 0 : input < 0)) {
     return Effect.fail(new InvalidOptions({ option, reason }))
   }
+  const negative =
+    (typeof input === "string" && input.trim().startsWith("-")) ||
+    (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
+  if (negative) return Effect.fail(new InvalidOptions({ option, reason: `${reason}, got ${String(input)}` }))
   const decoded = Duration.decodeUnknown(input)
   if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
     return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
