@@ -38,7 +38,7 @@ export class InvalidInstance extends Schema.TaggedError<InvalidInstance>()("Inva
  * An HTTP endpoint: an `HttpClientRequest` with a URL relative to the instance
  * (`/hello`, `hello?x=1`) in, the `HttpClientResponse` out. Transport failures
  * (and, with `filterStatusOk`, non-2xx statuses) are `HttpClientError`s; an
- * absolute URL (`http://other/x`, any URL with a scheme) is a `RequestError`
+ * absolute URL (`http://other/x`, a scheme and a host) is a `RequestError`
  * (reason `InvalidUrl`), and nothing is sent.
  *
  * @since 0.1.0
@@ -105,6 +105,12 @@ const settle = (
     Effect.sync(() => {
       for (const bytes of chunk) chunks.push(bytes)
     })
+  ).pipe(
+    // a response without a body (HEAD, 204, 304 under the fetch client) has nothing to read
+    Effect.catchIf(
+      (error) => error._tag === "ResponseError" && error.reason === "EmptyBody",
+      () => Effect.void
+    )
   )
   return Effect.map(Effect.either(Effect.withClock(Effect.timeout(reading, errorBodyTimeout), realClock)), (read) => {
     const bytes = concat(chunks)
@@ -134,8 +140,12 @@ const settle = (
   })
 }
 
-/** A URL with a scheme (RFC 3986: a letter, then letters, digits, `+`, `-` or `.`, then `:`). */
-const absoluteUrl = /^[A-Za-z][A-Za-z0-9+.-]*:/
+/**
+ * A URL with a scheme and an authority (`http://host`, `HTTPS://host`): a
+ * scheme alone is not enough, as a relative path may hold a colon in its first
+ * segment (a custom method, `models:predict`).
+ */
+const absoluteUrl = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//
 
 /**
  * Parses an instance string into a base URL (no trailing slash). Only `http:`

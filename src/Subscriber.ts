@@ -222,8 +222,10 @@ export const make: <Req, Res, E = never, FE = never, R = never>(
  * Runs `f` on the current value of a subscriber's `endpointSet`, `instances`
  * or `state` (or of any `Subscribable`), then on each new value, one call at a
  * time, until interrupted: it never ends by itself, and fails when `f` fails.
- * Like `changes`, a follower that falls behind skips to the newest value
- * instead of queueing the ones in between.
+ * On a subscriber's own values, as with their `changes`, a follower that falls
+ * behind skips to the newest value instead of queueing the ones in between;
+ * on any other `Subscribable` (a subscriber's `state` is a `SubscriptionRef`'s)
+ * it sees each value its `changes` gives.
  *
  * It does what `Stream.runForEach(subscribable.changes, f)` does, for less: on
  * a subscriber's own values it waits for the next change without a stream in

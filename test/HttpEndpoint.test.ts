@@ -1,3 +1,4 @@
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpRouter from "@effect/platform/HttpRouter"
@@ -115,6 +116,29 @@ describe("HttpEndpoint.parseInstance", () => {
 })
 
 describe("HttpEndpoint.factory", () => {
+  it.scoped("filterStatusOk: a failed response without a body (HEAD, 304) fails with the status alone", () =>
+    Effect.gen(function* () {
+      const base = yield* serverOwn((request, response) => {
+        response.writeHead(request.method === "HEAD" ? 503 : 304, { "content-length": "10" })
+        response.end()
+      })
+      // the fetch client gives such a response no body stream at all
+      const endpoint = yield* HttpEndpoint.factory({ filterStatusOk: true })(base).pipe(
+        Effect.provide(FetchHttpClient.layer)
+      )
+      for (const [request, status] of [
+        [HttpClientRequest.head("/health"), 503],
+        [HttpClientRequest.get("/cached"), 304]
+      ] as const) {
+        const error = yield* Effect.flip(endpoint(request))
+        expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+        expect(error._tag === "ResponseError" && error.response.status).toBe(status)
+        expect(error.message).not.toContain("could not be read")
+        expect(error._tag === "ResponseError" ? yield* error.response.text : undefined).toBe("")
+      }
+    })
+  )
+
   it.layer(TestLive)((it) => {
     it.scoped("sends requests relative to the instance's base URL and returns the response", () =>
       Effect.gen(function* () {
@@ -288,7 +312,12 @@ describe("HttpEndpoint.factory", () => {
             Effect.provideServiceEffect(HttpClient.HttpClient, watched)
           )
           // another host, and the instance's own URL spelt out: neither becomes a path under the base
-          for (const url of ["http://other.invalid/x", "https://other.invalid", `${base}/hello`, "mailto:a@b.c"]) {
+          for (const url of [
+            "http://other.invalid/x",
+            "https://other.invalid",
+            `${base}/hello`,
+            "HTTP://other.invalid"
+          ]) {
             const error = yield* Effect.flip(endpoint(HttpClientRequest.get(url)))
             expect(error).toMatchObject({ _tag: "RequestError", reason: "InvalidUrl" })
             expect(error.request.url).toBe(url)
@@ -296,10 +325,12 @@ describe("HttpEndpoint.factory", () => {
           }
           const fromUrl = yield* Effect.flip(endpoint(HttpClientRequest.get(new URL(`${base}/hello?x=1`))))
           expect(fromUrl).toMatchObject({ _tag: "RequestError", reason: "InvalidUrl" })
-          // relative ones still go
+          // relative ones still go, a colon in the path too (a custom method, `models:predict`)
           expect(yield* Effect.flatMap(endpoint(HttpClientRequest.get("echo")), (r) => r.text)).toBe("echo")
+          yield* Effect.ignore(endpoint(HttpClientRequest.get("models:predict")))
         }
-        expect(seen).toEqual([`${base}/api/v1/echo`, `${base}/api/v1/echo`])
+        const sent = [`${base}/api/v1/echo`, `${base}/api/v1/models:predict`]
+        expect(seen).toEqual([...sent, ...sent])
       })
     )
 

@@ -618,6 +618,9 @@ const openWatchStream = (etcd: Etcd3.Etcd3): Promise<WatchStream> => {
 /** The pool's endless generator of its hosts in shuffled order (what a unary call fails over along). */
 type Hosts = NonNullable<Parameters<ConnectionPool["withConnection"]>[2]>
 
+/** How many lease TTLs a client keeps for its keep-alives at most (see `keepAliveOnce`). */
+const maxRememberedLeases = 4096
+
 /**
  * Whether an error says something about the member (retry elsewhere, count it
  * against the member's circuit breaker). A request over gRPC's message size
@@ -699,17 +702,24 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     // A request refused by the members' circuit breakers (each opens after two failures in a row, for
     // a second) says only "Execution prevented because the circuit breaker is open": it then says
     // why, with the last failure that was not such a refusal.
-    let lastFailure: string | undefined = undefined
+    let lastFailure: { readonly what: string; readonly at: number } | undefined = undefined
     const failure = (operation: string, cause: unknown): EtcdError => {
       const error = toEtcdError(operation, cause)
       if (errorName(cause) !== "BrokenCircuitError" && !errorMessage(cause).includes("circuit breaker is open")) {
-        if (isTransient(error)) lastFailure = `${error.operation}: ${error.detail ?? error.reason}`
+        // a call this client cancelled itself (an interrupted request, a closed watch) says nothing of etcd
+        if (isTransient(error) && grpcCode(cause) !== 1 && !errorMessage(cause).includes("Cancelled on client")) {
+          lastFailure = { what: `${error.operation}: ${error.detail ?? error.reason}`, at: Date.now() }
+        }
         return error
       }
+      const last =
+        lastFailure === undefined
+          ? "not known"
+          : `${((Date.now() - lastFailure.at) / 1000).toFixed(1)} s ago, ${lastFailure.what}`
       return new EtcdError({
         operation,
         reason: "Unavailable",
-        detail: `not sent: every member failed just before and is tried again within a second (the last failure, ${lastFailure ?? "not known"})`,
+        detail: `not sent: every member failed just before and is tried again within a second (the last failure: ${last})`,
         cause
       })
     }
@@ -804,24 +814,18 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       })
     )
 
-    // The TTL of each lease this client granted (seconds). A request a lease depends on (its grant,
-    // the puts on it, its keep-alives) gives each member a quarter of the TTL to answer, at most
-    // the request timeout, before it goes to the next: with a hung member tried first, a whole
-    // request timeout (3 s by default) let a 3 s or 5 s lease expire between two heartbeats, and a
-    // re-grant's put land as its new lease ran out. With a quarter, a heartbeat (a TTL holds more
-    // than two) fails over and renews the lease well within its TTL.
+    // The TTL (seconds) of the leases this client granted, for their keep-alives (see keepAliveOnce);
+    // forgotten when revoked or found gone, and the oldest pruned past a bound (leases left to expire)
     const leaseTtls = new Map<LeaseId, number>()
-    const memberMillis = (ttlSeconds: number | undefined): number =>
-      ttlSeconds === undefined ? requestMillis : Math.min(requestMillis, ttlSeconds * 250)
-    /** Call options giving each attempt (each member tried) its own deadline; etcd3 reads them per attempt. */
-    const memberOptions = (ttlSeconds: number | undefined): { readonly deadline: number } | undefined => {
-      const millis = memberMillis(ttlSeconds)
-      if (millis === requestMillis) return undefined
-      return {
-        get deadline() {
-          return Date.now() + millis
+    const remember = (lease: LeaseId, ttlSeconds: number) => {
+      if (leaseTtls.size >= maxRememberedLeases) {
+        let n = 0
+        for (const old of leaseTtls.keys()) {
+          if (n++ >= maxRememberedLeases / 4) break
+          leaseTtls.delete(old)
         }
       }
+      leaseTtls.set(lease, ttlSeconds)
     }
     const forget = (lease: LeaseId) => {
       leaseTtls.delete(lease)
@@ -830,9 +834,9 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     const grant = (ttlSeconds: number) =>
       Effect.suspend(() =>
         Number.isInteger(ttlSeconds) && ttlSeconds > 0
-          ? call("grant", () => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }, memberOptions(ttlSeconds))).pipe(
+          ? call("grant", () => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds })).pipe(
               Effect.map((r) => {
-                leaseTtls.set(r.ID, ttlSeconds)
+                remember(r.ID, ttlSeconds)
                 return r.ID
               })
             )
@@ -915,12 +919,57 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
      * attempt per member at most, along one shuffled order of the members (each
      * attempt starting a new order could try a hung member again, a whole
      * request timeout each time, and let a short TTL expire).
+     *
+     * For a lease this client granted whose quarter TTL is shorter than the
+     * request timeout, a second keep-alive is sent to another member when the
+     * first has had no answer for a quarter of the TTL (a hedge), and the first
+     * answer wins: with a hung member tried first, waiting out the whole request
+     * timeout (3 s by default) let 3 s and 5 s leases expire between two
+     * heartbeats. The slower attempt is cancelled (not counted against its
+     * member); on a cluster that is merely slow, the first attempt's answer
+     * still comes within its own deadline.
      */
     const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
       Effect.suspend(() => {
-        const hosts = poolOf(etcd).shuffledHosts()
-        return keepAliveAttempt(lease, hosts, memberMillis(leaseTtls.get(lease))).pipe(
-          Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) }),
+        const pool = poolOf(etcd)
+        // the members the first attempt has gone to, which the hedge goes to last
+        const tried = new Set<unknown>()
+        const order = pool.shuffledHosts()
+        const recorded = (function* () {
+          for (;;) {
+            const host = order.next().value
+            tried.add(host)
+            yield host
+          }
+        })() as Hosts
+        const retried = (hosts: Hosts) =>
+          keepAliveAttempt(lease, hosts, requestMillis).pipe(
+            Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
+          )
+        const ttlSeconds = leaseTtls.get(lease)
+        const hedgeMillis = ttlSeconds === undefined ? requestMillis : ttlSeconds * 250
+        const attempt =
+          resolved.hosts.length < 2 || hedgeMillis >= requestMillis
+            ? retried(recorded)
+            : Effect.raceFirst(
+                retried(recorded),
+                Effect.delay(
+                  Effect.suspend(() => {
+                    const others = pool.shuffledHosts()
+                    const rest = (function* () {
+                      // the members not tried yet first (a bounded search: all may have been)
+                      for (let skipped = 0; ;) {
+                        const host = others.next().value
+                        if (tried.has(host) && skipped++ < resolved.hosts.length) continue
+                        yield host
+                      }
+                    })() as Hosts
+                    return retried(rest)
+                  }),
+                  Duration.millis(hedgeMillis)
+                )
+              )
+        return attempt.pipe(
           Effect.tapErrorTag("EtcdError", (error) =>
             error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
           )
@@ -944,14 +993,11 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             new EtcdError({ operation: "put", reason: "LeaseNotFound", detail: `not a lease id: ${options.lease}` })
           )
         : call("put", () =>
-            etcd.kv.put(
-              {
-                key: Buffer.from(key, "utf8"),
-                value: Buffer.from(value, "utf8"),
-                ...(options?.lease === undefined ? {} : { lease: options.lease })
-              },
-              options?.lease === undefined ? undefined : memberOptions(leaseTtls.get(options.lease))
-            )
+            etcd.kv.put({
+              key: Buffer.from(key, "utf8"),
+              value: Buffer.from(value, "utf8"),
+              ...(options?.lease === undefined ? {} : { lease: options.lease })
+            })
           ).pipe(Effect.map((r) => Number(r.header.revision)))
 
     /**
@@ -994,24 +1040,19 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             }
             const putOn = (id: LeaseId) => {
               lease = id
-              leaseTtls.set(id, ttlSeconds)
+              remember(id, ttlSeconds)
               arm("put")
-              etcd.kv
-                .put(
-                  { key: Buffer.from(key, "utf8"), value: Buffer.from(value, "utf8"), lease: id },
-                  memberOptions(ttlSeconds)
-                )
-                .then(
-                  (r) => {
-                    if (done) revokeLater(id)
-                    else settle(Effect.succeed({ lease: id, revision: Number(r.header.revision) }))
-                  },
-                  (cause: unknown) => failWith(failure("put", cause))
-                )
+              etcd.kv.put({ key: Buffer.from(key, "utf8"), value: Buffer.from(value, "utf8"), lease: id }).then(
+                (r) => {
+                  if (done) revokeLater(id)
+                  else settle(Effect.succeed({ lease: id, revision: Number(r.header.revision) }))
+                },
+                (cause: unknown) => failWith(failure("put", cause))
+              )
             }
             arm("grant")
             try {
-              etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }, memberOptions(ttlSeconds)).then(
+              etcd.leaseClient.leaseGrant({ TTL: ttlSeconds }).then(
                 (r) => {
                   if (done) return revokeLater(r.ID)
                   try {

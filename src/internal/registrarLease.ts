@@ -275,6 +275,7 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
       members.map((m) => m.entry)
     )
     group.lease = { id: lease, lastOk: sentAt }
+    group.unreachable = false
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!
       member.lastPut = revisions[i]!
@@ -351,7 +352,7 @@ const repairOnce = (group: Group, member: Member, deletedAt: number): Effect.Eff
         const lease = group.lease
         if (group.ttl !== undefined && lease === undefined) return "skip" as const
         const result = yield* Effect.either(
-          group.client.put(member.entry.key, member.entry.value, { lease: lease?.id })
+          answered(group, group.client.put(member.entry.key, member.entry.value, { lease: lease?.id }))
         )
         if (Either.isLeft(result)) {
           if (result.left.reason === "LeaseNotFound" && lease !== undefined) {
@@ -684,14 +685,15 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
  * keeps it: the key stays, untouched.
  *
  * When the group's last request went unanswered (etcd unreachable, see
- * `Group.unreachable`), a member on a lease does not wait on etcd: its key is
- * deleted in the background while others keep the lease alive, and the last
- * member leaves the lease, which nobody renews any more, to expire with its
- * keys within its TTL. Each request to an unreachable cluster takes a whole
- * call timeout (the request timeout times the members, plus a second): a
- * process closing N registrations waited N + 1 of them, past a container's
- * grace period. The deregistration then fails with `Unavailable`, saying so.
- * A key without a lease is always asked for: nothing else would remove it.
+ * `Group.unreachable`), a member on a lease gives etcd {@link unreachableWait}
+ * to answer instead of a whole call timeout (the request timeout times the
+ * members, plus a second): a process closing N registrations during an outage
+ * waited N + 1 of those, past a container's grace period. Unanswered, its key
+ * is deleted in the background while others keep the lease alive, and the
+ * last member leaves the lease, which nobody renews any more, to expire with
+ * its keys within its TTL; the deregistration fails with the error, saying
+ * so. A request without a lease has the whole call timeout: nothing else
+ * would remove its key.
  */
 export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
   group.lock.exclusive(
@@ -705,14 +707,16 @@ export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdErr
         group.closed = true
         return yield* Effect.gen(function* () {
           if (lease !== undefined) {
-            if (group.unreachable && group.ttl !== undefined) return yield* leftToExpire(group.ttl, lease.id)
-            const revoked = yield* Effect.either(group.client.revoke(lease.id))
+            const revoked = yield* Effect.either(ask(group, "revoke", group.client.revoke(lease.id)))
             if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
+            // etcd does not answer: a delete would wait as long, for a key that expires with the lease
+            if (group.unreachable && group.ttl !== undefined)
+              return yield* leftToExpire(group.ttl, lease.id, revoked.left)
             yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
               Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
             )
           }
-          yield* Effect.asVoid(answered(group, group.client.delete(key)))
+          yield* Effect.asVoid(ask(group, "delete", group.client.delete(key)))
         }).pipe(
           Effect.ensuring(
             Effect.zipRight(deregistered, Effect.zipRight(unwatchMember(group, member), closeGroup(group)))
@@ -740,30 +744,46 @@ const answered = <A>(group: Group, request: Effect.Effect<A, EtcdError>): Effect
       })
   })
 
-/** The last member leaves while etcd is unreachable: the lease is left to expire, with its keys. */
-const leftToExpire = (ttl: TtlOption, lease: LeaseId): Effect.Effect<never, EtcdError> =>
+/**
+ * How long a request of a leaving member waits for etcd when the group's last
+ * request went unanswered (see {@link leave}).
+ */
+export const unreachableWait = Duration.seconds(1)
+
+/**
+ * A request of a leaving member: noted as answered or not (see
+ * `Group.unreachable`); while etcd is taken for unreachable, and the key has a
+ * lease, given {@link unreachableWait} to answer.
+ */
+const ask = <A>(group: Group, operation: string, request: Effect.Effect<A, EtcdError>): Effect.Effect<A, EtcdError> =>
+  group.unreachable && group.lease !== undefined
+    ? // interruptible: a deregistration runs uninterruptibly, and a timeout must be able to stop the request
+      Effect.timeoutFail(Effect.interruptible(answered(group, request)), {
+        duration: unreachableWait,
+        onTimeout: () =>
+          new EtcdError({
+            operation,
+            reason: "Timeout",
+            detail: `etcd did not answer the last request, nor this one within ${Duration.format(unreachableWait)}`
+          })
+      })
+    : answered(group, request)
+
+/** The last member leaves while etcd does not answer: the lease is left to expire, with its keys. */
+const leftToExpire = (ttl: TtlOption, lease: LeaseId, error: EtcdError): Effect.Effect<never, EtcdError> =>
   Effect.fail(
     new EtcdError({
-      operation: "revoke",
-      reason: "Unavailable",
-      detail: `not sent: etcd did not answer the last request; lease ${lease} is no longer kept alive and expires with its keys within ${ttl.ttlSeconds} s`
+      operation: error.operation,
+      reason: error.reason,
+      detail: `${error.detail ?? error.reason}; lease ${lease} is no longer kept alive and expires with its keys within ${ttl.ttlSeconds} s`,
+      cause: error
     })
   )
 
 /** Deletes the key of a member that leaves a group others stay in. Call under the exclusive lock. */
 const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
-    // etcd did not answer the group's last request: the delete goes to the background at once
-    const deleted: Either.Either<unknown, EtcdError> =
-      group.unreachable && group.lease !== undefined
-        ? Either.left(
-            new EtcdError({
-              operation: "delete",
-              reason: "Unavailable",
-              detail: "not sent: etcd did not answer the last request; the key is deleted in the background"
-            })
-          )
-        : yield* Effect.either(answered(group, group.client.delete(key)))
+    const deleted = yield* Effect.either(ask(group, "delete", group.client.delete(key)))
     if (Either.isRight(deleted)) return
     yield* deleteLater(group, key)
     return yield* deleted.left
@@ -772,17 +792,28 @@ const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
 /**
  * Deletes a key that no member holds any more in the background, retried with
  * backoff while the group lives: the shared lease would keep it alive. Skips
- * when a member holds the key again, or when the group is closed (its lease
- * is revoked or left to expire, and the key with it).
+ * when a registration of this client holds the key again (in this group or
+ * another: a registration of the same key on another TTL option), or when the
+ * group is closed: its lease is then revoked or left to expire, and the key
+ * with it; a key without lease is then left, as the caller was told. Under
+ * the exclusive lock, so that no registration of the key joins meanwhile.
  */
 const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
   const retryDelete = group.lock
-    .shared(
+    .exclusive(
       Effect.gen(function* () {
-        const again = [...group.members].some((m) => m.entry.key === key)
-        if (!again && !group.closed) yield* answered(group, group.client.delete(key))
+        if (group.closed || heldByClient(group.client, key)) return
+        yield* answered(group, group.client.delete(key))
       })
     )
     .pipe(Effect.retry(healSchedule), Effect.ignore)
   return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
+}
+
+/** Whether a registration of this client (any TTL option) holds `key`. */
+const heldByClient = (client: EtcdClient, key: string): boolean => {
+  for (const group of registryOf(client).values()) {
+    for (const member of group.members) if (member.entry.key === key) return true
+  }
+  return false
 }

@@ -203,7 +203,8 @@ export const make = (spec: MemberSpec, initialToken: string): Effect.Effect<Memb
 
     const terminate = (running: Running, first: "SIGTERM" | "SIGKILL"): Effect.Effect<void> =>
       Effect.gen(function* () {
-        if (running.exited) return
+        // the spawned process gone, its group may not be (a wrapper that exited, leaving its etcd)
+        if (running.exited && !(Os.processGroups && (yield* Os.groupAlive(running.pid)))) return
         if (running.paused) {
           yield* signal(running, "SIGCONT")
           running.paused = false
