@@ -627,6 +627,18 @@ const maxRememberedLeases = 4096
  * limit comes back as RESOURCE_EXHAUSTED, which etcd3 takes for recoverable: it
  * is the request's fault, and retrying it only trips every member's breaker.
  */
+/**
+ * A request this client withdrew (interrupted, or the slower of two hedged
+ * keep-alives): not a failure of the member, which its circuit breaker must
+ * not count, and not an answer, which it must not count as a success either
+ * (cockatiel records neither for an error its filter does not handle).
+ */
+class Withdrawn extends Error {
+  constructor() {
+    super("withdrawn by the client")
+  }
+}
+
 const isMemberFailure = (error: Error): boolean =>
   Etcd3.isRecoverableError(error) && !errorMessage(error).includes("larger than max")
 
@@ -861,7 +873,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
             "Lease",
             ({ client, metadata }) =>
               new Promise<Etcd3.ILeaseKeepAliveResponse | undefined>((resolve, reject) => {
-                if (done) return resolve(undefined)
+                if (done) return reject(new Withdrawn())
                 const s = (client as unknown as LeaseService).leaseKeepAlive(metadata, {
                   deadline: Date.now() + millis
                 })
@@ -870,8 +882,9 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                   resolve(res)
                   s.end()
                 })
-                // closed by us (interrupted): not the member's fault, nothing for its breaker
-                s.on("error", (cause: Error) => (done ? resolve(undefined) : reject(Etcd3.castGrpcError(cause))))
+                // closed by us (interrupted, or a hedge that lost): neither the member's fault nor
+                // an answer, so nothing for its breaker either way (a success would hide a hung member)
+                s.on("error", (cause: Error) => (done ? reject(new Withdrawn()) : reject(Etcd3.castGrpcError(cause))))
                 s.on("end", () => reject(new Etcd3.GRPCUnavailableError("keep-alive stream ended")))
                 s.write({ ID: lease })
               }),
@@ -925,9 +938,13 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
      * first has had no answer for a quarter of the TTL (a hedge), and the first
      * answer wins: with a hung member tried first, waiting out the whole request
      * timeout (3 s by default) let 3 s and 5 s leases expire between two
-     * heartbeats. The slower attempt is cancelled (not counted against its
-     * member); on a cluster that is merely slow, the first attempt's answer
-     * still comes within its own deadline.
+     * heartbeats. On a cluster that is merely slow, the first attempt's answer
+     * still comes within its own deadline. The slower attempt is not cancelled
+     * but left to end by itself (within its deadline), unheard: its member's
+     * circuit breaker must count how it ends. Cancelled, a hung member's
+     * attempt counted as no failure, or, while its breaker was testing it, as
+     * a success: the breaker let every request go back to the hung member, and
+     * a watch there never reconnected elsewhere.
      */
     const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
       Effect.suspend(() => {
@@ -946,13 +963,16 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
           keepAliveAttempt(lease, hosts, requestMillis).pipe(
             Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
           )
+        // an attempt that the race stops waiting for, but that runs on to its own end
+        const unheard = (attempt: Effect.Effect<number, EtcdError>) =>
+          Effect.disconnect(Effect.uninterruptible(attempt))
         const ttlSeconds = leaseTtls.get(lease)
         const hedgeMillis = ttlSeconds === undefined ? requestMillis : ttlSeconds * 250
         const attempt =
           resolved.hosts.length < 2 || hedgeMillis >= requestMillis
             ? retried(recorded)
             : Effect.raceFirst(
-                retried(recorded),
+                unheard(retried(recorded)),
                 Effect.delay(
                   Effect.suspend(() => {
                     const others = pool.shuffledHosts()
@@ -964,7 +984,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                         yield host
                       }
                     })() as Hosts
-                    return retried(rest)
+                    return unheard(retried(rest))
                   }),
                   Duration.millis(hedgeMillis)
                 )
