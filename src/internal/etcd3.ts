@@ -949,52 +949,46 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
     const keepAliveOnce = (lease: LeaseId): Effect.Effect<number, EtcdError> =>
       Effect.suspend(() => {
         const pool = poolOf(etcd)
-        // the members the first attempt has gone to, which the hedge goes to last
+        // the members an attempt has gone to, which the later hedges go to last
         const tried = new Set<unknown>()
-        const order = pool.shuffledHosts()
-        const recorded = (function* () {
-          for (;;) {
-            const host = order.next().value
-            tried.add(host)
-            yield host
-          }
-        })() as Hosts
+        const untriedFirst = (): Hosts => {
+          const order = pool.shuffledHosts()
+          return (function* () {
+            // a bounded search: every member may have been tried
+            for (let skipped = 0; ;) {
+              const host = order.next().value
+              if (tried.has(host) && skipped++ < resolved.hosts.length) continue
+              tried.add(host)
+              yield host
+            }
+          })() as Hosts
+        }
         const retried = (hosts: Hosts) =>
           keepAliveAttempt(lease, hosts, requestMillis).pipe(
             Effect.retry({ times: resolved.hosts.length - 1, while: (error) => isTransient(error) })
           )
-        // an attempt that the race stops waiting for, but that runs on to its own end
-        const unheard = (attempt: Effect.Effect<number, EtcdError>) =>
-          Effect.disconnect(Effect.uninterruptible(attempt))
         const ttlSeconds = leaseTtls.get(lease)
         const hedgeMillis = ttlSeconds === undefined ? requestMillis : ttlSeconds * 250
-        const attempt =
-          resolved.hosts.length < 2 || hedgeMillis >= requestMillis
-            ? retried(recorded)
-            : Effect.raceFirst(
-                unheard(retried(recorded)),
-                Effect.delay(
-                  Effect.suspend(() => {
-                    const others = pool.shuffledHosts()
-                    const rest = (function* () {
-                      // the members not tried yet first (a bounded search: all may have been)
-                      for (let skipped = 0; ;) {
-                        const host = others.next().value
-                        if (tried.has(host) && skipped++ < resolved.hosts.length) continue
-                        yield host
-                      }
-                    })() as Hosts
-                    return unheard(retried(rest))
-                  }),
-                  Duration.millis(hedgeMillis)
-                )
-              )
-        return attempt.pipe(
-          Effect.tapErrorTag("EtcdError", (error) =>
-            error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
-          )
-        )
+        if (resolved.hosts.length < 2 || hedgeMillis >= requestMillis)
+          return forgetIfGone(lease, retried(untriedFirst()))
+        // an attempt that the race stops waiting for, but that runs on to its own end
+        const unheard = (n: number) => {
+          const attempt = Effect.suspend(() => Effect.disconnect(Effect.uninterruptible(retried(untriedFirst()))))
+          return n === 0 ? attempt : Effect.delay(attempt, Duration.millis(n * hedgeMillis))
+        }
+        // one attempt at once, then one more every quarter of the TTL while none has answered, each to a
+        // member not tried yet (two hung members of five took two): the first answer counts, and a
+        // failure counts only once every attempt has failed (another member's breaker, open, fails
+        // an attempt at once while the first may still answer)
+        const [first, ...hedges] = Array.from({ length: resolved.hosts.length }, (_, n) => unheard(n))
+        return forgetIfGone(lease, Effect.raceAll([first!, ...hedges]))
       })
+
+    /** A keep-alive whose lease is gone forgets its TTL. */
+    const forgetIfGone = <A>(lease: LeaseId, keepAlive: Effect.Effect<A, EtcdError>): Effect.Effect<A, EtcdError> =>
+      Effect.tapErrorTag(keepAlive, "EtcdError", (error) =>
+        error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
+      )
 
     const revoke = (lease: LeaseId) =>
       call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })).pipe(

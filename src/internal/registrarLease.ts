@@ -795,18 +795,17 @@ const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
  * when a registration of this client holds the key again (in this group or
  * another: a registration of the same key on another TTL option), or when the
  * group is closed: its lease is then revoked or left to expire, and the key
- * with it; a key without lease is then left, as the caller was told. Under
- * the exclusive lock, so that no registration of the key joins meanwhile.
+ * with it; a key without lease is then left, as the caller was told.
  */
 const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
-  const retryDelete = group.lock
-    .exclusive(
-      Effect.gen(function* () {
-        if (group.closed || heldByClient(group.client, key)) return
-        yield* answered(group, group.client.delete(key))
-      })
-    )
-    .pipe(Effect.retry(healSchedule), Effect.ignore)
+  const retryDelete = Effect.gen(function* () {
+    // checked under the lock, sent outside it: a request to an etcd that does not answer would hold
+    // up every join, heal and leave of the group (a registration of the key that joins in between
+    // has its key put back by its watch)
+    const skip = yield* group.lock.exclusive(Effect.sync(() => group.closed || heldByClient(group.client, key)))
+    if (skip) return
+    yield* ask(group, "delete", group.client.delete(key))
+  }).pipe(Effect.retry(healSchedule), Effect.ignore)
   return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
 }
 

@@ -21,7 +21,7 @@ import { randomUUID } from "node:crypto"
 import * as EtcdClient from "../../src/EtcdClient.js"
 import * as Registrar from "../../src/Registrar.js"
 import * as Subscriber from "../../src/Subscriber.js"
-import { EtcdCluster } from "../../src/testing/index.js"
+import { EtcdCluster, EtcdServer } from "../../src/testing/index.js"
 import * as TtlOption from "../../src/TtlOption.js"
 import {
   awaitAllRegistered,
@@ -36,6 +36,7 @@ import {
   recordChanges,
   recordStates,
   sameInstances,
+  tcpProxy,
   timed,
   truth,
   within
@@ -276,6 +277,38 @@ describe("Reliability: a 3-member cluster", () => {
           expect(changes.changes.filter((c) => c._tag === "Delete").map((c) => c.key)).toEqual([])
           expect(states.transitions).toEqual([])
           expect((yield* truth(observer, prefix)).size).toBe(2)
+        })
+    )
+
+    it.scoped(
+      "two of three endpoints hang, the client tries them first: a 1 s / 3 s registration keeps its key (a keep-alive goes to one more member every quarter TTL)",
+      () =>
+        Effect.gen(function* () {
+          // one etcd behind three proxies: the client sees three members, two of which will hang
+          const server = yield* EtcdServer.make()
+          const [ok, second, first] = yield* Effect.all([
+            tcpProxy(server.clientUrl),
+            tcpProxy(server.clientUrl),
+            tcpProxy(server.clientUrl)
+          ])
+          yield* lastEndpointFirst
+          const client = yield* EtcdClient.make({ endpoints: [ok!.url, second!.url, first!.url] })
+          const observer = yield* observerOf(server.clientUrls)
+          const prefix = `/reliability-${run}/two-hung/`
+          const ttl = yield* TtlOption.make({ heartbeat: "1 second", ttl: "3 seconds" })
+          const registration = yield* Registrar.make({ key: `${prefix}a`, value: "http://10.0.0.1:8080", ttl }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client)
+          )
+          const changes = yield* recordChanges(observer, prefix)
+          const states = yield* recordStates([registration])
+          const heldAt = now()
+          yield* Effect.acquireRelease(Effect.zipRight(first!.hold, second!.hold), () =>
+            Effect.zipRight(first!.release, second!.release)
+          )
+          // the hang outlasts the TTL twice (the scenario itself, not a wait for an event)
+          yield* Effect.sleep(Math.max(0, heldAt + 8000 - now()))
+          expect(changes.changes.filter((c) => c._tag === "Delete").map((c) => c.key)).toEqual([])
+          expect(states.transitions).toEqual([])
         })
     )
 
