@@ -396,6 +396,33 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a keep-alive that never answers: the lease is taken for lost once its TTL has run out", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      let hang = false
+      // etcd hangs for this process: keep-alives never answer, and its watch hears nothing
+      const silent: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) => (hang ? Effect.never : client.keepAliveOnce(lease)),
+        watch: (prefix, options) => Stream.filter(client.watch(prefix, options), () => !hang)
+      }
+      const registration = yield* Registrar.make(service("/svc/silent/1", yield* standard)).pipe(
+        Effect.provideService(EtcdClient, silent)
+      )
+      const states = yield* recordStates(registration)
+      const start = yield* Clock.currentTimeMillis
+      hang = true
+      // heartbeat 1 s, TTL 3 s: the beat sent at 1 s never answers; the last answered one was sent at 0 s
+      yield* advanceUntil(
+        Effect.map(Ref.get(states), (seen) => seen.some(([, s]) => s._tag === "Retrying")),
+        "100 millis",
+        "30 seconds"
+      )
+      const lost = (yield* Ref.get(states)).find(([, s]) => s._tag === "Retrying")!
+      expect(lost[0] - start).toBeLessThanOrEqual(3_100)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

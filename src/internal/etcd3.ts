@@ -14,6 +14,7 @@ import * as Fs from "node:fs/promises"
 import * as Tls from "node:tls"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
@@ -972,8 +973,17 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         if (resolved.hosts.length < 2 || hedgeMillis >= requestMillis)
           return forgetIfGone(lease, retried(untriedFirst()))
         // an attempt that the race stops waiting for, but that runs on to its own end
+        // an answer that settles it, the lease's TTL or its absence (LeaseNotFound: no need to hear the others)
+        const settled = (attempt: Effect.Effect<number, EtcdError>) =>
+          Effect.catchIf(
+            Effect.map(attempt, Either.right),
+            (error) => error.reason === "LeaseNotFound",
+            (error) => Effect.succeed(Either.left(error))
+          )
         const unheard = (n: number) => {
-          const attempt = Effect.suspend(() => Effect.disconnect(Effect.uninterruptible(retried(untriedFirst()))))
+          const attempt = Effect.suspend(() =>
+            Effect.disconnect(Effect.uninterruptible(settled(retried(untriedFirst()))))
+          )
           return n === 0 ? attempt : Effect.delay(attempt, Duration.millis(n * hedgeMillis))
         }
         // one attempt at once, then one more every quarter of the TTL while none has answered, each to a
@@ -981,7 +991,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         // failure counts only once every attempt has failed (another member's breaker, open, fails
         // an attempt at once while the first may still answer)
         const [first, ...hedges] = Array.from({ length: resolved.hosts.length }, (_, n) => unheard(n))
-        return forgetIfGone(lease, Effect.raceAll([first!, ...hedges]))
+        return forgetIfGone(lease, Effect.flatten(Effect.raceAll([first!, ...hedges])))
       })
 
     /** A keep-alive whose lease is gone forgets its TTL. */

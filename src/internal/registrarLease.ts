@@ -85,6 +85,8 @@ interface Lease {
   readonly id: LeaseId
   /** When the last successful keep-alive was sent (Clock millis). */
   lastOk: number
+  /** When the last successful keep-alive (or the grant) was answered (Clock millis). */
+  lastAnswered: number
 }
 
 /** The registrations of one client with one TTL option (or without TTL). */
@@ -217,10 +219,28 @@ const heartbeat = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
     const lease = group.lease
     if (lease === undefined) return // lost: the healer is at work
     const sentAt = yield* Clock.currentTimeMillis
-    const result = yield* Effect.either(group.client.keepAliveOnce(lease.id))
+    // bounded by the time the lease has left: a keep-alive answered later is too late, and meanwhile
+    // the state would say Registered while etcd has deleted the keys
+    // (counted from the last answer: etcd renewed the lease somewhere between sending and answering,
+    // and a bound from the sending would give up on answers that come slowly but in time)
+    const left = Math.max(0, lease.lastAnswered + ttlMillis - sentAt)
+    const result = yield* Effect.either(
+      Effect.timeoutFail(group.client.keepAliveOnce(lease.id), {
+        duration: Duration.millis(left),
+        onTimeout: () =>
+          new EtcdError({
+            operation: "keepAlive",
+            reason: "Timeout",
+            detail: `no answer before the lease's TTL ran out (${ttl.ttlSeconds} s after the last keep-alive was answered)`
+          })
+      })
+    )
     if (Either.isRight(result)) {
       group.unreachable = false
-      if (group.lease === lease) lease.lastOk = sentAt
+      if (group.lease === lease) {
+        lease.lastOk = sentAt
+        lease.lastAnswered = yield* Clock.currentTimeMillis
+      }
       return
     }
     const error = result.left
@@ -274,7 +294,7 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
       ttl.ttlSeconds,
       members.map((m) => m.entry)
     )
-    group.lease = { id: lease, lastOk: sentAt }
+    group.lease = { id: lease, lastOk: sentAt, lastAnswered: yield* Clock.currentTimeMillis }
     group.unreachable = false
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!

@@ -312,6 +312,26 @@ describe("Reliability: a 3-member cluster", () => {
         })
     )
 
+    it.scoped("a keep-alive of a lease that is gone says so at once, without waiting for the hedges to come", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.make()
+        const proxies = yield* Effect.all([
+          tcpProxy(server.clientUrl),
+          tcpProxy(server.clientUrl),
+          tcpProxy(server.clientUrl)
+        ])
+        const client = yield* EtcdClient.make({ endpoints: proxies.map((proxy) => proxy.url) })
+        // a 3 s lease: its keep-alives are hedged every 750 ms
+        const lease = yield* client.grant(3)
+        const observer = yield* observerOf(server.clientUrls)
+        yield* observer.revoke(lease)
+        const [error, took] = yield* timed(Effect.flip(client.keepAliveOnce(lease)))
+        expect(error.reason).toBe("LeaseNotFound")
+        expect(took).toBeLessThan(750)
+        yield* measure("keep-alive of a revoked lease, three endpoints", took)
+      })
+    )
+
     it.scoped(
       "a keep-alive whose first member hangs fails over to the next member within one request timeout, not one per attempt",
       () =>
