@@ -223,7 +223,9 @@ const heartbeat = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
     // the state would say Registered while etcd has deleted the keys
     // (counted from the last answer: etcd renewed the lease somewhere between sending and answering,
     // and a bound from the sending would give up on answers that come slowly but in time)
-    const left = Math.max(0, lease.lastAnswered + ttlMillis - sentAt)
+    // plus a heartbeat: an answer held up a moment (a stalled connection, a pause of this process)
+    // may still say the lease lives, and giving up on it would re-grant a live lease
+    const left = Math.max(0, lease.lastAnswered + ttlMillis + Duration.toMillis(ttl.heartbeat) - sentAt)
     const result = yield* Effect.either(
       Effect.timeoutFail(group.client.keepAliveOnce(lease.id), {
         duration: Duration.millis(left),
@@ -294,6 +296,36 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
       ttl.ttlSeconds,
       members.map((m) => m.entry)
     )
+    yield* install(group, ttl, joining, members, lease, revisions, sentAt)
+  })
+
+/**
+ * Puts every member's key on `lease`, granted (at `sentAt`) outside the lock
+ * by the healer; revokes it when a put fails. Call under the exclusive lock,
+ * with no live lease.
+ */
+const putAllOn = (group: Group, ttl: TtlOption, lease: LeaseId, sentAt: number): Effect.Effect<void, EtcdError> =>
+  Effect.gen(function* () {
+    const members = [...group.members]
+    const revisions = yield* Effect.forEach(
+      members,
+      (member) => group.client.put(member.entry.key, member.entry.value, { lease }),
+      { concurrency: 16 }
+    ).pipe(Effect.onExit((exit) => (exit._tag === "Success" ? Effect.void : Effect.ignore(group.client.revoke(lease)))))
+    yield* install(group, ttl, undefined, members, lease, revisions, sentAt)
+  })
+
+/** The new lease holds every member's key: it is the group's; the lease given up, if any, is revoked. */
+const install = (
+  group: Group,
+  ttl: TtlOption,
+  joining: Member | undefined,
+  members: ReadonlyArray<Member>,
+  lease: LeaseId,
+  revisions: ReadonlyArray<number>,
+  sentAt: number
+): Effect.Effect<void> =>
+  Effect.gen(function* () {
     group.lease = { id: lease, lastOk: sentAt, lastAnswered: yield* Clock.currentTimeMillis }
     group.unreachable = false
     for (let i = 0; i < members.length; i++) {
@@ -337,25 +369,35 @@ const revokeAbandoned = (group: Group, ttl: TtlOption, lease: LeaseId): Effect.E
 /** Re-grants the lease and re-puts every key, with backoff, until it works or the group has no one left. */
 const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
   let attempt = 1
-  const once = group.lock.exclusive(
-    Effect.gen(function* () {
-      if (group.closed || group.members.size === 0 || group.lease !== undefined) {
-        group.healing = false
-        return
-      }
-      const result = yield* Effect.either(grantAndPutAll(group, ttl, undefined))
-      if (Either.isRight(result)) {
-        group.healing = false
-        return
-      }
-      attempt++
-      yield* setAll(group.members, RegistrationState.Retrying({ attempt, error: result.left }))
-      yield* Effect.logWarning("re-registration failed, retrying").pipe(
-        Effect.annotateLogs({ key: describeKeys(group.members), attempt, error: result.left.message })
-      )
-      return yield* result.left
-    })
-  )
+  const done = Effect.sync(() => {
+    group.healing = false
+  })
+  const needed = () => !(group.closed || group.members.size === 0 || group.lease !== undefined)
+  const once = Effect.gen(function* () {
+    if (!(yield* group.lock.exclusive(Effect.sync(needed)))) return yield* done
+    // the grant outside the lock: while etcd does not answer it waits a whole call timeout, and
+    // leaves and joins would wait behind it; the puts under it, on the members there are then
+    const sentAt = yield* Clock.currentTimeMillis
+    const granted = yield* Effect.either(answered(group, group.client.grant(ttl.ttlSeconds)))
+    const result = yield* group.lock.exclusive(
+      Effect.gen(function* () {
+        if (Either.isLeft(granted)) return granted
+        if (!needed()) {
+          // someone else holds a lease by now, or nobody is left: this one is not needed
+          yield* Effect.ignore(group.client.revoke(granted.right))
+          return Either.right(undefined)
+        }
+        return yield* Effect.either(putAllOn(group, ttl, granted.right, sentAt))
+      })
+    )
+    if (Either.isRight(result)) return yield* done
+    attempt++
+    yield* setAll(group.members, RegistrationState.Retrying({ attempt, error: result.left }))
+    yield* Effect.logWarning("re-registration failed, retrying").pipe(
+      Effect.annotateLogs({ key: describeKeys(group.members), attempt, error: result.left.message })
+    )
+    return yield* result.left
+  })
   return once.pipe(Effect.retry(healSchedule), Effect.ignore)
 }
 
@@ -776,7 +818,8 @@ export const unreachableWait = Duration.seconds(1)
  * lease, given {@link unreachableWait} to answer.
  */
 const ask = <A>(group: Group, operation: string, request: Effect.Effect<A, EtcdError>): Effect.Effect<A, EtcdError> =>
-  group.unreachable && group.lease !== undefined
+  // a group with a TTL: its keys are on a lease (the live one, or one given up after an outage)
+  group.unreachable && group.ttl !== undefined
     ? // interruptible: a deregistration runs uninterruptibly, and a timeout must be able to stop the request
       Effect.timeoutFail(Effect.interruptible(answered(group, request)), {
         duration: unreachableWait,
