@@ -266,6 +266,52 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a re-grant whose puts partly fail deletes none of the keys already moved onto its lease", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      // keep-alives of this process fail (etcd itself, kept alive by someone else here, keeps the
+      // lease); once re-granting, the put of one key fails once
+      let cutOff = true
+      let failPutsOfB = 0
+      const flaky: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) =>
+          cutOff
+            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
+            : client.keepAliveOnce(lease),
+        put: (key, value, options) =>
+          key === "/svc/partial/b" && failPutsOfB-- > 0
+            ? Effect.fail(new EtcdError({ operation: "put", reason: "Unavailable", detail: "injected" }))
+            : client.put(key, value, options)
+      }
+      const ttl = yield* standard
+      const a = yield* Registrar.make(service("/svc/partial/a", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      yield* Registrar.make(service("/svc/partial/b", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      const first = (yield* leaseOf(a))!
+      const deletes: Array<string> = []
+      yield* etcd.client.watch("/svc/partial/", { fromRevision: (yield* revision) + 1 }).pipe(
+        Stream.runForEach((event) => Effect.sync(() => event._tag === "Delete" && deletes.push(event.key))),
+        Effect.forkScoped
+      )
+      failPutsOfB = 1
+      yield* advanceUntil(
+        Effect.zipRight(
+          Effect.ignore(etcd.client.keepAliveOnce(first)),
+          Effect.map(Registrar.state(a), (s) => s._tag === "Registered" && s.lease !== first)
+        ),
+        "100 millis",
+        "30 seconds"
+      )
+      cutOff = false
+      yield* TestClock.adjust("5 seconds")
+      expect(failPutsOfB).toBeLessThan(0)
+      // the first attempt's put of a landed, b's failed: a stayed on the attempt's lease until the next
+      expect(deletes).toEqual([])
+      expect((yield* stored("/svc/partial/a"))?.lease).toBe(yield* leaseOf(a))
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("an abandoned lease whose revoke fails once is revoked in the background", () =>
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd

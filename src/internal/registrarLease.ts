@@ -301,8 +301,12 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
 
 /**
  * Puts every member's key on `lease`, granted (at `sentAt`) outside the lock
- * by the healer; revokes it when a put fails. Call under the exclusive lock,
- * with no live lease.
+ * by the healer. Call under the exclusive lock, with no live lease. When a put
+ * fails, the lease is not revoked: the keys put on it already (moved off the
+ * lease given up, which may still live) would be deleted with it, and every
+ * subscriber would see them go until the next attempt. Nobody keeps it alive:
+ * it expires by itself within its TTL, unless the next attempt moves the keys
+ * on first.
  */
 const putAllOn = (group: Group, ttl: TtlOption, lease: LeaseId, sentAt: number): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
@@ -311,7 +315,7 @@ const putAllOn = (group: Group, ttl: TtlOption, lease: LeaseId, sentAt: number):
       members,
       (member) => group.client.put(member.entry.key, member.entry.value, { lease }),
       { concurrency: 16 }
-    ).pipe(Effect.onExit((exit) => (exit._tag === "Success" ? Effect.void : Effect.ignore(group.client.revoke(lease)))))
+    )
     yield* install(group, ttl, undefined, members, lease, revisions, sentAt)
   })
 
