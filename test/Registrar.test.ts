@@ -97,6 +97,35 @@ const isRegistered = (registration: Registrar.Registration) =>
 
 const counter = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (s) => s.count)
 
+/**
+ * `client`, whose grants, keep-alives, revokes, deletes and puts time out after
+ * 10 s (a 3-member cluster's call timeout) while `hang(true)`.
+ */
+const hangingClient = (client: EtcdClient) => {
+  let hung = false
+  const hang = <A>(operation: string, request: Effect.Effect<A, EtcdError>) =>
+    hung
+      ? Effect.zipRight(
+          Effect.sleep("10 seconds"),
+          Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: "injected" }))
+        )
+      : request
+  const hanging: EtcdClient = {
+    ...client,
+    grant: (ttl) => hang("grant", client.grant(ttl)),
+    keepAliveOnce: (lease) => hang("keepAlive", client.keepAliveOnce(lease)),
+    revoke: (lease) => hang("revoke", client.revoke(lease)),
+    delete: (key) => hang("delete", client.delete(key)),
+    put: (key, value, options) => hang("put", client.put(key, value, options))
+  }
+  return {
+    client: hanging,
+    hang: (on: boolean) => {
+      hung = on
+    }
+  }
+}
+
 describe("Registrar on the in-memory etcd", () => {
   it.scoped("make returns once the key is in etcd, on a lease of the TTL", () =>
     Effect.gen(function* () {
@@ -360,23 +389,8 @@ describe("Registrar on the in-memory etcd", () => {
     "closing registrations while etcd does not answer: one request waits out its timeout, the rest do not, and the keys go with the lease",
     () =>
       Effect.gen(function* () {
-        const client = yield* EtcdClient
         // etcd hangs: every request of this process times out after 10 s (a 3-member cluster's call timeout)
-        let hung = false
-        const hang = <A>(operation: string, request: Effect.Effect<A, EtcdError>) =>
-          hung
-            ? Effect.zipRight(
-                Effect.sleep("10 seconds"),
-                Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: "injected" }))
-              )
-            : request
-        const hanging: EtcdClient = {
-          ...client,
-          keepAliveOnce: (lease) => hang("keepAlive", client.keepAliveOnce(lease)),
-          revoke: (lease) => hang("revoke", client.revoke(lease)),
-          delete: (key) => hang("delete", client.delete(key)),
-          put: (key, value, options) => hang("put", client.put(key, value, options))
-        }
+        const { client: hanging, hang } = hangingClient(yield* EtcdClient)
         const scope = yield* Scope.make()
         const keys = ["/svc/hung/1", "/svc/hung/2", "/svc/hung/3", "/svc/hung/4"]
         const ttl = yield* standard
@@ -384,7 +398,7 @@ describe("Registrar on the in-memory etcd", () => {
           Effect.provideService(EtcdClient, hanging),
           Scope.extend(scope)
         )
-        hung = true
+        hang(true)
         const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
         const took = yield* advanceUntil(
           Effect.map(closing.poll, (exit) => exit._tag === "Some"),
@@ -410,23 +424,8 @@ describe("Registrar on the in-memory etcd", () => {
     "closing registrations one by one after the lease was lost in an outage: a second each after the first, not a call timeout",
     () =>
       Effect.gen(function* () {
-        const client = yield* EtcdClient
-        let hung = false
-        const hang = <A>(operation: string, request: Effect.Effect<A, EtcdError>) =>
-          hung
-            ? Effect.zipRight(
-                Effect.sleep("10 seconds"),
-                Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: "injected" }))
-              )
-            : request
-        const hanging: EtcdClient = {
-          ...client,
-          grant: (ttl) => hang("grant", client.grant(ttl)),
-          keepAliveOnce: (lease) => hang("keepAlive", client.keepAliveOnce(lease)),
-          revoke: (lease) => hang("revoke", client.revoke(lease)),
-          delete: (key) => hang("delete", client.delete(key)),
-          put: (key, value, options) => hang("put", client.put(key, value, options))
-        }
+        // etcd hangs: every request of this process times out after 10 s (a 3-member cluster's call timeout)
+        const { client: hanging, hang } = hangingClient(yield* EtcdClient)
         const ttl = yield* standard
         const scopes = yield* Effect.forEach([1, 2, 3], (i) =>
           Effect.flatMap(Scope.make(), (scope) =>
@@ -441,7 +440,7 @@ describe("Registrar on the in-memory etcd", () => {
           Effect.provideService(EtcdClient, hanging)
         )
         const states = yield* recordStates(registration)
-        hung = true
+        hang(true)
         // the lease is taken for lost, and the healer is at work (each grant: 10 s)
         yield* advanceUntil(
           Effect.map(Ref.get(states), (seen) => seen.some(([, s]) => s._tag === "Retrying")),
@@ -462,7 +461,7 @@ describe("Registrar on the in-memory etcd", () => {
         // etcd was taken for unreachable before the first: a second each (not 10 s, nor behind the healer's grant)
         for (const t of took) expect(t).toBeLessThanOrEqual(1_100)
         // etcd back, the requests in flight run out: the test's scope closes the last registration
-        hung = false
+        hang(false)
         yield* TestClock.adjust("30 seconds")
       }).pipe(Effect.provide(layerMemory))
   )
