@@ -23,7 +23,7 @@ import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
-import { EtcdClient, layerMemory, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
+import { EtcdClient, layerMemory, type LeaseId, MemoryEtcd, type MemoryEtcdControl } from "../src/EtcdClient.js"
 import type { InvalidOptions } from "../src/EtcdError.js"
 import { EtcdError, NoKey, NoValue } from "../src/EtcdError.js"
 import * as Registrar from "../src/Registrar.js"
@@ -527,6 +527,57 @@ describe("Registrar on the in-memory etcd", () => {
       const lost = (yield* Ref.get(states)).find(([, s]) => s._tag === "Retrying")!
       // the TTL and a heartbeat's grace (an answer held up a moment may still come in time)
       expect(lost[0] - start).toBeLessThanOrEqual(4_100)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a re-grant whose puts were slow: its lease is given up once its TTL from the grant has run out", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      // once the first lease is lost: puts take 2 s (of a 3 s TTL), no keep-alive of another lease is
+      // answered, and the registrar's watch of its key hears nothing (only the heartbeat can find out)
+      let first: LeaseId | undefined
+      const slow: EtcdClient = {
+        ...client,
+        put: (key, value, options) =>
+          first !== undefined
+            ? Effect.zipRight(Effect.sleep("2 seconds"), client.put(key, value, options))
+            : client.put(key, value, options),
+        keepAliveOnce: (lease) => (first !== undefined && lease !== first ? Effect.never : client.keepAliveOnce(lease))
+      }
+      const registration = yield* Registrar.make(service("/svc/slowputs/1", yield* standard)).pipe(
+        Effect.provideService(EtcdClient, slow)
+      )
+      first = (yield* leaseOf(registration))!
+      yield* etcd.loseLease(first)
+      yield* advanceUntil(
+        Effect.map(Registrar.state(registration), (s) => s._tag === "Registered" && s.lease !== first),
+        "100 millis",
+        "30 seconds"
+      )
+      // etcd deletes the key once the new lease's TTL has run out (no keep-alive reached it)
+      yield* advanceUntil(
+        Effect.map(stored("/svc/slowputs/1"), (kv) => kv === undefined),
+        "100 millis",
+        "30 seconds"
+      )
+      // the heartbeat gives the lease up (taking it for lost then waits for a repair's slow put)
+      const failures = yield* counter(Registrar.metrics.heartbeatFailures)
+      const stale = yield* advanceUntil(
+        Effect.map(counter(Registrar.metrics.heartbeatFailures), (n) => n > failures),
+        "100 millis",
+        "30 seconds"
+      )
+      yield* advanceUntil(
+        Effect.map(Registrar.state(registration), (s) => s._tag === "Retrying"),
+        "100 millis",
+        "30 seconds"
+      )
+      // etcd answers again: the healer's puts finish (the scope's close would wait for them on the TestClock)
+      first = undefined
+      yield* advanceUntil(isRegistered(registration), "100 millis", "30 seconds")
+      // a heartbeat's grace at most: the puts' 2 s did not count as the lease's time
+      expect(stale).toBeLessThanOrEqual(1_100)
     }).pipe(Effect.provide(layerMemory))
   )
 

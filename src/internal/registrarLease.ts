@@ -296,11 +296,13 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
       ttl.ttlSeconds,
       members.map((m) => m.entry)
     )
-    yield* install(group, ttl, joining, members, lease, revisions, sentAt)
+    // the grant's answer is not seen apart from the puts': the lease's time is counted from the sending
+    yield* install(group, ttl, joining, members, lease, revisions, sentAt, sentAt)
   })
 
 /**
- * Puts every member's key on `lease`, granted (at `sentAt`) outside the lock
+ * Puts every member's key on `lease`, granted (sent at `sentAt`, answered at
+ * `grantedAt`) outside the lock
  * by the healer. Call under the exclusive lock, with no live lease. When a put
  * fails, the lease is not revoked: the keys put on it already (moved off the
  * lease given up, which may still live) would be deleted with it, and every
@@ -308,7 +310,13 @@ const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefine
  * it expires by itself within its TTL, unless the next attempt moves the keys
  * on first.
  */
-const putAllOn = (group: Group, ttl: TtlOption, lease: LeaseId, sentAt: number): Effect.Effect<void, EtcdError> =>
+const putAllOn = (
+  group: Group,
+  ttl: TtlOption,
+  lease: LeaseId,
+  sentAt: number,
+  grantedAt: number
+): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
     const members = [...group.members]
     const revisions = yield* Effect.forEach(
@@ -316,10 +324,15 @@ const putAllOn = (group: Group, ttl: TtlOption, lease: LeaseId, sentAt: number):
       (member) => group.client.put(member.entry.key, member.entry.value, { lease }),
       { concurrency: 16 }
     )
-    yield* install(group, ttl, undefined, members, lease, revisions, sentAt)
+    yield* install(group, ttl, undefined, members, lease, revisions, sentAt, grantedAt)
   })
 
-/** The new lease holds every member's key: it is the group's; the lease given up, if any, is revoked. */
+/**
+ * The new lease holds every member's key: it is the group's; the lease given
+ * up, if any, is revoked. Its TTL runs from the grant (answered at
+ * `grantedAt`), not from the end of the puts: slow puts do not lengthen the
+ * time the heartbeat allows it.
+ */
 const install = (
   group: Group,
   ttl: TtlOption,
@@ -327,10 +340,11 @@ const install = (
   members: ReadonlyArray<Member>,
   lease: LeaseId,
   revisions: ReadonlyArray<number>,
-  sentAt: number
+  sentAt: number,
+  grantedAt: number
 ): Effect.Effect<void> =>
   Effect.gen(function* () {
-    group.lease = { id: lease, lastOk: sentAt, lastAnswered: yield* Clock.currentTimeMillis }
+    group.lease = { id: lease, lastOk: sentAt, lastAnswered: grantedAt }
     group.unreachable = false
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!
@@ -383,6 +397,7 @@ const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
     // leaves and joins would wait behind it; the puts under it, on the members there are then
     const sentAt = yield* Clock.currentTimeMillis
     const granted = yield* Effect.either(answered(group, group.client.grant(ttl.ttlSeconds)))
+    const grantedAt = yield* Clock.currentTimeMillis
     const result = yield* group.lock.exclusive(
       Effect.gen(function* () {
         if (Either.isLeft(granted)) return granted
@@ -391,7 +406,7 @@ const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
           yield* Effect.ignore(group.client.revoke(granted.right))
           return Either.right(undefined)
         }
-        return yield* Effect.either(putAllOn(group, ttl, granted.right, sentAt))
+        return yield* Effect.either(putAllOn(group, ttl, granted.right, sentAt, grantedAt))
       })
     )
     if (Either.isRight(result)) return yield* done
