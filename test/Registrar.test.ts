@@ -581,6 +581,153 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a join while the lease is given up, whose own put fails, deletes none of the other keys", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      // keep-alives of this process fail (etcd itself, kept alive by someone else here, keeps the lease);
+      // grants fail while failGrants; the put of the joining key lands but its answer is lost
+      let cutOff = true
+      let failGrants = false
+      const flaky: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) =>
+          cutOff
+            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
+            : client.keepAliveOnce(lease),
+        grant: (ttl) =>
+          failGrants
+            ? Effect.fail(new EtcdError({ operation: "grant", reason: "Unavailable", detail: "injected" }))
+            : client.grant(ttl),
+        put: (key, value, options) =>
+          key === "/svc/join/b"
+            ? Effect.zipRight(
+                client.put(key, value, options),
+                Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
+              )
+            : client.put(key, value, options)
+      }
+      const ttl = yield* standard
+      cutOff = false
+      const a = yield* Registrar.make(service("/svc/join/a", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      const first = (yield* leaseOf(a))!
+      const deletes: Array<string> = []
+      yield* etcd.client.watch("/svc/join/", { fromRevision: (yield* revision) + 1 }).pipe(
+        Stream.runForEach((event) => Effect.sync(() => event._tag === "Delete" && deletes.push(event.key))),
+        Effect.forkScoped
+      )
+      cutOff = true
+      failGrants = true
+      // the lease is given up (someone else keeps it alive in etcd): a is Retrying, the healer's grants fail
+      yield* advanceUntil(
+        Effect.zipRight(
+          Effect.ignore(etcd.client.keepAliveOnce(first)),
+          Effect.map(Registrar.state(a), (s) => s._tag === "Retrying")
+        ),
+        "100 millis",
+        "30 seconds"
+      )
+      expect((yield* stored("/svc/join/a"))?.lease).toBe(first)
+      // etcd grants again; before the healer's next attempt, b registers: its put fails
+      failGrants = false
+      const joined = yield* Effect.exit(
+        Registrar.make(service("/svc/join/b", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      )
+      expect(Exit.isFailure(joined)).toBe(true)
+      // a's key was moved onto the join's new lease: it must not be revoked with it
+      expect(deletes.filter((k) => k === "/svc/join/a")).toEqual([])
+      expect(yield* stored("/svc/join/a")).toBeDefined()
+      // and the failed registration left no key behind
+      expect(yield* stored("/svc/join/b")).toBeUndefined()
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a healer's grant that fails after a join re-granted the lease: every registration stays Registered", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      let cutOff = false
+      let hangNextGrant = false
+      const flaky: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) =>
+          cutOff
+            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
+            : client.keepAliveOnce(lease),
+        // the healer's grant (the first after the loss) hangs 10 s, then times out (a call timeout)
+        grant: (ttl) =>
+          Effect.suspend(() => {
+            if (!hangNextGrant) return client.grant(ttl)
+            hangNextGrant = false
+            return Effect.zipRight(
+              Effect.sleep("10 seconds"),
+              Effect.fail(new EtcdError({ operation: "grant", reason: "Timeout", detail: "injected" }))
+            )
+          })
+      }
+      const ttl = yield* standard
+      const a = yield* Registrar.make(service("/svc/stuck/a", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      cutOff = true
+      hangNextGrant = true
+      yield* advanceUntil(
+        Effect.map(Registrar.state(a), (s) => s._tag === "Retrying"),
+        "100 millis",
+        "30 seconds"
+      )
+      expect(hangNextGrant).toBe(false) // the healer's grant is in flight
+      cutOff = false
+      // a registration joins meanwhile: it grants a lease and puts both keys on it
+      const c = yield* Registrar.make(service("/svc/stuck/c", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      expect((yield* Registrar.state(a))._tag).toBe("Registered")
+      expect((yield* Registrar.state(c))._tag).toBe("Registered")
+      // the healer's grant times out; then it finds a live lease and stops
+      yield* TestClock.adjust("30 seconds")
+      const lease = yield* Effect.map(stored("/svc/stuck/a"), (kv) => kv?.lease)
+      expect(lease).toBeDefined()
+      expect((yield* stored("/svc/stuck/c"))?.lease).toBe(lease)
+      expect(yield* leaseIds).toContain(lease)
+      // both keys are in etcd on a live lease, kept alive: the states should say so
+      expect((yield* Registrar.state(c))._tag).toBe("Registered")
+      expect((yield* Registrar.state(a))._tag).toBe("Registered")
+    }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a second registration of the same key and value whose put fails leaves the key the first one holds", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      let lossy = false
+      const flaky: EtcdClient = {
+        ...client,
+        // the put lands, its answer is lost (a timeout; or the caller's own timeout interrupting it)
+        put: (key, value, options) =>
+          lossy
+            ? Effect.zipRight(
+                client.put(key, value, options),
+                Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
+              )
+            : client.put(key, value, options)
+      }
+      const ttl = yield* standard
+      const first = yield* Registrar.make(service("/svc/same/k", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      yield* TestClock.adjust("1 second") // the first's watch is open
+      const deletes: Array<string> = []
+      yield* etcd.client.watch("/svc/same/", { fromRevision: (yield* revision) + 1 }).pipe(
+        Stream.runForEach((event) => Effect.sync(() => event._tag === "Delete" && deletes.push(event.key))),
+        Effect.forkScoped
+      )
+      lossy = true
+      const second = yield* Effect.exit(
+        Registrar.make(service("/svc/same/k", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
+      )
+      lossy = false
+      expect(Exit.isFailure(second)).toBe(true)
+      expect((yield* Registrar.state(first))._tag).toBe("Registered")
+      yield* TestClock.adjust("1 second")
+      // closing a second registration of the same key and value leaves the key alone; failing to make one should too
+      expect(deletes).toEqual([])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

@@ -283,48 +283,56 @@ const leaseLost = (group: Group, lease: LeaseId, error: EtcdError): Effect.Effec
   })
 
 /**
- * Grants a lease and puts every member's key on it (and `joining`'s). On
- * failure the new lease is revoked, so no key is left half-registered. Call
- * under the exclusive lock, with a TTL option and no live lease.
+ * Grants a lease and puts every member's key on it, `joining`'s too. Call
+ * under the exclusive lock, with a TTL option and no live lease. Alone, the
+ * joining member's lease is revoked on failure, so no key is left
+ * half-registered. With members (their lease lost, or given up: it may still
+ * live in etcd, holding their keys), a failure does not revoke the new lease,
+ * which would delete the keys moved onto it already (as for the healer, see
+ * {@link putAllOn}); the joining key alone is deleted.
  */
-const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member | undefined): Effect.Effect<void, EtcdError> =>
+const grantAndPutAll = (group: Group, ttl: TtlOption, joining: Member): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
-    const members = joining === undefined ? [...group.members] : [...group.members, joining]
     const sentAt = yield* Clock.currentTimeMillis
-    const { lease, revisions } = yield* grantAndPut(
-      group.client,
-      ttl.ttlSeconds,
-      members.map((m) => m.entry)
-    )
-    // the grant's answer is not seen apart from the puts': the lease's time is counted from the sending
-    yield* install(group, ttl, joining, members, lease, revisions, sentAt, sentAt)
+    if (group.members.size === 0) {
+      const { lease, revisions } = yield* grantAndPut(group.client, ttl.ttlSeconds, [joining.entry])
+      // the grant's answer is not seen apart from the put's: the lease's time is counted from the sending
+      return yield* install(group, ttl, joining, [joining], lease, revisions, sentAt, sentAt)
+    }
+    const lease = yield* answered(group, group.client.grant(ttl.ttlSeconds))
+    const grantedAt = yield* Clock.currentTimeMillis
+    yield* putAllOn(group, ttl, lease, sentAt, grantedAt, joining)
   })
 
 /**
- * Puts every member's key on `lease`, granted (sent at `sentAt`, answered at
- * `grantedAt`) outside the lock
- * by the healer. Call under the exclusive lock, with no live lease. When a put
- * fails, the lease is not revoked: the keys put on it already (moved off the
- * lease given up, which may still live) would be deleted with it, and every
+ * Puts every member's key on `lease` (and `joining`'s), granted (sent at
+ * `sentAt`, answered at `grantedAt`) outside the lock by the healer, or by a
+ * join. Call under the exclusive lock, with no live lease. When a put fails,
+ * the lease is not revoked: the keys put on it already (moved off the lease
+ * given up, which may still live) would be deleted with it, and every
  * subscriber would see them go until the next attempt. Nobody keeps it alive:
  * it expires by itself within its TTL, unless the next attempt moves the keys
- * on first.
+ * on first. The joining member's key, which may have landed, is deleted (see
+ * {@link putMember}).
  */
 const putAllOn = (
   group: Group,
   ttl: TtlOption,
   lease: LeaseId,
   sentAt: number,
-  grantedAt: number
+  grantedAt: number,
+  joining?: Member
 ): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
-    const members = [...group.members]
+    const members = joining === undefined ? [...group.members] : [...group.members, joining]
     const revisions = yield* Effect.forEach(
       members,
-      (member) => group.client.put(member.entry.key, member.entry.value, { lease }),
+      (member) => answered(group, group.client.put(member.entry.key, member.entry.value, { lease })),
       { concurrency: 16 }
+    ).pipe(
+      Effect.onExit((exit) => (Exit.isSuccess(exit) || joining === undefined ? Effect.void : unput(group, joining)))
     )
-    yield* install(group, ttl, undefined, members, lease, revisions, sentAt, grantedAt)
+    yield* install(group, ttl, joining, members, lease, revisions, sentAt, grantedAt)
   })
 
 /**
@@ -384,38 +392,54 @@ const revokeAbandoned = (group: Group, ttl: TtlOption, lease: LeaseId): Effect.E
     )
   })
 
-/** Re-grants the lease and re-puts every key, with backoff, until it works or the group has no one left. */
+/**
+ * Re-grants the lease and re-puts every key, with backoff, until it works or
+ * the group needs it no more: nobody is left, or a join granted a lease
+ * meanwhile (the members are then Registered, and a failed attempt of the
+ * healer's must not say Retrying). `healing` is cleared under the lock, so a
+ * lease lost right after starts a healer again.
+ */
 const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
   let attempt = 1
-  const done = Effect.sync(() => {
-    group.healing = false
-  })
   const needed = () => !(group.closed || group.members.size === 0 || group.lease !== undefined)
+  // whether to go on; clears `healing` when not. Call under the exclusive lock
+  const goOn = (): boolean => {
+    if (needed()) return true
+    group.healing = false
+    return false
+  }
   const once = Effect.gen(function* () {
-    if (!(yield* group.lock.exclusive(Effect.sync(needed)))) return yield* done
+    if (!(yield* group.lock.exclusive(Effect.sync(goOn)))) return
     // the grant outside the lock: while etcd does not answer it waits a whole call timeout, and
     // leaves and joins would wait behind it; the puts under it, on the members there are then
     const sentAt = yield* Clock.currentTimeMillis
     const granted = yield* Effect.either(answered(group, group.client.grant(ttl.ttlSeconds)))
     const grantedAt = yield* Clock.currentTimeMillis
-    const result = yield* group.lock.exclusive(
+    const failed = yield* group.lock.exclusive(
       Effect.gen(function* () {
-        if (Either.isLeft(granted)) return granted
-        if (!needed()) {
+        if (Either.isRight(granted) && !needed()) {
           // someone else holds a lease by now, or nobody is left: this one is not needed
           yield* Effect.ignore(group.client.revoke(granted.right))
-          return Either.right(undefined)
         }
-        return yield* Effect.either(putAllOn(group, ttl, granted.right, sentAt, grantedAt))
+        const result = Either.isLeft(granted)
+          ? granted
+          : needed()
+            ? yield* Effect.either(putAllOn(group, ttl, granted.right, sentAt, grantedAt))
+            : Either.right(undefined)
+        if (Either.isRight(result) || !goOn()) {
+          group.healing = false
+          return undefined
+        }
+        attempt++
+        yield* setAll(group.members, RegistrationState.Retrying({ attempt, error: result.left }))
+        return result.left
       })
     )
-    if (Either.isRight(result)) return yield* done
-    attempt++
-    yield* setAll(group.members, RegistrationState.Retrying({ attempt, error: result.left }))
+    if (failed === undefined) return
     yield* Effect.logWarning("re-registration failed, retrying").pipe(
-      Effect.annotateLogs({ key: describeKeys(group.members), attempt, error: result.left.message })
+      Effect.annotateLogs({ key: describeKeys(group.members), attempt, error: failed.message })
     )
-    return yield* result.left
+    return yield* failed
   })
   return once.pipe(Effect.retry(healSchedule), Effect.ignore)
 }
@@ -643,22 +667,29 @@ const watchDir = (group: Group, dir: DirWatch, from: number): Effect.Effect<void
 
 /**
  * Puts a joining member's key, on `lease` if any. A put that fails (a timeout,
- * an interruption) may still have landed: then the key is deleted, so that a
- * registration that failed leaves nothing behind, neither on a shared lease
- * that others keep alive nor as a plain key that nothing would ever remove;
- * a delete that fails too (etcd still unreachable, a breaker open) is retried
- * in the background while the group lives. A `LeaseNotFound` put did not land.
+ * an interruption) may still have landed: then the key is deleted (see
+ * {@link unput}). A `LeaseNotFound` put did not land.
  */
 const putMember = (group: Group, member: Member, lease: LeaseId | undefined): Effect.Effect<number, EtcdError> =>
   answered(group, group.client.put(member.entry.key, member.entry.value, { lease })).pipe(
-    Effect.onExit((exit) =>
-      Exit.isSuccess(exit) || isLeaseNotFound(exit.cause)
-        ? Effect.void
-        : Effect.catchAll(answered(group, group.client.delete(member.entry.key)), () =>
-            deleteLater(group, member.entry.key)
-          )
-    )
+    Effect.onExit((exit) => (Exit.isSuccess(exit) || isLeaseNotFound(exit.cause) ? Effect.void : unput(group, member)))
   )
+
+/**
+ * Deletes the key of a joining member whose put failed and may have landed, so
+ * that a registration that failed leaves nothing behind, neither on a shared
+ * lease that others keep alive nor as a plain key that nothing would ever
+ * remove; a delete that fails too (etcd still unreachable, a breaker open) is
+ * retried in the background while the group lives. A key that another
+ * registration of this client holds with the same value is left alone: it is
+ * theirs (one with another value has its watch put it back).
+ */
+const unput = (group: Group, member: Member): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const { key, value } = member.entry
+    if (heldByClient(group.client, key, value)) return Effect.void
+    return Effect.catchAll(answered(group, group.client.delete(key)), () => deleteLater(group, key))
+  })
 
 /**
  * Joins on the group's live lease (or without lease), under the shared lock:
@@ -891,10 +922,12 @@ const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
   return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
 }
 
-/** Whether a registration of this client (any TTL option) holds `key`. */
-const heldByClient = (client: EtcdClient, key: string): boolean => {
+/** Whether a registration of this client (any TTL option) holds `key` (with `value`, if given). */
+const heldByClient = (client: EtcdClient, key: string, value?: string): boolean => {
   for (const group of registryOf(client).values()) {
-    for (const member of group.members) if (member.entry.key === key) return true
+    for (const member of group.members) {
+      if (member.entry.key === key && (value === undefined || member.entry.value === value)) return true
+    }
   }
   return false
 }
