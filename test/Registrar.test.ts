@@ -1087,6 +1087,41 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a key whose delete etcd refuses is logged once as an error, not retried forever", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      let deletes = 0
+      const refusing: EtcdClient = {
+        ...client,
+        delete: () =>
+          Effect.suspend(() => {
+            deletes++
+            return Effect.fail(new EtcdError({ operation: "delete", reason: "PermissionDenied", detail: "injected" }))
+          })
+      }
+      const errors = yield* Ref.make<Array<string>>([])
+      const logger = Logger.make(({ logLevel, message, annotations }) => {
+        if (logLevel._tag !== "Error") return
+        const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
+        const key = Option.getOrUndefined(HashMap.get(annotations, "key"))
+        Effect.runSync(Ref.update(errors, (all) => [...all, `${text} (${String(key)})`]))
+      })
+      yield* Effect.gen(function* () {
+        const ttl = yield* standard
+        const scope = yield* Scope.make()
+        yield* Registrar.make(service("/svc/refused/a", ttl)).pipe(Scope.extend(scope))
+        yield* Registrar.make(service("/svc/refused/b", ttl))
+        yield* Scope.close(scope, Exit.void)
+        yield* TestClock.adjust("1 minute")
+      }).pipe(Effect.provideService(EtcdClient, refusing), Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      // the deregistration's delete, then the background one: refused, said once
+      expect(deletes).toBe(2)
+      expect(yield* Ref.get(errors)).toEqual([
+        "cannot delete the key of a closed registration: it stays while this client's lease lives (/svc/refused/a)"
+      ])
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.effect("a scope's deregistration logs as where it registered; the fiber closing the scope keeps its own", () =>
     Effect.gen(function* () {
       const lines = yield* Ref.make<Array<string>>([])

@@ -904,7 +904,9 @@ const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
 
 /**
  * Deletes a key that no member holds any more in the background, retried with
- * backoff while the group lives: the shared lease would keep it alive. Skips
+ * backoff while the group lives and etcd does not answer: the shared lease
+ * would keep it alive. An answered refusal (permission denied) is logged as an
+ * error, once. Skips
  * when a registration of this client holds the key again (in this group or
  * another: a registration of the same key on another TTL option), or when the
  * group is closed: its lease is then revoked or left to expire, and the key
@@ -918,7 +920,17 @@ const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
     const skip = yield* group.lock.exclusive(Effect.sync(() => group.closed || heldByClient(group.client, key)))
     if (skip) return
     yield* ask(group, "delete", group.client.delete(key))
-  }).pipe(Effect.retry(healSchedule), Effect.ignore)
+  }).pipe(
+    // an error that etcd answered (permission denied) will not go away by asking again: said once, loudly
+    Effect.retry({ schedule: healSchedule, while: isTransient }),
+    Effect.catchAll((error) =>
+      Effect.logError(
+        group.ttl === undefined
+          ? "cannot delete the key of a closed registration: it stays in etcd"
+          : "cannot delete the key of a closed registration: it stays while this client's lease lives"
+      ).pipe(Effect.annotateLogs({ key, error: error.message }))
+    )
+  )
   return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
 }
 
