@@ -233,7 +233,11 @@ export const make: <Req, Res, E = never, FE = never, R = never>(
  * update under churn), and it does not keep the values it has passed reachable
  * (in Effect 3, a stream drained into a sink often does until the next full
  * garbage collection, which at 10,000 instances doubled the subscriber's GC
- * time under churn). Fork it into the scope the subscriber lives in:
+ * time under churn). On a subscriber's own values, an `f` whose effect is a
+ * plain `Effect.sync` (or an already-made result such as `Effect.void`) is run
+ * in the microtask after the change, without waking the following fiber; any
+ * other effect is run by the fiber. Fork it into the scope the subscriber
+ * lives in:
  *
  * ```ts
  * yield* Effect.forkScoped(

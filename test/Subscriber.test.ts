@@ -1096,6 +1096,70 @@ describe("Subscriber.follow", () => {
     )
   )
 
+  it.effect(
+    "a follower of plain Effect.sync (run without waking its fiber) sees each change; one that needs its fiber in between too; a throw is a defect",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          const { factory } = yield* recordingFactory
+          const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+          const sizes: Array<number> = []
+          const seen = yield* Queue.unbounded<number>()
+          const follower = yield* Effect.fork(
+            Subscriber.follow(subscriber.instances, (instances) =>
+              instances.has("/svc/boom")
+                ? Effect.sync(() => {
+                    throw new Error("boom")
+                  })
+                : instances.size === 2
+                  ? // an effect that needs the fiber, between plain ones
+                    Effect.zipRight(Effect.yieldNow(), Queue.offer(seen, instances.size))
+                  : Effect.sync(() => {
+                      sizes.push(instances.size)
+                      Queue.unsafeOffer(seen, instances.size)
+                    })
+            )
+          )
+          expect(yield* Queue.take(seen)).toBe(0)
+          yield* put("/svc/a", "http://a")
+          expect(yield* Queue.take(seen)).toBe(1)
+          yield* put("/svc/b", "http://b")
+          expect(yield* Queue.take(seen)).toBe(2)
+          yield* put("/svc/c", "http://c")
+          expect(yield* Queue.take(seen)).toBe(3)
+          yield* del("/svc/c")
+          expect(yield* Queue.take(seen)).toBe(2)
+          yield* del("/svc/b")
+          expect(yield* Queue.take(seen)).toBe(1)
+          expect(sizes).toEqual([0, 1, 3, 1])
+          yield* put("/svc/boom", "http://boom")
+          const exit = yield* Fiber.await(follower)
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+          // a follower interrupted while waiting is not called again (a second one shows the change came)
+          const calls: Array<number> = []
+          const witness = yield* Queue.unbounded<number>()
+          const interrupted = yield* Effect.fork(
+            Subscriber.follow(subscriber.instances, (instances) =>
+              Effect.sync(() => {
+                calls.push(instances.size)
+                Queue.unsafeOffer(witness, instances.size)
+              })
+            )
+          )
+          yield* Effect.forkScoped(
+            Subscriber.follow(subscriber.instances, (instances) =>
+              Effect.sync(() => Queue.unsafeOffer(witness, -instances.size))
+            )
+          )
+          expect([yield* Queue.take(witness), yield* Queue.take(witness)].sort()).toEqual([-2, 2])
+          yield* Fiber.interrupt(interrupted)
+          yield* del("/svc/a")
+          expect(yield* Queue.take(witness)).toBe(-1)
+          expect(calls).toEqual([2])
+        })
+      )
+  )
+
   it.effect("follows any Subscribable: a SubscriptionRef, the subscriber's state", () =>
     Effect.gen(function* () {
       const ref = yield* SubscriptionRef.make(1)
