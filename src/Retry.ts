@@ -1,7 +1,8 @@
 /**
  * Retries a call through a balancer (go-kit's `lb.Retry` and
  * `lb.RetryWithCallback`), built on `Effect.retry`: a fresh endpoint for every
- * attempt, a timeout for the whole call, and every attempt's error kept.
+ * attempt, a timeout for the whole call, and the attempts counted and their
+ * errors kept.
  *
  * Every attempt is given the same request. A request that can be used once
  * only (an HTTP body that is a one-shot stream) has been used up by the first
@@ -18,7 +19,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
-import { timeoutFailIn } from "./internal/timeout.js"
+import { maxTimerMillis, timeoutFailIn } from "./internal/timeout.js"
 
 /**
  * What an error says, for a message: its message, or when it has none (a
@@ -36,11 +37,17 @@ const reasonOf = (error: unknown): string => {
 
 /**
  * A retried call failed: the callback (or `max`) said stop, or the timeout
- * passed. `errors` holds every attempt's error in order (a balancer failure such
- * as `NoEndpoints` counts as an attempt); `final` is the error that ended the
- * call: the last attempt's (or the callback's replacement for it), or a
- * `TimeoutException` when `timedOut` is true. Its message says how the call
- * ended and gives the final error's message (its `_tag` when it has none).
+ * passed. `attempts` is how many attempts were made, exactly (a balancer
+ * failure such as `NoEndpoints` counts as an attempt), the one the timeout cut
+ * off included: `inFlight` is true when the timeout interrupted an attempt
+ * still running, which has no error. `errors` holds the errors of the attempts
+ * that failed, in order, at most 100 of them: when more failed, the first one
+ * and the latest 99 (an endless retry keeps a bounded number). `final` is the
+ * error that ended the call: the last attempt's (or the callback's replacement
+ * for it), or a `TimeoutException` when `timedOut` is true. Its message says
+ * how the call ended, after how many attempts, and gives the final error's
+ * message (its `_tag` when it has none): "timed out after 1 attempt (the last
+ * one still running): retry timed out after 500ms".
  *
  * See {@link RetryErrorOf} for the same error with typed fields.
  *
@@ -50,12 +57,14 @@ const reasonOf = (error: unknown): string => {
 export class RetryError extends Schema.TaggedError<RetryError>()("RetryError", {
   errors: Schema.Array(Schema.Defect),
   final: Schema.Defect,
-  timedOut: Schema.Boolean
+  timedOut: Schema.Boolean,
+  attempts: Schema.Int,
+  inFlight: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {
   /** @since 0.1.0 */
   override get message(): string {
-    return `${this.timedOut ? "timed out" : "failed"} after ${this.errors.length} attempt${
-      this.errors.length === 1 ? "" : "s"
+    return `${this.timedOut ? "timed out" : "failed"} after ${this.attempts} attempt${this.attempts === 1 ? "" : "s"}${
+      this.inFlight ? ` (the last one still running)` : ""
     }: ${reasonOf(this.final)}`
   }
 }
@@ -100,7 +109,10 @@ export type Callback<E, E2 = never> = (attempt: number, error: E) => Decision<E2
 export interface Options<E, E2 = never> {
   /** How many attempts in all, at least 1. */
   readonly max: number
-  /** The deadline of the whole call, attempts and waits included. `Duration.infinity` for none. */
+  /**
+   * The deadline of the whole call, attempts and waits included, at most about
+   * 24.8 days (a timer's limit). `Duration.infinity` for none.
+   */
   readonly timeout: Duration.DurationInput
   /** Called after every failed attempt: may stop before `max` and replace the error. */
   readonly callback?: Callback<E, E2> | undefined
@@ -113,7 +125,10 @@ export interface Options<E, E2 = never> {
  * @category models
  */
 export interface CallbackOptions<E, E2 = never> {
-  /** The deadline of the whole call, attempts and waits included. `Duration.infinity` for none. */
+  /**
+   * The deadline of the whole call, attempts and waits included, at most about
+   * 24.8 days (a timer's limit). `Duration.infinity` for none.
+   */
   readonly timeout: Duration.DurationInput
   /** Called after every failed attempt: decides whether to go on, and may replace the error. */
   readonly callback: Callback<E, E2>
@@ -137,18 +152,44 @@ interface Verdict<E> {
   readonly final: unknown
 }
 
+/** How a duration was given, for a message. */
+const given = (input: Duration.DurationInput): string =>
+  Duration.isDuration(input)
+    ? Duration.format(input)
+    : Array.isArray(input)
+      ? `[${input.map(String).join(", ")}]`
+      : String(input)
+
+/** `Duration.decodeUnknown` takes NaN (a number, or in a `[seconds, nanos]` pair) for zero. */
+const isNaNInput = (input: Duration.DurationInput): boolean =>
+  typeof input === "number"
+    ? Number.isNaN(input)
+    : Array.isArray(input) && input.some((n) => typeof n === "number" && Number.isNaN(n))
+
 const decodeTimeout = (
   input: Duration.DurationInput
 ): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> =>
   Effect.suspend(() => {
     const decoded = Duration.decodeUnknown(input)
-    if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
-      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `not a duration: ${String(input)}` }))
+    if (Option.isNone(decoded) || isNaNInput(input)) {
+      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `not a duration: ${given(input)}` }))
     }
-    if (Duration.toMillis(decoded.value) <= 0) {
-      return Effect.fail(new InvalidOptions({ option: "timeout", reason: "must be positive" }))
+    const millis = Duration.toMillis(decoded.value)
+    if (!(millis > 0)) {
+      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `must be positive, got ${given(input)}` }))
     }
-    return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
+    if (!Duration.isFinite(decoded.value)) return Effect.succeed(Option.none())
+    // a timer never fires after a longer wait (Node.js fires it at once, Effect's clock never):
+    // such a timeout would silently be none
+    if (millis > maxTimerMillis) {
+      return Effect.fail(
+        new InvalidOptions({
+          option: "timeout",
+          reason: `must be at most ${Duration.format(Duration.millis(maxTimerMillis))} (a timer's limit), got ${given(input)}`
+        })
+      )
+    }
+    return Effect.succeed(Option.some(decoded.value))
   })
 
 /**
@@ -166,6 +207,108 @@ const pickExitOf = <Req, Res, E, BE>(
   return typeof pick === "function" ? () => pick.call(balancer) as Exit.Exit<Endpoint<Req, Res, E>, BE> : undefined
 }
 
+/** How many errors a {@link RetryError} keeps at most: the first and the latest ones. */
+const errorsKept = 100
+
+/**
+ * What a call has done so far: the attempts started (the first one included)
+ * and failed, and the errors kept: the first `errorsKept` in order, then the
+ * first one and, in a ring, the latest `errorsKept - 1`. Made on the first
+ * failure, or for a call with a timeout before it (the timeout reads it) once
+ * the first attempt did not succeed at once, in place of the array of errors
+ * made there before; the array is made on the first failure.
+ */
+class Attempts<E> {
+  started = 1
+  failed = 0
+  private kept: Array<E> | undefined = undefined
+
+  fail(error: E): number {
+    const kept = (this.kept ??= [])
+    if (this.failed < errorsKept) kept.push(error)
+    else kept[1 + ((this.failed - 1) % (errorsKept - 1))] = error
+    return ++this.failed
+  }
+
+  errors(): Array<E> {
+    const kept = this.kept ?? []
+    if (this.failed <= errorsKept) return kept.slice()
+    // the ring's oldest error is the one the next failure overwrites
+    const oldest = 1 + ((this.failed - 1) % (errorsKept - 1))
+    return [kept[0]!, ...kept.slice(oldest), ...kept.slice(1, oldest)]
+  }
+}
+
+/** Runs `f` in a later turn of the event loop (after timers and I/O): Node's `setImmediate`, else a timer. */
+const inNextTurn: (f: () => void) => void =
+  typeof globalThis.setImmediate === "function" ? (f) => void setImmediate(f) : (f) => void setTimeout(f, 0)
+
+/**
+ * How many attempts in a row may run without the event loop having had a turn:
+ * the next one waits for it. Attempts that fail at once (`NoEndpoints` while a
+ * subscriber has no instance yet, an endpoint that refuses at once) and the
+ * default policy, which does not wait, never reach a real async boundary: Effect's
+ * scheduler hands timers and I/O a turn only after about 2048 × 2048 operations
+ * (seconds), so the call's timeout fired seconds late, a subscriber's watch could
+ * not bring in the instance that the call waited for, and an endless retry hung
+ * the process. A wait for the next turn costs about as much as a few such attempts.
+ */
+const attemptsPerTurn = 16
+
+/**
+ * Gives the event loop a turn between attempts that do not: one `setImmediate`
+ * armed at a time says when the loop had one; before an attempt, when the
+ * previous `attemptsPerTurn` ran without, it waits for it. Attempts that do I/O
+ * or wait on a timer (a backoff schedule) let it fire meanwhile and never wait.
+ * Made on a call's first failure: successful calls never pay.
+ */
+class LoopTurns {
+  private turned = false
+  private inARow = 0
+  private waiting: ((effect: Effect.Effect<void>) => void) | undefined = undefined
+
+  private readonly onTurn = (): void => {
+    const waiting = this.waiting
+    if (waiting === undefined) {
+      this.turned = true
+      return
+    }
+    this.waiting = undefined
+    this.arm()
+    // the attempt that waited
+    this.inARow = 1
+    waiting(Effect.void)
+  }
+
+  /** Waits for the armed turn (interrupted: drops the wait; the turn, when it comes, only sets `turned`). */
+  readonly nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+    this.waiting = resume
+    return Effect.sync(() => {
+      this.waiting = undefined
+    })
+  })
+
+  constructor() {
+    this.arm()
+  }
+
+  private arm(): void {
+    this.turned = false
+    this.inARow = 0
+    inNextTurn(this.onTurn)
+  }
+
+  /** Before an attempt: whether it must wait for {@link nextTurn}. */
+  mustWait(): boolean {
+    if (this.turned) this.arm()
+    if (this.inARow < attemptsPerTurn) {
+      this.inARow++
+      return false
+    }
+    return true
+  }
+}
+
 const make = <Req, Res, E, BE, E2>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
   timeout: Option.Option<Duration.Duration>,
@@ -180,36 +323,46 @@ const make = <Req, Res, E, BE, E2>(
       )
   // the fields are typed by construction: `errors` holds attempt errors, `final` one of
   // them, a callback replacement or a TimeoutException
-  const failure = (errors: ReadonlyArray<E | BE>, final: unknown, timedOut: boolean) =>
-    new RetryError({ errors: errors.slice(), final, timedOut }) as Failure<E | BE, E2>
+  const failure = (attempts: Attempts<E | BE>, final: unknown, timedOut: boolean) =>
+    new RetryError({
+      errors: attempts.errors(),
+      final,
+      timedOut,
+      attempts: attempts.started,
+      inFlight: attempts.started > attempts.failed
+    }) as Failure<E | BE, E2>
 
   // After the first attempt failed, `Effect.retry` drives the next ones. Its first run
   // replays that failure, so the schedule (if any) waits before the second attempt as
   // before every later one. Only failed calls get here: the successful ones stay cheap.
   const retrying = (
     request: Req,
-    errors: Array<E | BE>,
+    attempts: Attempts<E | BE>,
     firstError: E | BE
   ): Effect.Effect<Res, Failure<E | BE, E2>> => {
     const judge = (error: E | BE): Verdict<E | BE> => {
-      errors.push(error)
-      const decision = callback(errors.length, error)
+      const decision = callback(attempts.fail(error), error)
       return {
         keepTrying: decision.keepTrying,
         error,
         final: decision.replacement === undefined ? error : decision.replacement
       }
     }
-    const stop = (verdict: Verdict<E | BE>) => Effect.fail(failure(errors, verdict.final, false))
+    const stop = (verdict: Verdict<E | BE>) => Effect.fail(failure(attempts, verdict.final, false))
     const first = judge(firstError)
     if (!first.keepTrying) return stop(first)
     const attempt = Effect.mapError(
-      Effect.flatMap(balancer, (endpoint) => endpoint(request)),
+      Effect.suspend(() => {
+        attempts.started++
+        return Effect.flatMap(balancer, (endpoint) => endpoint(request))
+      }),
       judge
     )
+    const turns = new LoopTurns()
+    const afterTurn = Effect.zipRight(turns.nextTurn, attempt)
     let replayed = false
     const next = Effect.suspend(() => {
-      if (replayed) return attempt
+      if (replayed) return turns.mustWait() ? afterTurn : attempt
       replayed = true
       return Effect.fail(first)
     })
@@ -239,10 +392,10 @@ const make = <Req, Res, E, BE, E2>(
   const orRetry = (
     attempt: Effect.Effect<Res, E | BE>,
     request: Req,
-    errors: Array<E | BE>
+    attempts: Attempts<E | BE> | undefined
   ): Effect.Effect<Res, Failure<E | BE, E2>> =>
     Effect.catchAllCause(attempt, (cause) =>
-      Effect.catchAll(Effect.failCause(cause), (error) => retrying(request, errors, error))
+      Effect.catchAll(Effect.failCause(cause), (error) => retrying(request, attempts ?? new Attempts(), error))
     )
 
   // the hot path allocates no named closures: they cost a lot under keep-names transpilers
@@ -250,7 +403,7 @@ const make = <Req, Res, E, BE, E2>(
     return (request) =>
       Effect.suspend(() => {
         const attempt = firstAttempt(request)
-        return isDone(attempt) ? attempt : orRetry(attempt, request, [])
+        return isDone(attempt) ? attempt : orRetry(attempt, request, undefined)
       })
   }
   const duration = timeout.value
@@ -259,9 +412,9 @@ const make = <Req, Res, E, BE, E2>(
     Effect.withFiberRuntime((parent) => {
       const attempt = firstAttempt(request)
       if (isDone(attempt)) return attempt
-      const errors: Array<E | BE> = []
-      return timeoutFailIn(parent, orRetry(attempt, request, errors), duration, () =>
-        failure(errors, new Cause.TimeoutException(timeoutMessage), true)
+      const attempts = new Attempts<E | BE>()
+      return timeoutFailIn(parent, orRetry(attempt, request, attempts), duration, () =>
+        failure(attempts, new Cause.TimeoutException(timeoutMessage), true)
       )
     })
 }
@@ -272,12 +425,21 @@ const make = <Req, Res, E, BE, E2>(
  * `timeout` for the whole call. The optional `callback` may stop earlier and
  * replace the error; the optional `schedule` waits between attempts.
  *
- * Failures are a {@link RetryError} that holds every attempt's error and the
- * final one, after a timeout too (go-kit drops them). Defects and interruptions
- * are not retried. When the timeout fires, or the caller is interrupted, the
- * attempt in flight is interrupted, and the call ends once its finalizers have
- * run (as with `Effect.timeout`). Fails with `InvalidOptions` when `max` is not
- * a positive integer or `timeout` is not a positive duration.
+ * Failures are a {@link RetryError} that counts the attempts and holds their
+ * errors (the first and the latest 99 when more failed) and the final one,
+ * after a timeout too (go-kit drops them). Defects and interruptions are not
+ * retried. When the timeout fires, or the caller is interrupted, the attempt in
+ * flight is interrupted, and the call ends once its finalizers have run (as
+ * with `Effect.timeout`). Fails with `InvalidOptions` when `max` is not a
+ * positive integer or `timeout` is not a positive duration of at most about
+ * 24.8 days (a timer's limit; `Duration.infinity` for none).
+ *
+ * As in go-kit, attempts follow each other without a wait unless a `schedule`
+ * says otherwise. Attempts that fail at once (`NoEndpoints` while a subscriber
+ * has no instance yet, an endpoint that refuses at once) give the event loop a
+ * turn every 16 attempts, so that timers, I/O (the subscriber's watch, which
+ * may bring the instance the call waits for), other fibers and the timeout
+ * itself run meanwhile.
  *
  * @since 0.1.0
  * @category constructors

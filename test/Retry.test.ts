@@ -131,6 +131,10 @@ describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin
       expect(error.errors).toEqual([new Boom(1), new Boom(2)])
       expect(error.final).toBeInstanceOf(Cause.TimeoutException)
       expect(yield* Ref.get(attempts)).toBe(3)
+      // the attempt cut off counts, without an error
+      expect(error.attempts).toBe(3)
+      expect(error.inFlight).toBe(true)
+      expect(error.message).toBe("timed out after 3 attempts (the last one still running): retry timed out after 3s")
     }).pipe(onMemory)
   )
 
@@ -270,6 +274,27 @@ describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin
       expect(fraction.option).toBe("max")
       const noTime = yield* Effect.flip(Retry.retry(balancer, { max: 3, timeout: Duration.zero }))
       expect(noTime.option).toBe("timeout")
+      expect(noTime.reason).toBe("must be positive, got 0")
+      for (const timeout of [Number.NaN, [Number.NaN, 0] as const]) {
+        const nan = yield* Effect.flip(Retry.retry(balancer, { max: 3, timeout }))
+        expect(nan.option).toBe("timeout")
+        expect(nan.reason).toMatch(/^not a duration: /)
+        const nanCallback = yield* Effect.flip(
+          Retry.retryWithCallback(balancer, { timeout, callback: () => ({ keepTrying: true }) })
+        )
+        expect(nanCallback.reason).toMatch(/^not a duration: /)
+      }
+      // longer than a timer can wait: it would never fire, and mean no timeout
+      const tooLong = yield* Effect.flip(Retry.retry(balancer, { max: 3, timeout: Duration.millis(2 ** 31) }))
+      expect(tooLong.option).toBe("timeout")
+      expect(tooLong.reason).toBe("must be at most 24d 20h 31m 23s 647ms (a timer's limit), got 24d 20h 31m 23s 648ms")
+      const tooLongCallback = yield* Effect.flip(
+        Retry.retryWithCallback(balancer, { timeout: "30 days", callback: () => ({ keepTrying: true }) })
+      )
+      expect(tooLongCallback.reason).toBe("must be at most 24d 20h 31m 23s 647ms (a timer's limit), got 30 days")
+      // the longest wait a timer takes, and no timeout at all, are accepted
+      yield* Retry.retry(balancer, { max: 3, timeout: Duration.millis(2 ** 31 - 1) })
+      yield* Retry.retry(balancer, { max: 3, timeout: Duration.infinity })
     }).pipe(onMemory)
   )
 
@@ -345,6 +370,60 @@ describe.each<Kind>(["array", "effect", "subscriber"])("Retry over a round robin
     }).pipe(onMemory)
   )
 
+  it.effect("a timeout that cuts off the only attempt counts it: 1 attempt, still running, no error", () =>
+    Effect.gen(function* () {
+      const started = yield* Deferred.make<void>()
+      const hanging: Endpoint<string, string, Boom> = () =>
+        Effect.zipRight(Deferred.succeed(started, undefined), Effect.never)
+      const call = yield* Retry.retry(yield* balancerOf([hanging]), { max: 3, timeout: "500 millis" })
+      const fiber = yield* Effect.fork(Effect.flip(call("hi")))
+      yield* Deferred.await(started)
+      yield* TestClock.adjust("500 millis")
+      const error = yield* Fiber.join(fiber)
+      expect(error.timedOut).toBe(true)
+      expect(error.attempts).toBe(1)
+      expect(error.inFlight).toBe(true)
+      expect(error.errors).toEqual([])
+      expect(error.message).toBe("timed out after 1 attempt (the last one still running): retry timed out after 500ms")
+    }).pipe(onMemory)
+  )
+
+  it.effect("a timeout during a backoff's wait counts the attempts made, none in flight", () =>
+    Effect.gen(function* () {
+      const failed = yield* Deferred.make<void>()
+      const failing: Endpoint<string, string, Boom> = () =>
+        Effect.zipRight(Deferred.succeed(failed, undefined), Effect.fail(new Boom(1)))
+      const call = yield* Retry.retry(yield* balancerOf([failing]), {
+        max: 3,
+        timeout: "5 seconds",
+        schedule: Schedule.spaced("10 seconds")
+      })
+      const fiber = yield* Effect.fork(Effect.flip(call("hi")))
+      yield* Deferred.await(failed)
+      yield* TestClock.adjust("5 seconds")
+      const error = yield* Fiber.join(fiber)
+      expect(error.timedOut).toBe(true)
+      expect(error.attempts).toBe(1)
+      expect(error.inFlight).toBe(false)
+      expect(error.errors).toEqual([new Boom(1)])
+      expect(error.message).toBe("timed out after 1 attempt: retry timed out after 5s")
+    }).pipe(onMemory)
+  )
+
+  it.effect("after many failed attempts the error keeps the first and the latest 99 errors, and counts them all", () =>
+    Effect.gen(function* () {
+      const { calls, endpoint } = yield* flaky(10_000)
+      const call = yield* Retry.retry(yield* balancerOf([endpoint]), { max: 1000, timeout: "1 minute" })
+      const error = yield* Effect.flip(call("hi"))
+      expect(yield* calls).toBe(1000)
+      expect(error.attempts).toBe(1000)
+      expect(error.inFlight).toBe(false)
+      expect(error.errors).toEqual([new Boom(1), ...Array.from({ length: 99 }, (_, i) => new Boom(902 + i))])
+      expect(error.final).toEqual(new Boom(1000))
+      expect(error.message).toBe("failed after 1000 attempts: Boom")
+    }).pipe(onMemory)
+  )
+
   it.effect("without a timeout: retries and keeps every error", () =>
     Effect.gen(function* () {
       const good: Endpoint<number, number, Boom> = (n) => Effect.succeed(n)
@@ -370,12 +449,68 @@ describe("RetryError.message", () => {
       const error = yield* Effect.flip(call("hi"))
       expect(error.final).toBeInstanceOf(Bare)
       expect(error.message).toBe("failed after 2 attempts: Bare")
-      const failed = (final: unknown) => new Retry.RetryError({ errors: [final], final, timedOut: false }).message
+      const failed = (final: unknown) =>
+        new Retry.RetryError({ errors: [final], final, timedOut: false, attempts: 1 }).message
       expect(failed(new Told({ message: "told why" }))).toBe("failed after 1 attempt: told why")
       // a plain tagged object, an Error without a message, a callback's replacement
       expect(failed(new Boom(1))).toBe("failed after 1 attempt: Boom")
       expect(failed(new Error())).toBe("failed after 1 attempt: Error")
       expect(failed("gave up")).toBe("failed after 1 attempt: gave up")
     })
+  )
+})
+
+describe("Retry whose attempts fail at once (no endpoint yet), without a backoff", () => {
+  const empty = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+
+  it.live(
+    "timers run during the retry loop, the timeout fires on time, and the error keeps a bounded number of errors",
+    () =>
+      Effect.gen(function* () {
+        let ticks = 0
+        // the ticks the retry's callback has seen, while its attempts go on
+        let ticksSeen = 0
+        const call = yield* Retry.retryWithCallback(empty, {
+          timeout: "300 millis",
+          callback: () => {
+            ticksSeen = ticks
+            return { keepTrying: true }
+          }
+        })
+        const start = Date.now()
+        const error = yield* Effect.acquireUseRelease(
+          Effect.sync(() => setInterval(() => ticks++, 10)),
+          () => Effect.flip(call("hi")),
+          (interval) => Effect.sync(() => clearInterval(interval))
+        )
+        const took = Date.now() - start
+        expect(error.timedOut).toBe(true)
+        // a 10 ms interval fired several times between attempts (starved, it fired once, after the deadline)
+        expect(ticksSeen).toBeGreaterThanOrEqual(3)
+        // near the deadline (starved, the timer fired seconds late); a generous bound for a busy machine
+        expect(took).toBeGreaterThanOrEqual(290)
+        expect(took).toBeLessThan(1300)
+        expect(error.attempts).toBeGreaterThan(100)
+        expect(error.errors.length).toBe(100)
+        expect(error.errors.every((e) => e._tag === "NoEndpoints")).toBe(true)
+        expect(error.message).toBe(`timed out after ${error.attempts} attempts: retry timed out after 300ms`)
+      })
+  )
+
+  it.live("a retry waiting for an instance picks it up when it is registered meanwhile", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient.EtcdClient
+      const subscriber = yield* Subscriber.make<string, string>({
+        prefix: "/late/",
+        factory: (instance) => Effect.succeed((request: string) => Effect.succeed(`${instance} got ${request}`))
+      })
+      const call = yield* Retry.retryWithCallback(Balancer.roundRobin(subscriber), {
+        timeout: "1 second",
+        callback: () => ({ keepTrying: true })
+      })
+      // registered by another fiber 50 ms into the call (starved, the put came after the deadline)
+      yield* Effect.forkScoped(Effect.delay(Effect.orDie(client.put("/late/a", "a")), "50 millis"))
+      expect(yield* call("hi")).toBe("a got hi")
+    }).pipe(onMemory)
   )
 })
