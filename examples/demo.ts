@@ -175,7 +175,7 @@ const demo = Effect.gen(function* () {
         yield* Ref.update(stats, (s) => ({ ...s, failed: s.failed + 1 }))
         const error = result.left
         const detail =
-          error._tag === "RetryError" ? `${error.errors.length} attempts failed: ${String(error.final)}` : error.message
+          error._tag === "RetryError" ? `${error.attempts} attempts failed: ${String(error.final)}` : error.message
         yield* line("call", `#${String(n).padStart(3)} FAILED ${detail}`)
       }
     })

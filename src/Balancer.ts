@@ -81,8 +81,15 @@ const synchronousSource = <Req, Res, E, SE>(
   return undefined
 }
 
-const noEndpoints = (prefix: string | undefined): NoEndpoints =>
-  prefix === undefined ? new NoEndpoints() : new NoEndpoints({ prefix })
+/**
+ * The failure of a pick from an empty set, made once per balancer: a retry
+ * that spins on it (no wait between attempts, until the subscriber sees an
+ * instance) keeps one value many times, not one error (and its stack) per attempt.
+ */
+const noEndpointsOf = (prefix: string | undefined): (() => Exit.Exit<never, NoEndpoints>) => {
+  let exit: Exit.Exit<never, NoEndpoints> | undefined
+  return () => (exit ??= Exit.fail(prefix === undefined ? new NoEndpoints() : new NoEndpoints({ prefix })))
+}
 
 /**
  * Builds a balancer from a picking function over a non-empty array, for a
@@ -95,21 +102,21 @@ const fromSource = <Req, Res, E, SE>(
 ): Balancer<Req, Res, E, SE | EtcdError> => {
   if (internal.isSubscriber(source)) {
     const subscriber = source as Subscriber<Req, Res, E>
-    const prefix = subscriber.prefix
+    const empty = noEndpointsOf(subscriber.prefix)
     return Effect.flatMap(
       subscriber.endpointSet.get,
       (set: EndpointSet<Req, Res, E>): Balancer<Req, Res, E, EtcdError> =>
         set.error._tag === "Some"
           ? Effect.fail(set.error.value)
           : set.endpoints.length === 0
-            ? Effect.fail(new NoEndpoints({ prefix }))
+            ? empty()
             : pick(set.endpoints)
     )
   }
+  const empty = noEndpointsOf(undefined)
   return Effect.flatMap(
     source as Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>,
-    (endpoints): Balancer<Req, Res, E, SE> =>
-      endpoints.length === 0 ? Effect.fail(new NoEndpoints()) : pick(endpoints)
+    (endpoints): Balancer<Req, Res, E, SE> => (endpoints.length === 0 ? empty() : pick(endpoints))
   )
 }
 
@@ -164,12 +171,14 @@ const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
 class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
   private counter = 0
   private readonly exits: Array<Exit.Exit<Endpoint<Req, Res, E>> | undefined> = []
+  private readonly empty: () => Exit.Exit<never, NoEndpoints>
 
   constructor(
     private readonly current: () => CurrentSet<Req, Res, E>,
-    private readonly prefix: string | undefined
+    prefix: string | undefined
   ) {
     super()
+    this.empty = noEndpointsOf(prefix)
   }
 
   commit(): Exit.Exit<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
@@ -185,7 +194,7 @@ class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, No
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
     const endpoints = set.endpoints
     const n = endpoints.length
-    if (n === 0) return Exit.fail(noEndpoints(this.prefix))
+    if (n === 0) return this.empty()
     const i = this.counter % n
     this.counter = this.counter === 0x3fffffff ? 0 : this.counter + 1
     const endpoint = endpoints[i]!
@@ -215,12 +224,13 @@ export const random: {
     )
   }
   const { current, prefix } = synchronous
+  const empty = noEndpointsOf(prefix)
   // one effect reads the set and the fiber's Random service
   return Effect.randomWith((random): Balancer<Req, Res, E, EtcdError> => {
     const set = current()
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
     const endpoints = set.endpoints
-    if (endpoints.length === 0) return Exit.fail(noEndpoints(prefix))
+    if (endpoints.length === 0) return empty()
     return Effect.map(random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!)
   })
 }

@@ -40,9 +40,9 @@ const reasonOf = (error: unknown): string => {
  * passed. `attempts` is how many attempts were made, exactly (a balancer
  * failure such as `NoEndpoints` counts as an attempt), the one the timeout cut
  * off included: `inFlight` is true when the timeout interrupted an attempt
- * still running, which has no error. `errors` holds the errors of the attempts
- * that failed, in order, at most 100 of them: when more failed, the first one
- * and the latest 99 (an endless retry keeps a bounded number). `final` is the
+ * still running, which has no error. `errors` holds the error of every attempt
+ * that failed, in order (as go-kit's `RetryError.RawErrors`: a retry without
+ * end keeps every one; a balancer's `NoEndpoints` is one value, shared). `final` is the
  * error that ended the call: the last attempt's (or the callback's replacement
  * for it), or a `TimeoutException` when `timedOut` is true. Its message says
  * how the call ended, after how many attempts, and gives the final error's
@@ -207,35 +207,26 @@ const pickExitOf = <Req, Res, E, BE>(
   return typeof pick === "function" ? () => pick.call(balancer) as Exit.Exit<Endpoint<Req, Res, E>, BE> : undefined
 }
 
-/** How many errors a {@link RetryError} keeps at most: the first and the latest ones. */
-const errorsKept = 100
-
 /**
  * What a call has done so far: the attempts started (the first one included)
- * and failed, and the errors kept: the first `errorsKept` in order, then the
- * first one and, in a ring, the latest `errorsKept - 1`. Made on the first
- * failure, or for a call with a timeout before it (the timeout reads it) once
- * the first attempt did not succeed at once, in place of the array of errors
- * made there before; the array is made on the first failure.
+ * and failed, and every failed attempt's error. Made on the first failure, or
+ * for a call with a timeout before it (the timeout reads it) once the first
+ * attempt did not succeed at once.
  */
 class Attempts<E> {
   started = 1
-  failed = 0
-  private kept: Array<E> | undefined = undefined
+  private readonly failures: Array<E> = []
+
+  get failed(): number {
+    return this.failures.length
+  }
 
   fail(error: E): number {
-    const kept = (this.kept ??= [])
-    if (this.failed < errorsKept) kept.push(error)
-    else kept[1 + ((this.failed - 1) % (errorsKept - 1))] = error
-    return ++this.failed
+    return this.failures.push(error)
   }
 
   errors(): Array<E> {
-    const kept = this.kept ?? []
-    if (this.failed <= errorsKept) return kept.slice()
-    // the ring's oldest error is the one the next failure overwrites
-    const oldest = 1 + ((this.failed - 1) % (errorsKept - 1))
-    return [kept[0]!, ...kept.slice(oldest), ...kept.slice(1, oldest)]
+    return this.failures.slice()
   }
 }
 
@@ -425,8 +416,8 @@ const make = <Req, Res, E, BE, E2>(
  * `timeout` for the whole call. The optional `callback` may stop earlier and
  * replace the error; the optional `schedule` waits between attempts.
  *
- * Failures are a {@link RetryError} that counts the attempts and holds their
- * errors (the first and the latest 99 when more failed) and the final one,
+ * Failures are a {@link RetryError} that counts the attempts and holds every
+ * failed attempt's error and the final one,
  * after a timeout too (go-kit drops them). Defects and interruptions are not
  * retried. When the timeout fires, or the caller is interrupted, the attempt in
  * flight is interrupted, and the call ends once its finalizers have run (as
