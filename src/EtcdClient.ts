@@ -5,10 +5,11 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
-import type * as ConfigError from "effect/ConfigError"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -265,11 +266,36 @@ export const layer = (options: EtcdClientOptions): Layer.Layer<EtcdClient, Inval
 /** Whether a variable is unset, or set to nothing (empty or whitespace only). */
 const unset = (value: string | undefined): boolean => value === undefined || value.trim() === ""
 
+/** A variable that counts as unset when set to nothing. */
+const optionalString = (name: string): Config.Config<string | undefined> =>
+  Config.map(Config.option(Config.string(name)), (value) =>
+    value._tag === "Some" && !unset(value.value) ? value.value : undefined
+  )
+
+/** A duration variable (as `Config.duration`) that counts as unset when set to nothing. */
+const optionalDuration = (name: string): Config.Config<Duration.Duration | undefined> =>
+  Config.nested(
+    Config.mapOrFail(Config.option(Config.string()), (value) =>
+      value._tag === "None" || unset(value.value)
+        ? Either.right(undefined)
+        : Either.fromOption(Duration.decodeUnknown(value.value), () =>
+            ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(value.value)}`)
+          )
+    ),
+    name
+  )
+
 /**
  * Reads the options from the environment:
  * `ETCD_ENDPOINTS` (comma-separated URLs), `ETCD_CERT`, `ETCD_KEY`, `ETCD_CACERT`,
  * `ETCD_DIAL_TIMEOUT`, `ETCD_DIAL_KEEPALIVE`, `ETCD_REQUEST_TIMEOUT` (durations such as `3 seconds`),
  * `ETCD_USERNAME`, `ETCD_PASSWORD`.
+ *
+ * `ETCD_CERT`, `ETCD_KEY`, `ETCD_CACERT` and the durations count as unset when
+ * set to nothing (empty or whitespace only), as many deployment templates mean
+ * it: `ETCD_CERT=` beside an `http://` endpoint is no TLS, `ETCD_DIAL_TIMEOUT=`
+ * the default. `ETCD_ENDPOINTS` is required: set to nothing, it is
+ * `InvalidOptions` (no endpoint).
  *
  * An empty (or whitespace-only) `ETCD_USERNAME` or `ETCD_PASSWORD` counts as
  * unset when the other one is empty or unset too, as many deployments mean it:
@@ -288,12 +314,12 @@ export const config: Config.Config<EtcdClientOptions> = Config.all({
       .map((e) => e.trim())
       .filter((e) => e.length > 0)
   ),
-  cert: Config.option(Config.string("ETCD_CERT")),
-  key: Config.option(Config.string("ETCD_KEY")),
-  caCert: Config.option(Config.string("ETCD_CACERT")),
-  dialTimeout: Config.option(Config.duration("ETCD_DIAL_TIMEOUT")),
-  dialKeepAlive: Config.option(Config.duration("ETCD_DIAL_KEEPALIVE")),
-  headerTimeoutPerRequest: Config.option(Config.duration("ETCD_REQUEST_TIMEOUT")),
+  cert: optionalString("ETCD_CERT"),
+  key: optionalString("ETCD_KEY"),
+  caCert: optionalString("ETCD_CACERT"),
+  dialTimeout: optionalDuration("ETCD_DIAL_TIMEOUT"),
+  dialKeepAlive: optionalDuration("ETCD_DIAL_KEEPALIVE"),
+  headerTimeoutPerRequest: optionalDuration("ETCD_REQUEST_TIMEOUT"),
   username: Config.option(Config.string("ETCD_USERNAME")),
   password: Config.option(Config.redacted("ETCD_PASSWORD"))
 }).pipe(
@@ -304,12 +330,12 @@ export const config: Config.Config<EtcdClientOptions> = Config.all({
     const auth = !(unset(username) && unset(password === undefined ? undefined : Redacted.value(password)))
     return {
       endpoints: c.endpoints,
-      cert: c.cert._tag === "Some" ? c.cert.value : undefined,
-      key: c.key._tag === "Some" ? c.key.value : undefined,
-      caCert: c.caCert._tag === "Some" ? c.caCert.value : undefined,
-      dialTimeout: c.dialTimeout._tag === "Some" ? c.dialTimeout.value : undefined,
-      dialKeepAlive: c.dialKeepAlive._tag === "Some" ? c.dialKeepAlive.value : undefined,
-      headerTimeoutPerRequest: c.headerTimeoutPerRequest._tag === "Some" ? c.headerTimeoutPerRequest.value : undefined,
+      cert: c.cert,
+      key: c.key,
+      caCert: c.caCert,
+      dialTimeout: c.dialTimeout,
+      dialKeepAlive: c.dialKeepAlive,
+      headerTimeoutPerRequest: c.headerTimeoutPerRequest,
       username: auth ? username : undefined,
       password: auth ? password : undefined
     }

@@ -201,7 +201,10 @@ export const isSubscriber: (u: unknown) => u is Subscriber<unknown, unknown, unk
  * been applied, or has failed (the subscriber then keeps retrying in the
  * background and reports `Failing` in its state). Fails with `InvalidOptions`
  * on an empty prefix, a negative `invalidateOnError`, a `factoryTimeout` that
- * is not positive, or either of them that is not a duration. When the scope is
+ * is not positive, either of them that is not a duration (NaN included), or
+ * either of them longer than a timer can wait (2^31 - 1 ms, about 24.8 days;
+ * `Duration.infinity` is accepted, and means never, as leaving the option
+ * out). When the scope is
  * closed before the first listing is applied (a layer torn down while it is
  * built, a timeout around `Scope.extend`), `make` is interrupted: the
  * subscriber is stopped, the endpoints made so far are closed, and there is

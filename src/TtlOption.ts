@@ -7,6 +7,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import { InvalidOptions } from "./EtcdError.js"
+import { given, maxTimer, withinTimerLimit } from "./internal/timerLimit.js"
 
 /**
  * A validated TTL option. Build it with {@link make}; `ttlSeconds` is the
@@ -49,7 +50,7 @@ export const minHeartbeatsPerTtl = 2
  * @since 0.1.0
  * @category constants
  */
-export const maxHeartbeat: Duration.Duration = Duration.millis(2 ** 31 - 1)
+export const maxHeartbeat: Duration.Duration = maxTimer
 
 /**
  * The largest TTL accepted: 9,000,000,000 s, etcd's largest lease TTL
@@ -67,17 +68,6 @@ export const maxTtl: Duration.Duration = Duration.seconds(9_000_000_000)
  * @category constants
  */
 export const defaults = { heartbeat: Duration.seconds(3), ttl: Duration.seconds(10) } as const
-
-/**
- * The input as the user gave it, for error messages: a Duration decodes negative
- * and NaN inputs to zero, so the decoded value would hide them.
- */
-const given = (input: Duration.DurationInput): string =>
-  Duration.isDuration(input)
-    ? Duration.format(input)
-    : Array.isArray(input)
-      ? `[${input.map(String).join(", ")}]`
-      : String(input)
 
 const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Duration.Duration, InvalidOptions> =>
   Effect.suspend(() => {
@@ -122,12 +112,7 @@ export const make = (options?: {
         reason: `must be at least ${Duration.format(minHeartbeat)}, got ${given(heartbeatInput)}`
       })
     }
-    if (Duration.greaterThan(heartbeat, maxHeartbeat)) {
-      return yield* new InvalidOptions({
-        option: "heartbeat",
-        reason: `must be at most ${Duration.format(maxHeartbeat)} (a timer's limit), got ${given(heartbeatInput)}`
-      })
-    }
+    yield* withinTimerLimit("heartbeat", heartbeatInput, heartbeat)
     if (Duration.greaterThan(ttl, maxTtl)) {
       return yield* new InvalidOptions({
         option: "ttl",

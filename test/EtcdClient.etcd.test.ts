@@ -1,6 +1,7 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -330,6 +331,36 @@ describe("EtcdClient over TLS, against an etcd that serves plain http", () => {
         })
         expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
         expect(error.message).toContain("the server did not answer the TLS handshake")
+      })
+    )
+
+    it.scoped("layerConfig: ETCD_CERT, ETCD_KEY, ETCD_CACERT and the durations set to nothing count as unset", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        // as a deployment template leaves them: set, but empty (or blank)
+        const variables = {
+          ETCD_ENDPOINTS: server.clientUrl,
+          ETCD_CERT: "",
+          ETCD_KEY: " ",
+          ETCD_CACERT: "",
+          ETCD_DIAL_TIMEOUT: "",
+          ETCD_DIAL_KEEPALIVE: " ",
+          ETCD_REQUEST_TIMEOUT: ""
+        }
+        const provider = ConfigProvider.fromMap(new Map(Object.entries(variables)))
+        const options = yield* Effect.withConfigProvider(EtcdClient.config, provider)
+        expect(options).toEqual({ endpoints: [server.clientUrl] })
+        // the http:// endpoint is not taken for a TLS one, and the client works
+        const context = yield* Layer.build(EtcdClient.layerConfig()).pipe(Effect.withConfigProvider(provider))
+        expect(yield* Context.get(context, EtcdClient.EtcdClient).revision).toBeGreaterThan(0)
+        // a duration that is set to something is still read as one
+        const bad = yield* Effect.flip(
+          Effect.withConfigProvider(
+            EtcdClient.config,
+            ConfigProvider.fromMap(new Map([...Object.entries(variables), ["ETCD_DIAL_TIMEOUT", "3s"]]))
+          )
+        )
+        expect(String(bad)).toContain('Invalid data at ETCD_DIAL_TIMEOUT: "Expected a duration but received "3s""')
       })
     )
   })

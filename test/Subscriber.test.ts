@@ -7,7 +7,7 @@ import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -984,6 +984,55 @@ describe("Subscriber (in-memory etcd)", () => {
         expect(yield* rejected({ prefix: "/svc", factory, factoryTimeout: soon })).toEqual(
           Option.some("factoryTimeout")
         )
+      })
+    )
+  )
+
+  it.effect("NaN, and a duration longer than a timer can wait, are InvalidOptions; Duration.infinity is off", () =>
+    onMemory(
+      Effect.gen(function* () {
+        yield* put("/svc/a", "http://a")
+        const { factory } = yield* recordingFactory
+        const message = (options: Omit<Subscriber.Options<string, string>, "prefix" | "factory">) =>
+          Effect.map(Effect.exit(Subscriber.make({ prefix: "/svc", factory, ...options })), (exit) =>
+            exit._tag === "Success"
+              ? "accepted"
+              : Option.match(Cause.failureOption(exit.cause), {
+                  onNone: () => Cause.pretty(exit.cause),
+                  onSome: (error) => error.message
+                })
+          )
+        // Duration decodes NaN to zero, which invalidateOnError would take as "invalidate at once"
+        expect(yield* message({ invalidateOnError: Number.NaN })).toBe(
+          "invalid option invalidateOnError: not a duration: NaN"
+        )
+        expect(yield* message({ invalidateOnError: [Number.NaN, 0] })).toBe(
+          "invalid option invalidateOnError: not a duration: [NaN, 0]"
+        )
+        expect(yield* message({ factoryTimeout: Number.NaN })).toBe(
+          "invalid option factoryTimeout: must be positive, got NaN"
+        )
+        // Effect's clock never fires a sleep longer than 2^31 - 1 ms: such a timeout would mean never
+        const limit = "must be at most 24d 20h 31m 23s 647ms (a timer's limit)"
+        expect(yield* message({ invalidateOnError: "30 days" })).toBe(
+          `invalid option invalidateOnError: ${limit}, got 30 days`
+        )
+        expect(yield* message({ factoryTimeout: "30 days" })).toBe(
+          `invalid option factoryTimeout: ${limit}, got 30 days`
+        )
+        expect(yield* message({ factoryTimeout: Duration.millis(2 ** 31) })).toBe(
+          `invalid option factoryTimeout: ${limit}, got 24d 20h 31m 23s 648ms`
+        )
+        // the limit itself, and infinity (off, as leaving the option out), are accepted
+        for (const accepted of [Duration.millis(2 ** 31 - 1), Duration.infinity]) {
+          const subscriber = yield* Subscriber.make({
+            prefix: "/svc",
+            factory,
+            invalidateOnError: accepted,
+            factoryTimeout: accepted
+          })
+          expect((yield* subscriber.endpointSet.get).keys).toEqual(["/svc/a"])
+        }
       })
     )
   )

@@ -25,15 +25,13 @@ import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdCl
 import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { GrantedAndPut, RawWatchEvent, WatchSink } from "./client.js"
 import { fromPrimitives, isTransient } from "./client.js"
+import { withinTimerLimit } from "./timerLimit.js"
 
 const defaultTimeout = Duration.seconds(3)
 /** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
 const minKeepAliveInterval = Duration.seconds(10)
 
 // ---- options ----
-
-/** The longest delay a Node.js timer takes (about 24.8 days): a longer one fires at once. */
-const maxTimerMillis = 2 ** 31 - 1
 
 const duration = (
   option: string,
@@ -48,15 +46,7 @@ const duration = (
   if (!(millis > 0) || !Duration.isFinite(decoded.value)) {
     return Effect.fail(new InvalidOptions({ option, reason: `must be positive and finite, got ${String(input)}` }))
   }
-  if (millis > maxTimerMillis) {
-    return Effect.fail(
-      new InvalidOptions({
-        option,
-        reason: `must be at most ${Duration.format(Duration.millis(maxTimerMillis))} (a timer's limit), got ${String(input)}`
-      })
-    )
-  }
-  return Effect.succeed(decoded.value)
+  return withinTimerLimit(option, input, decoded.value)
 }
 
 /**

@@ -44,6 +44,7 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
 import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
+import { given, withinTimerLimit } from "./timerLimit.js"
 
 /** @internal */
 export const TypeId: unique symbol = Symbol.for("effect-sd-etcd/Subscriber")
@@ -75,7 +76,8 @@ const scheduleEndedPause = Duration.seconds(1)
 
 /**
  * A duration option: `Option.none()` when absent or infinite, else the
- * duration, which must not be negative (and must be positive when `positive`).
+ * duration, which must not be negative (and must be positive when `positive`),
+ * nor longer than a timer can wait.
  */
 const durationOption = (
   option: string,
@@ -92,13 +94,27 @@ const durationOption = (
     (typeof input === "string" && input.trim().startsWith("-")) ||
     (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
   if (negative) return Effect.fail(new InvalidOptions({ option, reason: `${reason}, got ${String(input)}` }))
+  // and NaN inputs (NaN, [NaN, 0]) too; as TtlOption says, a positive option "must be positive, got NaN"
+  const nan =
+    (typeof input === "number" && Number.isNaN(input)) ||
+    (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && Number.isNaN(part)))
+  if (nan) {
+    return Effect.fail(
+      new InvalidOptions({
+        option,
+        reason: positive ? `${reason}, got ${given(input)}` : `not a duration: ${given(input)}`
+      })
+    )
+  }
   const decoded = Duration.decodeUnknown(input)
-  if (Option.isNone(decoded) || Number.isNaN(Duration.toMillis(decoded.value))) {
+  if (Option.isNone(decoded)) {
     return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
   }
   const millis = Duration.toMillis(decoded.value)
   if (positive ? millis <= 0 : millis < 0) return Effect.fail(new InvalidOptions({ option, reason }))
-  return Effect.succeed(Duration.isFinite(decoded.value) ? Option.some(decoded.value) : Option.none())
+  return Effect.map(withinTimerLimit(option, input, decoded.value), (d) =>
+    Duration.isFinite(d) ? Option.some(d) : Option.none()
+  )
 }
 
 const validate = (options: {

@@ -1,0 +1,48 @@
+/**
+ * The longest delay a timer takes, and the check that holds a duration option
+ * to it.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import { InvalidOptions } from "../EtcdError.js"
+
+/**
+ * The longest delay a timer takes: 2^31 - 1 ms (about 24.8 days). A longer
+ * Node.js timer fires at once, and Effect's clock never fires a longer sleep.
+ */
+export const maxTimerMillis = 2 ** 31 - 1
+
+/** {@link maxTimerMillis} as a Duration. */
+export const maxTimer: Duration.Duration = Duration.millis(maxTimerMillis)
+
+/**
+ * The input as the user gave it, for error messages: a Duration decodes negative
+ * and NaN inputs to zero, so the decoded value would hide them.
+ */
+export const given = (input: Duration.DurationInput): string =>
+  Duration.isDuration(input)
+    ? Duration.format(input)
+    : Array.isArray(input)
+      ? `[${input.map(String).join(", ")}]`
+      : String(input)
+
+/**
+ * Fails with `InvalidOptions` when `duration` (decoded from `input`) is finite
+ * and longer than a timer can wait; an infinite duration passes, for the
+ * options that take it to mean "never".
+ */
+export const withinTimerLimit = (
+  option: string,
+  input: Duration.DurationInput,
+  duration: Duration.Duration
+): Effect.Effect<Duration.Duration, InvalidOptions> =>
+  Duration.isFinite(duration) && Duration.toMillis(duration) > maxTimerMillis
+    ? Effect.fail(
+        new InvalidOptions({
+          option,
+          reason: `must be at most ${Duration.format(maxTimer)} (a timer's limit), got ${given(input)}`
+        })
+      )
+    : Effect.succeed(duration)
