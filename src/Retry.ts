@@ -19,7 +19,8 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
-import { maxTimerMillis, timeoutFailIn } from "./internal/timeout.js"
+import { timeoutFailIn } from "./internal/timeout.js"
+import { given, isNaNInput, withinTimerLimit } from "./internal/timerLimit.js"
 
 /**
  * What an error says, for a message: its message, or when it has none (a
@@ -152,20 +153,6 @@ interface Verdict<E> {
   readonly final: unknown
 }
 
-/** How a duration was given, for a message. */
-const given = (input: Duration.DurationInput): string =>
-  Duration.isDuration(input)
-    ? Duration.format(input)
-    : Array.isArray(input)
-      ? `[${input.map(String).join(", ")}]`
-      : String(input)
-
-/** `Duration.decodeUnknown` takes NaN (a number, or in a `[seconds, nanos]` pair) for zero. */
-const isNaNInput = (input: Duration.DurationInput): boolean =>
-  typeof input === "number"
-    ? Number.isNaN(input)
-    : Array.isArray(input) && input.some((n) => typeof n === "number" && Number.isNaN(n))
-
 const decodeTimeout = (
   input: Duration.DurationInput
 ): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> =>
@@ -181,15 +168,7 @@ const decodeTimeout = (
     if (!Duration.isFinite(decoded.value)) return Effect.succeed(Option.none())
     // a timer never fires after a longer wait (Node.js fires it at once, Effect's clock never):
     // such a timeout would silently be none
-    if (millis > maxTimerMillis) {
-      return Effect.fail(
-        new InvalidOptions({
-          option: "timeout",
-          reason: `must be at most ${Duration.format(Duration.millis(maxTimerMillis))} (a timer's limit), got ${given(input)}`
-        })
-      )
-    }
-    return Effect.succeed(Option.some(decoded.value))
+    return Effect.map(withinTimerLimit("timeout", input, decoded.value), Option.some)
   })
 
 /**

@@ -97,6 +97,10 @@ const isRegistered = (registration: Registrar.Registration) =>
 
 const counter = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (s) => s.count)
 
+/** A failure injected into a client's request. */
+const injected = (operation: string, reason: EtcdError["reason"]) =>
+  Effect.fail(new EtcdError({ operation, reason, detail: "injected" }))
+
 /**
  * `client`, whose grants, keep-alives, revokes, deletes and puts time out after
  * 10 s (a 3-member cluster's call timeout) while `hang(true)`.
@@ -305,13 +309,10 @@ describe("Registrar on the in-memory etcd", () => {
       let failPutsOfB = 0
       const flaky: EtcdClient = {
         ...client,
-        keepAliveOnce: (lease) =>
-          cutOff
-            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
-            : client.keepAliveOnce(lease),
+        keepAliveOnce: (lease) => (cutOff ? injected("keepAlive", "Unavailable") : client.keepAliveOnce(lease)),
         put: (key, value, options) =>
           key === "/svc/partial/b" && failPutsOfB-- > 0
-            ? Effect.fail(new EtcdError({ operation: "put", reason: "Unavailable", detail: "injected" }))
+            ? injected("put", "Unavailable")
             : client.put(key, value, options)
       }
       const ttl = yield* standard
@@ -474,10 +475,7 @@ describe("Registrar on the in-memory etcd", () => {
         let failDeletes = false
         const flaky: EtcdClient = {
           ...client,
-          delete: (key) =>
-            failDeletes
-              ? Effect.fail(new EtcdError({ operation: "delete", reason: "Unavailable", detail: "injected" }))
-              : client.delete(key)
+          delete: (key) => (failDeletes ? injected("delete", "Unavailable") : client.delete(key))
         }
         const short = yield* standard
         const scope = yield* Scope.make()
@@ -591,20 +589,11 @@ describe("Registrar on the in-memory etcd", () => {
       let failGrants = false
       const flaky: EtcdClient = {
         ...client,
-        keepAliveOnce: (lease) =>
-          cutOff
-            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
-            : client.keepAliveOnce(lease),
-        grant: (ttl) =>
-          failGrants
-            ? Effect.fail(new EtcdError({ operation: "grant", reason: "Unavailable", detail: "injected" }))
-            : client.grant(ttl),
+        keepAliveOnce: (lease) => (cutOff ? injected("keepAlive", "Unavailable") : client.keepAliveOnce(lease)),
+        grant: (ttl) => (failGrants ? injected("grant", "Unavailable") : client.grant(ttl)),
         put: (key, value, options) =>
           key === "/svc/join/b"
-            ? Effect.zipRight(
-                client.put(key, value, options),
-                Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
-              )
+            ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
             : client.put(key, value, options)
       }
       const ttl = yield* standard
@@ -649,19 +638,13 @@ describe("Registrar on the in-memory etcd", () => {
       let hangNextGrant = false
       const flaky: EtcdClient = {
         ...client,
-        keepAliveOnce: (lease) =>
-          cutOff
-            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Unavailable", detail: "injected" }))
-            : client.keepAliveOnce(lease),
+        keepAliveOnce: (lease) => (cutOff ? injected("keepAlive", "Unavailable") : client.keepAliveOnce(lease)),
         // the healer's grant (the first after the loss) hangs 10 s, then times out (a call timeout)
         grant: (ttl) =>
           Effect.suspend(() => {
             if (!hangNextGrant) return client.grant(ttl)
             hangNextGrant = false
-            return Effect.zipRight(
-              Effect.sleep("10 seconds"),
-              Effect.fail(new EtcdError({ operation: "grant", reason: "Timeout", detail: "injected" }))
-            )
+            return Effect.zipRight(Effect.sleep("10 seconds"), injected("grant", "Timeout"))
           })
       }
       const ttl = yield* standard
@@ -701,10 +684,7 @@ describe("Registrar on the in-memory etcd", () => {
         // the put lands, its answer is lost (a timeout; or the caller's own timeout interrupting it)
         put: (key, value, options) =>
           lossy
-            ? Effect.zipRight(
-                client.put(key, value, options),
-                Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
-              )
+            ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
             : client.put(key, value, options)
       }
       const ttl = yield* standard
@@ -735,9 +715,7 @@ describe("Registrar on the in-memory etcd", () => {
       const blip: EtcdClient = {
         ...client,
         keepAliveOnce: (lease) =>
-          failKeepAlives-- > 0
-            ? Effect.fail(new EtcdError({ operation: "keepAlive", reason: "Timeout", detail: "injected" }))
-            : client.keepAliveOnce(lease)
+          failKeepAlives-- > 0 ? injected("keepAlive", "Timeout") : client.keepAliveOnce(lease)
       }
       const scope = yield* Scope.make()
       const ttl = yield* standard
@@ -775,15 +753,9 @@ describe("Registrar on the in-memory etcd", () => {
           ...client,
           put: (key, value, options) =>
             lossy
-              ? Effect.zipRight(
-                  client.put(key, value, options),
-                  Effect.fail(new EtcdError({ operation: "put", reason: "Timeout", detail: "injected" }))
-                )
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
               : client.put(key, value, options),
-          delete: (key) =>
-            lossy && failDeletes-- > 0
-              ? Effect.fail(new EtcdError({ operation: "delete", reason: "Unavailable", detail: "injected" }))
-              : client.delete(key)
+          delete: (key) => (lossy && failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
         }
         const stays = yield* Registrar.make(service("/svc/late/stays", ttl)).pipe(
           Effect.provideService(EtcdClient, flaky)
@@ -812,9 +784,7 @@ describe("Registrar on the in-memory etcd", () => {
       const flaky: EtcdClient = {
         ...client,
         put: (key, value, options) =>
-          failPuts-- > 0
-            ? Effect.fail(new EtcdError({ operation: "put", reason: "Unavailable", detail: "injected" }))
-            : client.put(key, value, options)
+          failPuts-- > 0 ? injected("put", "Unavailable") : client.put(key, value, options)
       }
       const registration = yield* Registrar.make(service("/svc/repair/1", yield* standard)).pipe(
         Effect.provideService(EtcdClient, flaky)
@@ -1096,7 +1066,7 @@ describe("Registrar on the in-memory etcd", () => {
         delete: () =>
           Effect.suspend(() => {
             deletes++
-            return Effect.fail(new EtcdError({ operation: "delete", reason: "PermissionDenied", detail: "injected" }))
+            return injected("delete", "PermissionDenied")
           })
       }
       const errors = yield* Ref.make<Array<string>>([])

@@ -44,7 +44,7 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
 import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
-import { given, withinTimerLimit } from "./timerLimit.js"
+import { given, isNaNInput, withinTimerLimit } from "./timerLimit.js"
 
 /** @internal */
 export const TypeId: unique symbol = Symbol.for("effect-sd-etcd/Subscriber")
@@ -95,10 +95,7 @@ const durationOption = (
     (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
   if (negative) return Effect.fail(new InvalidOptions({ option, reason: `${reason}, got ${String(input)}` }))
   // and NaN inputs (NaN, [NaN, 0]) too; as TtlOption says, a positive option "must be positive, got NaN"
-  const nan =
-    (typeof input === "number" && Number.isNaN(input)) ||
-    (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && Number.isNaN(part)))
-  if (nan) {
+  if (isNaNInput(input)) {
     return Effect.fail(
       new InvalidOptions({
         option,

@@ -20,13 +20,6 @@ import * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 
-/**
- * The longest wait a timer takes, 2^31 - 1 ms (about 24.8 days): Node.js fires
- * a longer one at once, and Effect's clock never fires it. An option that sets
- * a timer is rejected beyond it.
- */
-export const maxTimerMillis = 2 ** 31 - 1
-
 /** The child's flags: interruptible, yielding; the same for every call. */
 const childFlags = RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.CooperativeYielding)
 

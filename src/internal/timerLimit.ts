@@ -28,6 +28,11 @@ export const given = (input: Duration.DurationInput): string =>
       ? `[${input.map(String).join(", ")}]`
       : String(input)
 
+/** Whether a duration input is NaN, or a `[seconds, nanos]` pair with one: `Duration` decodes them to zero. */
+export const isNaNInput = (input: Duration.DurationInput): boolean =>
+  (typeof input === "number" && Number.isNaN(input)) ||
+  (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && Number.isNaN(part)))
+
 /**
  * Fails with `InvalidOptions` when `duration` (decoded from `input`) is finite
  * and longer than a timer can wait; an infinite duration passes, for the
