@@ -468,6 +468,54 @@ describe("Registrar on the in-memory etcd", () => {
   )
 
   it.scoped(
+    "a registration joining after the lease was lost in an outage: a close meanwhile does not wait for its grant",
+    () =>
+      Effect.gen(function* () {
+        // etcd hangs: every request of this process times out after 10 s (a 3-member cluster's call timeout)
+        const { client: hanging, hang } = hangingClient(yield* EtcdClient)
+        const ttl = yield* standard
+        const scope = yield* Scope.make()
+        yield* Registrar.make(service("/svc/joinlost/a", ttl)).pipe(
+          Effect.provideService(EtcdClient, hanging),
+          Scope.extend(scope)
+        )
+        const registration = yield* Registrar.make(service("/svc/joinlost/b", ttl)).pipe(
+          Effect.provideService(EtcdClient, hanging)
+        )
+        hang(true)
+        yield* advanceUntil(
+          Effect.map(Registrar.state(registration), (s) => s._tag === "Retrying"),
+          "100 millis",
+          "30 seconds"
+        )
+        // a registration joins: it needs a lease, and its grant waits 10 s for etcd
+        const joining = yield* Effect.fork(
+          Registrar.make(service("/svc/joinlost/c", ttl)).pipe(
+            Effect.provideService(EtcdClient, hanging),
+            Effect.scoped
+          )
+        )
+        yield* TestClock.adjust("100 millis")
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        const took = yield* advanceUntil(
+          Effect.map(closing.poll, (exit) => exit._tag === "Some"),
+          "100 millis",
+          "40 seconds"
+        )
+        // etcd back: the join's grant times out, it fails; the test's scope closes the rest
+        yield* advanceUntil(
+          Effect.map(joining.poll, (exit) => exit._tag === "Some"),
+          "100 millis",
+          "40 seconds"
+        )
+        hang(false)
+        yield* TestClock.adjust("30 seconds")
+        // etcd was taken for unreachable: a second (not behind the join's 10 s grant)
+        expect(took).toBeLessThanOrEqual(1_100)
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
     "a key left to a background delete is not deleted once this client registers it again, on another TTL option",
     () =>
       Effect.gen(function* () {

@@ -716,33 +716,63 @@ const joinShared = (group: Group, member: Member): Effect.Effect<"Joined" | "Nee
 /**
  * Joins when there is no live lease, under the exclusive lock: grants one and
  * puts every key on it, this member's included. On failure or interruption
- * nothing stays behind: the new lease is revoked, an empty group is closed.
+ * nothing of this member stays behind (see {@link grantAndPutAll}), an empty
+ * group is closed. In a group whose lease was lost (members wait on the
+ * healer, etcd may not answer), the grant is made before taking the lock, as
+ * the healer's: leaves would otherwise wait a whole call timeout behind it.
+ * A lease granted so and not used (someone else installed one meanwhile, the
+ * group closed) is revoked in the background.
  */
 const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Effect<boolean, EtcdError> =>
-  group.lock.exclusive(
-    Effect.gen(function* () {
-      if (group.closed) return false
-      const lease = group.lease
-      if (lease !== undefined) {
-        // someone else granted one meanwhile, or the lease is lost and not known yet
-        const result = yield* Effect.either(putMember(group, member, lease.id))
-        if (Either.isRight(result)) {
-          member.lastPut = result.right
+  Effect.gen(function* () {
+    let early: { readonly lease: LeaseId; readonly sentAt: number; readonly grantedAt: number } | undefined
+    if (group.members.size > 0 && group.lease === undefined && !group.closed) {
+      const sentAt = yield* Clock.currentTimeMillis
+      const lease = yield* answered(group, group.client.grant(ttl.ttlSeconds))
+      early = { lease, sentAt, grantedAt: yield* Clock.currentTimeMillis }
+    }
+    const granted = early
+    let used = granted === undefined
+    return yield* group.lock
+      .exclusive(
+        Effect.gen(function* () {
+          if (group.closed) return false
+          const lease = group.lease
+          if (lease !== undefined) {
+            // someone else granted one meanwhile, or the lease is lost and not known yet
+            const result = yield* Effect.either(putMember(group, member, lease.id))
+            if (Either.isRight(result)) {
+              member.lastPut = result.right
+              yield* addMember(group, member)
+              return true
+            }
+            if (result.left.reason !== "LeaseNotFound") return yield* result.left
+            yield* leaseLost(group, lease.id, result.left)
+          }
+          if (granted !== undefined && group.members.size > 0) {
+            used = true
+            yield* putAllOn(group, ttl, granted.lease, granted.sentAt, granted.grantedAt, member)
+          } else {
+            yield* grantAndPutAll(group, ttl, member)
+          }
           yield* addMember(group, member)
           return true
-        }
-        if (result.left.reason !== "LeaseNotFound") return yield* result.left
-        yield* leaseLost(group, lease.id, result.left)
-      }
-      yield* grantAndPutAll(group, ttl, member)
-      yield* addMember(group, member)
-      return true
-    }).pipe(
-      Effect.onExit((exit) =>
-        Exit.isSuccess(exit) || group.closed || group.members.size > 0 ? Effect.void : closeGroup(group)
+        }).pipe(
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit) || group.closed || group.members.size > 0 ? Effect.void : closeGroup(group)
+          )
+        )
       )
-    )
-  )
+      .pipe(
+        Effect.ensuring(
+          Effect.suspend(() =>
+            used || granted === undefined
+              ? Effect.void
+              : Effect.asVoid(Effect.forkDaemon(Effect.ignore(group.client.revoke(granted.lease))))
+          )
+        )
+      )
+  })
 
 const addMember = (group: Group, member: Member): Effect.Effect<void> =>
   Effect.suspend(() => {
