@@ -756,6 +756,168 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a failed registration without TTL of a key and value a TTL registration holds: after that one closes, the key is gone",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let lossy = false
+        const flaky: EtcdClient = {
+          ...client,
+          put: (key, value, options) =>
+            lossy
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+              : client.put(key, value, options)
+        }
+        const ttl = yield* standard
+        const svc: Service = { key: "/svc/mix/k", value: "http://k", ttl }
+        const scopeA = yield* Scope.make()
+        const a = yield* Registrar.make(svc).pipe(Effect.provideService(EtcdClient, flaky), Scope.extend(scopeA))
+        yield* TestClock.adjust("1 second")
+        lossy = true
+        const b = yield* Effect.exit(
+          Registrar.make({ key: svc.key, value: svc.value }).pipe(Effect.provideService(EtcdClient, flaky))
+        )
+        lossy = false
+        expect(Exit.isFailure(b)).toBe(true)
+        expect((yield* Registrar.state(a))._tag).toBe("Registered")
+        // the failed registration is over; close the only live one
+        yield* Scope.close(scopeA, Exit.void)
+        yield* TestClock.adjust("30 seconds")
+        // no registration of this client holds the key: it must not be in etcd
+        expect(yield* stored(svc.key)).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "a join interrupted while it revokes the given-up lease leaves no key behind on the group's live lease",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let cutOff = false
+        let failGrants = false
+        let hangRevoke = false
+        let revokeHung = false
+        const flaky: EtcdClient = {
+          ...client,
+          keepAliveOnce: (lease) => (cutOff ? injected("keepAlive", "Unavailable") : client.keepAliveOnce(lease)),
+          grant: (ttl) => (failGrants ? injected("grant", "Unavailable") : client.grant(ttl)),
+          // a slow revoke (etcd just back after an outage)
+          revoke: (lease) =>
+            Effect.suspend(() => {
+              if (!hangRevoke) return client.revoke(lease)
+              revokeHung = true
+              return Effect.zipRight(Effect.sleep("10 seconds"), client.revoke(lease))
+            })
+        }
+        const ttl = yield* standard
+        const a = yield* Registrar.make({ key: "/svc/int/a", value: "http://a", ttl }).pipe(
+          Effect.provideService(EtcdClient, flaky)
+        )
+        cutOff = true
+        failGrants = true
+        // the lease is given up after a TTL without answered keep-alives; the healer's grants fail
+        yield* advanceUntil(
+          Effect.map(Registrar.state(a), (s) => s._tag === "Retrying"),
+          "100 millis",
+          "30 seconds"
+        )
+        cutOff = false
+        failGrants = false
+        hangRevoke = true
+        // b registers (its caller gives up on it, say a timeout) before the healer's next attempt
+        const b = yield* Effect.fork(
+          Effect.scoped(
+            Registrar.make({ key: "/svc/int/b", value: "http://b", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+          )
+        )
+        for (let i = 0; i < 1000 && !revokeHung; i++) yield* Effect.yieldNow()
+        expect(revokeHung).toBe(true) // b's join is revoking the lease given up, after putting both keys
+        yield* Fiber.interrupt(b)
+        hangRevoke = false
+        yield* TestClock.adjust("30 seconds")
+        expect((yield* Registrar.state(a))._tag).toBe("Registered")
+        // b's registration failed: nothing holds its key, nothing will ever delete it
+        expect(yield* stored("/svc/int/b")).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "a failed registration of a key another registration holds with another value: the key gets its holder's value back",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let lossy = false
+        let failDeletes = 0
+        const flaky: EtcdClient = {
+          ...client,
+          // the put lands, its answer is lost; the delete that follows fails once (etcd still unreachable)
+          put: (key, value, options) =>
+            lossy
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+              : client.put(key, value, options),
+          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
+        }
+        const ttl = yield* standard
+        const a = yield* Registrar.make({ key: "/svc/val/k", value: "http://a", ttl }).pipe(
+          Effect.provideService(EtcdClient, flaky)
+        )
+        yield* TestClock.adjust("1 second") // a's watch is open
+        lossy = true
+        failDeletes = 1
+        const b = yield* Effect.exit(
+          Registrar.make({ key: "/svc/val/k", value: "http://b", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+        )
+        lossy = false
+        expect(Exit.isFailure(b)).toBe(true)
+        yield* TestClock.adjust("30 seconds")
+        expect((yield* Registrar.state(a))._tag).toBe("Registered")
+        // a is the only registration of the key: etcd should say a's value, not the failed b's
+        expect((yield* stored("/svc/val/k"))?.value).toBe("http://a")
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "a failed registration on another TTL option's lease of a key and value another registration holds: after that one closes, the key is gone",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let lossy = false
+        const flaky: EtcdClient = {
+          ...client,
+          put: (key, value, options) =>
+            lossy && key === "/svc/x/k"
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+              : client.put(key, value, options)
+        }
+        const ttl = yield* standard
+        const other = yield* TtlOption.make({ heartbeat: "2 seconds", ttl: "6 seconds" })
+        const scopeA = yield* Scope.make()
+        const a = yield* Registrar.make({ key: "/svc/x/k", value: "http://k", ttl }).pipe(
+          Effect.provideService(EtcdClient, flaky),
+          Scope.extend(scopeA)
+        )
+        // another service of the process, on the other TTL option
+        yield* Registrar.make({ key: "/svc/x/c", value: "http://c", ttl: other }).pipe(
+          Effect.provideService(EtcdClient, flaky)
+        )
+        yield* TestClock.adjust("1 second")
+        lossy = true
+        const b = yield* Effect.exit(
+          Registrar.make({ key: "/svc/x/k", value: "http://k", ttl: other }).pipe(
+            Effect.provideService(EtcdClient, flaky)
+          )
+        )
+        lossy = false
+        expect(Exit.isFailure(b)).toBe(true)
+        expect((yield* Registrar.state(a))._tag).toBe("Registered")
+        yield* Scope.close(scopeA, Exit.void)
+        yield* TestClock.adjust("30 seconds")
+        // nothing registers /svc/x/k any more; it is kept alive by the other TTL option's heartbeat
+        expect(yield* stored("/svc/x/k")).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

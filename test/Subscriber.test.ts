@@ -1209,6 +1209,26 @@ describe("Subscriber.follow", () => {
       )
   )
 
+  it.effect("an f that throws while making its effect: the follower dies with the defect", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const { factory } = yield* recordingFactory
+        const subscriber = yield* Subscriber.make({ prefix: "/svc", factory })
+        const seen = yield* Queue.unbounded<number>()
+        const follower = yield* Effect.fork(
+          Subscriber.follow(subscriber.instances, (instances) => {
+            if (instances.has("/svc/bad")) throw new Error("f threw")
+            return Effect.sync(() => Queue.unsafeOffer(seen, instances.size))
+          })
+        )
+        expect(yield* Queue.take(seen)).toBe(0)
+        yield* put("/svc/bad", "http://bad")
+        const exit = yield* Fiber.await(follower)
+        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+      })
+    )
+  )
+
   it.effect("follows any Subscribable: a SubscriptionRef, the subscriber's state", () =>
     Effect.gen(function* () {
       const ref = yield* SubscriptionRef.make(1)

@@ -336,10 +336,13 @@ const putAllOn = (
   })
 
 /**
- * The new lease holds every member's key: it is the group's; the lease given
- * up, if any, is revoked. Its TTL runs from the grant (answered at
- * `grantedAt`), not from the end of the puts: slow puts do not lengthen the
- * time the heartbeat allows it.
+ * The new lease holds every member's key: it is the group's, and the joining
+ * member, if any, is a member; the lease given up, if any, is revoked in the
+ * background. Uninterruptible, and without waiting on etcd: a join interrupted
+ * between installing the lease and adding its member would leave its key on
+ * the lease, kept alive by the others, with no registration to remove it. Its
+ * TTL runs from the grant (answered at `grantedAt`), not from the end of the
+ * puts: slow puts do not lengthen the time the heartbeat allows it.
  */
 const install = (
   group: Group,
@@ -351,22 +354,27 @@ const install = (
   sentAt: number,
   grantedAt: number
 ): Effect.Effect<void> =>
-  Effect.gen(function* () {
-    group.lease = { id: lease, lastOk: sentAt, lastAnswered: grantedAt }
-    group.unreachable = false
-    for (let i = 0; i < members.length; i++) {
-      const member = members[i]!
-      member.lastPut = revisions[i]!
-      if (member === joining) continue
-      yield* member.state.set(RegistrationState.Registered({ lease }))
-      yield* Metric.increment(reRegistrations)
-      yield* Effect.logInfo("re-registered").pipe(Effect.annotateLogs({ key: member.entry.key, lease }))
-    }
-    const abandoned = group.abandoned
-    group.abandoned = undefined
-    // it no longer holds any of our keys; if etcd kept it alive, don't leave it to expire by itself
-    if (abandoned !== undefined) yield* revokeAbandoned(group, ttl, abandoned)
-  })
+  Effect.uninterruptible(
+    Effect.gen(function* () {
+      group.lease = { id: lease, lastOk: sentAt, lastAnswered: grantedAt }
+      group.unreachable = false
+      for (let i = 0; i < members.length; i++) {
+        const member = members[i]!
+        member.lastPut = revisions[i]!
+        if (member === joining) continue
+        yield* member.state.set(RegistrationState.Registered({ lease }))
+        yield* Metric.increment(reRegistrations)
+        yield* Effect.logInfo("re-registered").pipe(Effect.annotateLogs({ key: member.entry.key, lease }))
+      }
+      const abandoned = group.abandoned
+      group.abandoned = undefined
+      // it no longer holds any of our keys; if etcd kept it alive, don't leave it to expire by itself
+      if (abandoned !== undefined) {
+        yield* Effect.forkIn(Effect.interruptible(revokeAbandoned(group, ttl, abandoned)), group.scope)
+      }
+      if (joining !== undefined) yield* addMember(group, joining)
+    })
+  )
 
 /**
  * Revokes a lease given up after a whole TTL without keep-alive, once a new
@@ -680,15 +688,18 @@ const putMember = (group: Group, member: Member, lease: LeaseId | undefined): Ef
  * that a registration that failed leaves nothing behind, neither on a shared
  * lease that others keep alive nor as a plain key that nothing would ever
  * remove; a delete that fails too (etcd still unreachable, a breaker open) is
- * retried in the background while the group lives. A key that another
- * registration of this client holds with the same value is left alone: it is
- * theirs (one with another value has its watch put it back).
+ * retried in the background while the group lives. A key that another member
+ * of the group holds with the same value is left alone: it is on their lease.
+ * Anyone else's (another value, or another TTL option's lease) is deleted
+ * too: their watch puts it back, with their value, on their lease.
  */
 const unput = (group: Group, member: Member): Effect.Effect<void> =>
   Effect.suspend(() => {
     const { key, value } = member.entry
-    if (heldByClient(group.client, key, value)) return Effect.void
-    return Effect.catchAll(answered(group, group.client.delete(key)), () => deleteLater(group, key))
+    // on this group's lease: theirs; held elsewhere (no lease, another TTL option), the key must not
+    // stay where this put moved it: deleted, the holder's watch puts it back on its own lease
+    for (const m of group.members) if (m.entry.key === key && m.entry.value === value) return Effect.void
+    return Effect.catchAll(answered(group, group.client.delete(key)), () => deleteLater(group, key, value))
   })
 
 /**
@@ -749,13 +760,13 @@ const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Eff
             if (result.left.reason !== "LeaseNotFound") return yield* result.left
             yield* leaseLost(group, lease.id, result.left)
           }
+          // the member is added by `install`, with the lease
           if (granted !== undefined && group.members.size > 0) {
             used = true
             yield* putAllOn(group, ttl, granted.lease, granted.sentAt, granted.grantedAt, member)
           } else {
             yield* grantAndPutAll(group, ttl, member)
           }
-          yield* addMember(group, member)
           return true
         }).pipe(
           Effect.onExit((exit) =>
@@ -869,7 +880,7 @@ export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdErr
       // a registration of the same key and value stays: so does the key
       if ([...group.members].some((m) => m.entry.key === key && m.entry.value === member.entry.value))
         return yield* ensure
-      return yield* removeKey(group, key).pipe(Effect.ensuring(ensure))
+      return yield* removeKey(group, key, member.entry.value).pipe(Effect.ensuring(ensure))
     })
   )
 
@@ -924,11 +935,11 @@ const leftToExpire = (ttl: TtlOption, lease: LeaseId, error: EtcdError): Effect.
   )
 
 /** Deletes the key of a member that leaves a group others stay in. Call under the exclusive lock. */
-const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
+const removeKey = (group: Group, key: string, value: string): Effect.Effect<void, EtcdError> =>
   Effect.gen(function* () {
     const deleted = yield* Effect.either(ask(group, "delete", group.client.delete(key)))
     if (Either.isRight(deleted)) return
-    yield* deleteLater(group, key)
+    yield* deleteLater(group, key, value)
     return yield* deleted.left
   })
 
@@ -942,12 +953,12 @@ const removeKey = (group: Group, key: string): Effect.Effect<void, EtcdError> =>
  * group is closed: its lease is then revoked or left to expire, and the key
  * with it; a key without lease is then left, as the caller was told.
  */
-const deleteLater = (group: Group, key: string): Effect.Effect<void> => {
+const deleteLater = (group: Group, key: string, value: string): Effect.Effect<void> => {
   const retryDelete = Effect.gen(function* () {
     // checked under the lock, sent outside it: a request to an etcd that does not answer would hold
     // up every join, heal and leave of the group (a registration of the key that joins in between
     // has its key put back by its watch)
-    const skip = yield* group.lock.exclusive(Effect.sync(() => group.closed || heldByClient(group.client, key)))
+    const skip = yield* group.lock.exclusive(Effect.sync(() => group.closed || heldByClient(group.client, key, value)))
     if (skip) return
     yield* ask(group, "delete", group.client.delete(key))
   }).pipe(

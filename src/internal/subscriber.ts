@@ -375,7 +375,12 @@ class Published<A> implements Subscribable.Subscribable<A> {
         if (done) return
         while (last !== this.version) {
           last = this.version
-          const next = step(this.current(), last)
+          let next: Effect.Effect<B, E, R> | undefined
+          try {
+            next = step(this.current(), last)
+          } catch (defect) {
+            next = Exit.die(defect)
+          }
           if (next !== undefined) {
             done = true
             return resume(next)
@@ -438,7 +443,13 @@ export const follow = <A, E, R>(
     // caches, per change); any other effect resumes the fiber, which runs it and waits again
     const published: Published<A> = self
     const step = (a: A, version: number): Effect.Effect<never, E, R> | undefined => {
-      const effect = f(a)
+      let effect: Effect.Effect<void, E, R>
+      try {
+        effect = f(a)
+      } catch (defect) {
+        // outside any fiber here: a throw of `f` itself is the follower's defect, as in the fiber
+        return Exit.die(defect)
+      }
       const exit = runsAlone(effect)
       if (exit === undefined) return Effect.flatMap(effect, () => loop(version))
       return Exit.isSuccess(exit) ? undefined : (exit as Exit.Exit<never, E>)
