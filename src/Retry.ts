@@ -42,8 +42,11 @@ const reasonOf = (error: unknown): string => {
  * failure such as `NoEndpoints` counts as an attempt), the one the timeout cut
  * off included: `inFlight` is true when the timeout interrupted an attempt
  * still running, which has no error. `errors` holds the error of every attempt
- * that failed, in order (as go-kit's `RetryError.RawErrors`: a retry without
- * end keeps every one; a balancer's `NoEndpoints` is one value, shared). `final` is the
+ * that failed, in order, as go-kit's `RetryError.RawErrors` does. Without a
+ * `schedule`, attempts that fail at once (an endpoint refusing at once, a
+ * breaker open) come tens of thousands per second, and each error is kept: a
+ * retry that may spin for long wants a `schedule` (a balancer's `NoEndpoints`
+ * is one value, shared, so spinning on an empty set keeps references only). `final` is the
  * error that ended the call: the last attempt's (or the callback's replacement
  * for it), or a `TimeoutException` when `timedOut` is true. Its message says
  * how the call ended, after how many attempts, and gives the final error's
@@ -194,18 +197,20 @@ const pickExitOf = <Req, Res, E, BE>(
  */
 class Attempts<E> {
   started = 1
-  private readonly failures: Array<E> = []
+  // made on the first failure: a call with a timeout whose first attempt suspends makes an
+  // Attempts for its timeout to read, and most such calls succeed
+  private failures: Array<E> | undefined = undefined
 
   get failed(): number {
-    return this.failures.length
+    return this.failures === undefined ? 0 : this.failures.length
   }
 
   fail(error: E): number {
-    return this.failures.push(error)
+    return (this.failures ??= []).push(error)
   }
 
   errors(): Array<E> {
-    return this.failures.slice()
+    return this.failures === undefined ? [] : this.failures.slice()
   }
 }
 
@@ -226,58 +231,63 @@ const inNextTurn: (f: () => void) => void =
 const attemptsPerTurn = 16
 
 /**
- * Gives the event loop a turn between attempts that do not: one `setImmediate`
- * armed at a time says when the loop had one; before an attempt, when the
- * previous `attemptsPerTurn` ran without, it waits for it. Attempts that do I/O
- * or wait on a timer (a backoff schedule) let it fire meanwhile and never wait.
- * Made on a call's first failure: successful calls never pay.
+ * The event loop's turns, process-wide: how many attempts ran since its last
+ * turn, over every retrying call, with one `setImmediate` armed at a time to
+ * say when it had one. Before an attempt, when `attemptsPerTurn` ran without,
+ * the attempt waits for the next turn, in order, `attemptsPerTurn` of them per
+ * turn: N calls spinning at once (every request of a server whose upstream has
+ * no instance yet) still let timers and I/O in every `attemptsPerTurn`
+ * attempts, not every N × `attemptsPerTurn`. Attempts that do I/O or wait on
+ * a timer (a backoff schedule) let the turn come meanwhile and never wait.
+ * Only failed calls get here: successful ones never pay.
  */
-class LoopTurns {
-  private turned = false
-  private inARow = 0
-  private waiting: ((effect: Effect.Effect<void>) => void) | undefined = undefined
-
-  private readonly onTurn = (): void => {
-    const waiting = this.waiting
-    if (waiting === undefined) {
-      this.turned = true
-      return
-    }
-    this.waiting = undefined
-    this.arm()
-    // the attempt that waited
-    this.inARow = 1
-    waiting(Effect.void)
-  }
-
-  /** Waits for the armed turn (interrupted: drops the wait; the turn, when it comes, only sets `turned`). */
-  readonly nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
-    this.waiting = resume
-    return Effect.sync(() => {
-      this.waiting = undefined
-    })
-  })
-
-  constructor() {
-    this.arm()
-  }
-
-  private arm(): void {
-    this.turned = false
-    this.inARow = 0
-    inNextTurn(this.onTurn)
-  }
-
-  /** Before an attempt: whether it must wait for {@link nextTurn}. */
-  mustWait(): boolean {
-    if (this.turned) this.arm()
-    if (this.inARow < attemptsPerTurn) {
-      this.inARow++
-      return false
-    }
-    return true
-  }
+const loopTurns = {
+  armed: false,
+  inARow: 0,
+  waiting: new Set<() => void>()
 }
+
+const onLoopTurn = (): void => {
+  loopTurns.armed = false
+  loopTurns.inARow = 0
+  if (loopTurns.waiting.size === 0) return
+  const next: Array<() => void> = []
+  for (const resume of loopTurns.waiting) {
+    next.push(resume)
+    if (next.length === attemptsPerTurn) break
+  }
+  for (const resume of next) loopTurns.waiting.delete(resume)
+  // the attempts resumed now are the first of the next turn
+  loopTurns.inARow = next.length
+  armLoopTurn()
+  for (const resume of next) resume()
+}
+
+const armLoopTurn = (): void => {
+  if (loopTurns.armed) return
+  loopTurns.armed = true
+  inNextTurn(onLoopTurn)
+}
+
+/** Before an attempt after a failure: whether it must wait for {@link nextLoopTurn}. */
+const mustWaitForTurn = (): boolean => {
+  armLoopTurn()
+  if (loopTurns.inARow < attemptsPerTurn && loopTurns.waiting.size === 0) {
+    loopTurns.inARow++
+    return false
+  }
+  return true
+}
+
+/** Waits for the event loop's next turn, behind the attempts already waiting (interrupted: leaves the line). */
+const nextLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const resumeThis = () => resume(Effect.void)
+  loopTurns.waiting.add(resumeThis)
+  armLoopTurn()
+  return Effect.sync(() => {
+    loopTurns.waiting.delete(resumeThis)
+  })
+})
 
 const make = <Req, Res, E, BE, E2>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
@@ -294,13 +304,17 @@ const make = <Req, Res, E, BE, E2>(
   // the fields are typed by construction: `errors` holds attempt errors, `final` one of
   // them, a callback replacement or a TimeoutException
   const failure = (attempts: Attempts<E | BE>, final: unknown, timedOut: boolean) =>
-    new RetryError({
-      errors: attempts.errors(),
-      final,
-      timedOut,
-      attempts: attempts.started,
-      inFlight: attempts.started > attempts.failed
-    }) as Failure<E | BE, E2>
+    new RetryError(
+      {
+        errors: attempts.errors(),
+        final,
+        timedOut,
+        attempts: attempts.started,
+        inFlight: attempts.started > attempts.failed
+      },
+      // typed by construction; validating checks every error (183 ms for a million: late timeouts)
+      true
+    ) as Failure<E | BE, E2>
 
   // After the first attempt failed, `Effect.retry` drives the next ones. Its first run
   // replays that failure, so the schedule (if any) waits before the second attempt as
@@ -328,11 +342,10 @@ const make = <Req, Res, E, BE, E2>(
       }),
       judge
     )
-    const turns = new LoopTurns()
-    const afterTurn = Effect.zipRight(turns.nextTurn, attempt)
+    const afterTurn = Effect.zipRight(nextLoopTurn, attempt)
     let replayed = false
     const next = Effect.suspend(() => {
-      if (replayed) return turns.mustWait() ? afterTurn : attempt
+      if (replayed) return mustWaitForTurn() ? afterTurn : attempt
       replayed = true
       return Effect.fail(first)
     })
