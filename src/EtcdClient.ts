@@ -278,9 +278,14 @@ const optionalDuration = (name: string): Config.Config<Duration.Duration | undef
     Config.mapOrFail(Config.option(Config.string()), (value) =>
       value._tag === "None" || unset(value.value)
         ? Either.right(undefined)
-        : Either.fromOption(Duration.decodeUnknown(value.value), () =>
-            ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(value.value)}`)
-          )
+        : // a negative one decodes to zero: said here, with the variable's name and what it was set to
+          value.value.trim().startsWith("-")
+          ? Either.left(
+              ConfigError.InvalidData([], `Expected a positive duration but received ${JSON.stringify(value.value)}`)
+            )
+          : Either.fromOption(Duration.decodeUnknown(value.value), () =>
+              ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(value.value)}`)
+            )
     ),
     name
   )

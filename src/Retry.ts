@@ -20,7 +20,7 @@ import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
 import { timeoutFailIn } from "./internal/timeout.js"
-import { given, isNaNInput, withinTimerLimit } from "./internal/timerLimit.js"
+import { decodeDuration, withinTimerLimit } from "./internal/timerLimit.js"
 
 /**
  * What an error says, for a message: its message, or when it has none (a
@@ -159,20 +159,12 @@ interface Verdict<E> {
 const decodeTimeout = (
   input: Duration.DurationInput
 ): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> =>
-  Effect.suspend(() => {
-    const decoded = Duration.decodeUnknown(input)
-    if (Option.isNone(decoded) || isNaNInput(input)) {
-      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `not a duration: ${given(input)}` }))
-    }
-    const millis = Duration.toMillis(decoded.value)
-    if (!(millis > 0)) {
-      return Effect.fail(new InvalidOptions({ option: "timeout", reason: `must be positive, got ${given(input)}` }))
-    }
-    if (!Duration.isFinite(decoded.value)) return Effect.succeed(Option.none())
+  decodeDuration("timeout", input, { positive: true, infinite: "allow" }).pipe(
     // a timer never fires after a longer wait (Node.js fires it at once, Effect's clock never):
     // such a timeout would silently be none
-    return Effect.map(withinTimerLimit("timeout", input, decoded.value), Option.some)
-  })
+    Effect.flatMap((decoded) => withinTimerLimit("timeout", input, decoded)),
+    Effect.map((d) => (Duration.isFinite(d) ? Option.some(d) : Option.none()))
+  )
 
 /**
  * The synchronous pick of a balancer made by `Balancer.roundRobin` over our own

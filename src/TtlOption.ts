@@ -7,7 +7,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import { InvalidOptions } from "./EtcdError.js"
-import { given, maxTimer, withinTimerLimit } from "./internal/timerLimit.js"
+import { decodeDuration, given, maxTimer, withinTimerLimit } from "./internal/timerLimit.js"
 
 /**
  * A validated TTL option. Build it with {@link make}; `ttlSeconds` is the
@@ -70,20 +70,7 @@ export const maxTtl: Duration.Duration = Duration.seconds(9_000_000_000)
 export const defaults = { heartbeat: Duration.seconds(3), ttl: Duration.seconds(10) } as const
 
 const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Duration.Duration, InvalidOptions> =>
-  Effect.suspend(() => {
-    const decoded = Duration.decodeUnknown(input)
-    if (decoded._tag === "None") {
-      return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
-    }
-    const d = decoded.value
-    if (!Duration.isFinite(d)) {
-      return Effect.fail(new InvalidOptions({ option, reason: "must be finite" }))
-    }
-    if (Duration.toMillis(d) <= 0 || Number.isNaN(Duration.toMillis(d))) {
-      return Effect.fail(new InvalidOptions({ option, reason: `must be positive, got ${given(input)}` }))
-    }
-    return Effect.succeed(d)
-  })
+  decodeDuration(option, input, { positive: true, infinite: "reject" })
 
 /**
  * Validates a TTL option. Rules: the heartbeat is at least 500 ms

@@ -361,6 +361,16 @@ describe("EtcdClient over TLS, against an etcd that serves plain http", () => {
           )
         )
         expect(String(bad)).toContain('Invalid data at ETCD_DIAL_TIMEOUT: "Expected a duration but received "3s""')
+        // a negative one (Duration decodes it to zero) is said with the variable and what it was set to
+        const negative = yield* Effect.flip(
+          Effect.withConfigProvider(
+            EtcdClient.config,
+            ConfigProvider.fromMap(new Map([...Object.entries(variables), ["ETCD_REQUEST_TIMEOUT", "-1 seconds"]]))
+          )
+        )
+        expect(String(negative)).toContain(
+          'Invalid data at ETCD_REQUEST_TIMEOUT: "Expected a positive duration but received "-1 seconds""'
+        )
       })
     )
   })

@@ -1010,7 +1010,7 @@ describe("Subscriber (in-memory etcd)", () => {
           "invalid option invalidateOnError: not a duration: [NaN, 0]"
         )
         expect(yield* message({ factoryTimeout: Number.NaN })).toBe(
-          "invalid option factoryTimeout: must be positive, got NaN"
+          "invalid option factoryTimeout: not a duration: NaN"
         )
         // Effect's clock never fires a sleep longer than 2^31 - 1 ms: such a timeout would mean never
         const limit = "must be at most 24d 20h 31m 23s 647ms (a timer's limit)"

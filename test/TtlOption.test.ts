@@ -14,7 +14,7 @@ describe("TtlOption.make", () => {
         [{ heartbeat: "-5 seconds" }, "invalid option heartbeat: must be positive, got -5 seconds"],
         [{ ttl: "-5 seconds" }, "invalid option ttl: must be positive, got -5 seconds"],
         [{ ttl: -5 }, "invalid option ttl: must be positive, got -5"],
-        [{ ttl: Number.NaN }, "invalid option ttl: must be positive, got NaN"],
+        [{ ttl: Number.NaN }, "invalid option ttl: not a duration: NaN"],
         [{ ttl: [-5, 0] }, "invalid option ttl: must be positive, got [-5, 0]"],
         [{ ttl: Duration.zero }, "invalid option ttl: must be positive, got 0"]
       ] as const

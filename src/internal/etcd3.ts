@@ -25,7 +25,7 @@ import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdCl
 import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { GrantedAndPut, RawWatchEvent, WatchSink } from "./client.js"
 import { fromPrimitives, isTransient } from "./client.js"
-import { withinTimerLimit } from "./timerLimit.js"
+import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
 
 const defaultTimeout = Duration.seconds(3)
 /** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
@@ -38,15 +38,9 @@ const duration = (
   input: Duration.DurationInput | undefined
 ): Effect.Effect<Duration.Duration, InvalidOptions> => {
   if (input === undefined) return Effect.succeed(defaultTimeout)
-  const decoded = Duration.decodeUnknown(input)
-  if (Option.isNone(decoded)) {
-    return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
-  }
-  const millis = Duration.toMillis(decoded.value)
-  if (!(millis > 0) || !Duration.isFinite(decoded.value)) {
-    return Effect.fail(new InvalidOptions({ option, reason: `must be positive and finite, got ${String(input)}` }))
-  }
-  return withinTimerLimit(option, input, decoded.value)
+  return Effect.flatMap(decodeDuration(option, input, { positive: true, infinite: "reject" }), (decoded) =>
+    withinTimerLimit(option, input, decoded)
+  )
 }
 
 /**

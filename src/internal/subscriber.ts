@@ -44,7 +44,7 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
 import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
-import { given, isNaNInput, withinTimerLimit } from "./timerLimit.js"
+import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
 
 /** @internal */
 export const TypeId: unique symbol = Symbol.for("effect-sd-etcd/Subscriber")
@@ -85,32 +85,9 @@ const durationOption = (
   positive: boolean
 ): Effect.Effect<Option.Option<Duration.Duration>, InvalidOptions> => {
   if (input === undefined) return Effect.succeed(Option.none())
-  const reason = positive ? "must be positive" : "must not be negative"
-  // Duration turns negative inputs (-5, "-5 seconds", [-5, 0]) into zero: reject them before decoding
-  if ((typeof input === "number" || typeof input === "bigint") && (positive ? input <= 0 : input < 0)) {
-    return Effect.fail(new InvalidOptions({ option, reason }))
-  }
-  const negative =
-    (typeof input === "string" && input.trim().startsWith("-")) ||
-    (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
-  if (negative) return Effect.fail(new InvalidOptions({ option, reason: `${reason}, got ${String(input)}` }))
-  // and NaN inputs (NaN, [NaN, 0]) too; as TtlOption says, a positive option "must be positive, got NaN"
-  if (isNaNInput(input)) {
-    return Effect.fail(
-      new InvalidOptions({
-        option,
-        reason: positive ? `${reason}, got ${given(input)}` : `not a duration: ${given(input)}`
-      })
-    )
-  }
-  const decoded = Duration.decodeUnknown(input)
-  if (Option.isNone(decoded)) {
-    return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${String(input)}` }))
-  }
-  const millis = Duration.toMillis(decoded.value)
-  if (positive ? millis <= 0 : millis < 0) return Effect.fail(new InvalidOptions({ option, reason }))
-  return Effect.map(withinTimerLimit(option, input, decoded.value), (d) =>
-    Duration.isFinite(d) ? Option.some(d) : Option.none()
+  return decodeDuration(option, input, { positive, infinite: "allow" }).pipe(
+    Effect.flatMap((decoded) => withinTimerLimit(option, input, decoded)),
+    Effect.map((d) => (Duration.isFinite(d) ? Option.some(d) : Option.none()))
   )
 }
 

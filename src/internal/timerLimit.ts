@@ -6,6 +6,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { InvalidOptions } from "../EtcdError.js"
 
 /**
@@ -51,3 +52,39 @@ export const withinTimerLimit = (
         })
       )
     : Effect.succeed(duration)
+
+/** Whether a duration input is negative as given (`Duration` decodes -5, "-5 seconds", [-5, 0] to zero). */
+const isNegativeInput = (input: Duration.DurationInput): boolean =>
+  ((typeof input === "number" || typeof input === "bigint") && input < 0) ||
+  (typeof input === "string" && input.trim().startsWith("-")) ||
+  (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
+
+/**
+ * Decodes a duration option, with the same messages for the same input in
+ * every option: "not a duration: NaN", "must be positive, got -5" (or "must
+ * not be negative, got -5" where zero is allowed), "must be finite, got
+ * Infinity" where an infinite duration is not allowed (`infinite: "reject"`;
+ * with `"allow"` it passes, for the options that take it to mean "never").
+ * The timer's limit is checked apart ({@link withinTimerLimit}): not every
+ * duration is a timer's.
+ */
+export const decodeDuration = (
+  option: string,
+  input: Duration.DurationInput,
+  rules: { readonly positive: boolean; readonly infinite: "reject" | "allow" }
+): Effect.Effect<Duration.Duration, InvalidOptions> =>
+  Effect.suspend(() => {
+    const decoded = Duration.decodeUnknown(input)
+    if (Option.isNone(decoded) || isNaNInput(input)) {
+      return Effect.fail(new InvalidOptions({ option, reason: `not a duration: ${given(input)}` }))
+    }
+    const millis = Duration.toMillis(decoded.value)
+    if (isNegativeInput(input) || (rules.positive ? !(millis > 0) : millis < 0)) {
+      const rule = rules.positive ? "must be positive" : "must not be negative"
+      return Effect.fail(new InvalidOptions({ option, reason: `${rule}, got ${given(input)}` }))
+    }
+    if (rules.infinite === "reject" && !Duration.isFinite(decoded.value)) {
+      return Effect.fail(new InvalidOptions({ option, reason: `must be finite, got ${given(input)}` }))
+    }
+    return Effect.succeed(decoded.value)
+  })

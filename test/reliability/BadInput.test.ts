@@ -432,9 +432,36 @@ describe("Reliability: bad input", () => {
           const negative = yield* Effect.flip(
             Effect.scoped(EtcdClient.make({ endpoints: server.clientUrls, dialTimeout: "-5 seconds" }))
           )
-          expect(negative.message).toBe("invalid option dialTimeout: must be positive and finite, got -5 seconds")
+          expect(negative.message).toBe("invalid option dialTimeout: must be positive, got -5 seconds")
           const negativeTtl = yield* Effect.flip(TtlOption.make({ heartbeat: "1 second", ttl: "-5 seconds" }))
           expect(negativeTtl.message).toBe("invalid option ttl: must be positive, got -5 seconds")
+          // the same bad input reads the same in every option
+          for (const [input, reason] of [
+            [Number.NaN, "not a duration: NaN"],
+            [-5, "must be positive, got -5"],
+            [[-5, 0], "must be positive, got [-5, 0]"]
+          ] as const) {
+            const reasons = [
+              yield* Effect.flip(Effect.scoped(EtcdClient.make({ endpoints: server.clientUrls, dialTimeout: input }))),
+              yield* Effect.flip(TtlOption.make({ heartbeat: input, ttl: "100 days" })),
+              yield* Effect.flip(
+                Retry.retry(Balancer.roundRobin(Effect.succeed([(_: void) => Effect.succeed("ok")])), {
+                  max: 1,
+                  timeout: input
+                })
+              ),
+              yield* Effect.flip(
+                Effect.scoped(
+                  Subscriber.make({
+                    prefix: `/reliability-${run}/same/`,
+                    factory: echoFactory,
+                    factoryTimeout: input
+                  }).pipe(Effect.provide(EtcdClient.layerMemory))
+                )
+              )
+            ].map((error) => (error._tag === "InvalidOptions" ? error.reason : error._tag))
+            expect(reasons).toEqual([reason, reason, reason, reason])
+          }
           const client = yield* connect
           for (const value of [-1, -1000]) {
             const error = yield* Effect.flip(
