@@ -918,6 +918,133 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a failed registration without TTL whose cleanup delete fails once: after the TTL registration closes, the key is gone",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let lossy = false
+        let failDeletes = 0
+        const flaky: EtcdClient = {
+          ...client,
+          put: (key, value, options) =>
+            lossy
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+              : client.put(key, value, options),
+          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
+        }
+        const ttl = yield* standard
+        const svc = { key: "/svc/mixA/k", value: "http://k", ttl }
+        const scopeA = yield* Scope.make()
+        const a = yield* Registrar.make(svc).pipe(Effect.provideService(EtcdClient, flaky), Scope.extend(scopeA))
+        yield* TestClock.adjust("1 second")
+        lossy = true
+        failDeletes = 1
+        const b = yield* Effect.exit(
+          Registrar.make({ key: svc.key, value: svc.value }).pipe(Effect.provideService(EtcdClient, flaky))
+        )
+        lossy = false
+        expect(Exit.isFailure(b)).toBe(true)
+        yield* TestClock.adjust("30 seconds")
+        expect((yield* Registrar.state(a))._tag).toBe("Registered")
+        // the failed put moved the key off a's lease: it is a plain key now
+        yield* Scope.close(scopeA, Exit.void)
+        yield* TestClock.adjust("30 seconds")
+        expect(yield* stored(svc.key)).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped(
+    "a failed registration on another TTL option's lease whose cleanup delete fails once: after the holder closes, the key is gone",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        let lossy = false
+        let failDeletes = 0
+        const flaky: EtcdClient = {
+          ...client,
+          put: (key, value, options) =>
+            lossy && key === "/svc/x2/k"
+              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+              : client.put(key, value, options),
+          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
+        }
+        const ttl = yield* standard
+        const other = yield* TtlOption.make({ heartbeat: "2 seconds", ttl: "6 seconds" })
+        const scopeA = yield* Scope.make()
+        yield* Registrar.make({ key: "/svc/x2/k", value: "http://k", ttl }).pipe(
+          Effect.provideService(EtcdClient, flaky),
+          Scope.extend(scopeA)
+        )
+        yield* Registrar.make({ key: "/svc/x2/c", value: "http://c", ttl: other }).pipe(
+          Effect.provideService(EtcdClient, flaky)
+        )
+        yield* TestClock.adjust("1 second")
+        lossy = true
+        failDeletes = 1
+        const b = yield* Effect.exit(
+          Registrar.make({ key: "/svc/x2/k", value: "http://k", ttl: other }).pipe(
+            Effect.provideService(EtcdClient, flaky)
+          )
+        )
+        lossy = false
+        expect(Exit.isFailure(b)).toBe(true)
+        yield* TestClock.adjust("30 seconds")
+        yield* Scope.close(scopeA, Exit.void)
+        yield* TestClock.adjust("30 seconds")
+        expect(yield* stored("/svc/x2/k")).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a join whose early grant waited for the lock longer than the TTL does not fail with LeaseNotFound", () =>
+    Effect.gen(function* () {
+      const etcd = yield* MemoryEtcd
+      const client = yield* EtcdClient
+      let failGrants = false
+      let allowGrants = 0
+      let hangDeletes = false
+      const flaky: EtcdClient = {
+        ...client,
+        grant: (t) =>
+          Effect.suspend(() =>
+            failGrants && allowGrants-- <= 0 ? injected("grant", "PermissionDenied") : client.grant(t)
+          ),
+        delete: (key) =>
+          hangDeletes ? Effect.zipRight(Effect.sleep("10 seconds"), injected("delete", "Timeout")) : client.delete(key)
+      }
+      const ttl = yield* standard
+      const use = Effect.provideService(EtcdClient, flaky)
+      const a = yield* use(Registrar.make({ key: "/svc/old/a", value: "a", ttl }))
+      const scopeC = yield* Scope.make()
+      yield* use(Registrar.make({ key: "/svc/old/c", value: "c", ttl })).pipe(Scope.extend(scopeC))
+      const first = (yield* leaseOf(a))!
+      // the lease is lost; the healer's grants are refused for now
+      failGrants = true
+      yield* etcd.loseLease(first)
+      yield* advanceUntil(
+        Effect.map(Registrar.state(a), (s) => s._tag === "Retrying"),
+        "100 millis",
+        "3 seconds"
+      )
+      // c closes: its delete waits out a call timeout (10 s) under the group's lock
+      hangDeletes = true
+      const closing = yield* Effect.fork(Scope.close(scopeC, Exit.void))
+      for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
+      // b joins: its early grant is answered at once, then it waits for the lock
+      allowGrants = 1
+      const b = yield* Effect.fork(Effect.exit(use(Registrar.make({ key: "/svc/old/b", value: "b", ttl }))))
+      for (let i = 0; i < 50; i++) yield* Effect.yieldNow()
+      expect(allowGrants).toBeLessThanOrEqual(0)
+      failGrants = false
+      hangDeletes = false
+      yield* TestClock.adjust("11 seconds")
+      yield* Fiber.join(closing)
+      const joined = yield* Fiber.join(b)
+      // etcd answered every request of b's: it should be registered
+      expect(Exit.isSuccess(joined)).toBe(true)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

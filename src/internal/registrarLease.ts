@@ -426,8 +426,9 @@ const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
     const failed = yield* group.lock.exclusive(
       Effect.gen(function* () {
         if (Either.isRight(granted) && !needed()) {
-          // someone else holds a lease by now, or nobody is left: this one is not needed
-          yield* Effect.ignore(group.client.revoke(granted.right))
+          // someone else holds a lease by now, or nobody is left: this one is not needed (revoked
+          // in the background: under the lock, leaves would wait on etcd behind it)
+          yield* Effect.forkDaemon(Effect.ignore(group.client.revoke(granted.right)))
         }
         const result = Either.isLeft(granted)
           ? granted
@@ -760,13 +761,21 @@ const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Eff
             if (result.left.reason !== "LeaseNotFound") return yield* result.left
             yield* leaseLost(group, lease.id, result.left)
           }
-          // the member is added by `install`, with the lease
-          if (granted !== undefined && group.members.size > 0) {
+          // the member is added by `install`, with the lease. The early lease only while it has more
+          // than a heartbeat left (the lock may have been held long: a leave waiting on etcd)
+          const now = yield* Clock.currentTimeMillis
+          const fresh =
+            granted !== undefined && now - granted.grantedAt < ttl.ttlSeconds * 1000 - Duration.toMillis(ttl.heartbeat)
+          if (granted !== undefined && fresh && group.members.size > 0) {
             used = true
-            yield* putAllOn(group, ttl, granted.lease, granted.sentAt, granted.grantedAt, member)
-          } else {
-            yield* grantAndPutAll(group, ttl, member)
+            const put = yield* Effect.either(
+              putAllOn(group, ttl, granted.lease, granted.sentAt, granted.grantedAt, member)
+            )
+            if (Either.isRight(put)) return true
+            // expired meanwhile all the same: granted again, under the lock
+            if (put.left.reason !== "LeaseNotFound") return yield* put.left
           }
+          yield* grantAndPutAll(group, ttl, member)
           return true
         }).pipe(
           Effect.onExit((exit) =>
@@ -958,8 +967,18 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
     // checked under the lock, sent outside it: a request to an etcd that does not answer would hold
     // up every join, heal and leave of the group (a registration of the key that joins in between
     // has its key put back by its watch)
-    const skip = yield* group.lock.exclusive(Effect.sync(() => group.closed || heldByClient(group.client, key, value)))
-    if (skip) return
+    const holder = yield* group.lock.exclusive(
+      Effect.sync(() => (group.closed ? ("closed" as const) : holderOf(group, key, value)))
+    )
+    if (holder === "closed" || holder === group) return
+    if (holder !== undefined) {
+      // held with the same value on another TTL option (or none): theirs if it is on their lease,
+      // else where this group's put moved it, kept alive by nobody who holds it: deleted, and the
+      // holder's watch puts it back on its own lease
+      const current = yield* ask(group, "get", group.client.get(key))
+      if (Option.isNone(current)) return
+      if (current.value.value === value && current.value.lease === holder.lease?.id) return
+    }
     yield* ask(group, "delete", group.client.delete(key))
   }).pipe(
     // an error that etcd answered (permission denied) will not go away by asking again: said once, loudly
@@ -975,12 +994,17 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
   return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
 }
 
-/** Whether a registration of this client (any TTL option) holds `key` (with `value`, if given). */
-const heldByClient = (client: EtcdClient, key: string, value?: string): boolean => {
-  for (const group of registryOf(client).values()) {
-    for (const member of group.members) {
-      if (member.entry.key === key && (value === undefined || member.entry.value === value)) return true
-    }
+/**
+ * The group of a registration of this client that holds `key` with `value`:
+ * `group` itself when one of its members does, else another TTL option's (or
+ * the no-TTL one's); `undefined` when none does.
+ */
+const holderOf = (group: Group, key: string, value: string): Group | undefined => {
+  const holds = (g: Group) => {
+    for (const member of g.members) if (member.entry.key === key && member.entry.value === value) return true
+    return false
   }
-  return false
+  if (holds(group)) return group
+  for (const g of registryOf(group.client).values()) if (g !== group && holds(g)) return g
+  return undefined
 }
