@@ -207,8 +207,9 @@ class Attempts<E> {
 }
 
 /** Runs `f` in a later turn of the event loop (after timers and I/O): Node's `setImmediate`, else a timer. */
+const realSetImmediate = globalThis.setImmediate
 const inNextTurn: (f: () => void) => void =
-  typeof globalThis.setImmediate === "function" ? (f) => void setImmediate(f) : (f) => void setTimeout(f, 0)
+  typeof realSetImmediate === "function" ? (f) => void realSetImmediate(f) : (f) => void setTimeout(f, 0)
 
 /**
  * How many attempts in a row may run without the event loop having had a turn:
@@ -236,10 +237,12 @@ const attemptsPerTurn = 16
 const loopTurns = {
   armed: false,
   inARow: 0,
+  epoch: 0,
   waiting: new Set<() => void>()
 }
 
 const onLoopTurn = (): void => {
+  loopTurns.epoch++
   loopTurns.armed = false
   loopTurns.inARow = 0
   if (loopTurns.waiting.size === 0) return
@@ -262,8 +265,10 @@ const armLoopTurn = (): void => {
 }
 
 /** Before an attempt after a failure: whether it must wait for {@link nextLoopTurn}. */
-const mustWaitForTurn = (): boolean => {
+const mustWaitForTurn = (since: number): boolean => {
   armLoopTurn()
+  // the previous attempt of this call spanned a turn (I/O, a timer): it let the loop in, no wait
+  if (since !== loopTurns.epoch) return false
   if (loopTurns.inARow < attemptsPerTurn && loopTurns.waiting.size === 0) {
     loopTurns.inARow++
     return false
@@ -334,10 +339,15 @@ const make = <Req, Res, E, BE, E2>(
       }),
       judge
     )
-    const afterTurn = Effect.zipRight(nextLoopTurn, attempt)
+    let since = -1
+    const stamped = Effect.suspend(() => {
+      since = loopTurns.epoch
+      return attempt
+    })
+    const afterTurn = Effect.zipRight(nextLoopTurn, stamped)
     let replayed = false
     const next = Effect.suspend(() => {
-      if (replayed) return mustWaitForTurn() ? afterTurn : attempt
+      if (replayed) return mustWaitForTurn(since) ? afterTurn : stamped
       replayed = true
       return Effect.fail(first)
     })

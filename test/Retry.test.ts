@@ -1,9 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
+import { vi } from "vitest"
 import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
@@ -462,6 +464,57 @@ describe("RetryError.message", () => {
 
 describe("Retry whose attempts fail at once (no endpoint yet), without a backoff", () => {
   const empty = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+
+  it.live("a call with a 1 ms backoff does not wait in line behind 300 calls spinning at once", () =>
+    Effect.gen(function* () {
+      const refusing = Balancer.roundRobin(
+        Effect.succeed<ReadonlyArray<Endpoint<string, string, string>>>([() => Effect.fail("no")])
+      )
+      const spinning = yield* Deferred.make<void>()
+      const spin = yield* Retry.retryWithCallback(empty, {
+        timeout: "2 seconds",
+        callback: () => {
+          Deferred.unsafeDone(spinning, Exit.void)
+          return { keepTrying: true }
+        }
+      })
+      const spaced = yield* Retry.retry(refusing, {
+        max: 20,
+        timeout: "10 seconds",
+        schedule: Schedule.spaced("1 millis")
+      })
+      const [alone] = yield* Effect.timed(Effect.flip(spaced("alone")))
+      const spinners = yield* Effect.fork(
+        Effect.forEach(Array.from({ length: 300 }), () => Effect.exit(spin("x")), {
+          concurrency: "unbounded",
+          discard: true
+        })
+      )
+      yield* Deferred.await(spinning)
+      const [beside] = yield* Effect.timed(Effect.flip(spaced("beside the spinners")))
+      yield* Fiber.interrupt(spinners)
+      // 19 waits of 1 ms: tens of ms alone; in line behind the spinners (16 attempts a turn), ~500 ms
+      expect(Duration.toMillis(beside)).toBeLessThan(Math.max(150, 3 * Duration.toMillis(alone)))
+    })
+  )
+
+  it.live("after a test with fake timers, a retry whose attempts fail at once still completes", () =>
+    Effect.gen(function* () {
+      const call = yield* Retry.retry(empty, { max: 40, timeout: "1 hour" })
+      // a turn armed by an earlier test has fired
+      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve))))
+      vi.useFakeTimers()
+      const stuck = Effect.runFork(call("under fake timers"))
+      yield* Effect.promise(async () => {
+        for (let i = 0; i < 200; i++) await Promise.resolve()
+      })
+      yield* Fiber.interrupt(stuck)
+      vi.useRealTimers()
+      // real timers again: a call of 40 attempts (a few turns of the loop) ends
+      const after = yield* Effect.timeoutOption(Effect.flip(call("after")), "2 seconds")
+      expect(Option.isSome(after)).toBe(true)
+    })
+  )
 
   it.live(
     "300 calls spinning at once: timers still run every few attempts, and the timeouts end near the deadline",

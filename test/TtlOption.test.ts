@@ -26,6 +26,16 @@ describe("TtlOption.make", () => {
     })
   )
 
+  it.effect("a [seconds, nanos] pair is judged by its total, and nanoseconds given as a bigint say so", () =>
+    Effect.gen(function* () {
+      // 999,999,999 ns: positive, though one part is negative
+      const pair = yield* TtlOption.make({ heartbeat: [1, -1] })
+      expect(Duration.toNanos(pair.heartbeat)).toEqual(Option.some(999_999_999n))
+      const error = yield* Effect.flip(TtlOption.make({ heartbeat: 5n }))
+      expect(error.message).toBe("invalid option heartbeat: must be at least 500ms, got 5 nanos")
+    })
+  )
+
   it.effect("a TTL over etcd's largest lease TTL (9,000,000,000 s) is InvalidOptions naming the limit", () =>
     Effect.gen(function* () {
       for (const ttl of [Duration.seconds(2 ** 40), Duration.sum(TtlOption.maxTtl, Duration.millis(1))]) {

@@ -27,7 +27,9 @@ export const given = (input: Duration.DurationInput): string =>
     ? Duration.format(input)
     : Array.isArray(input)
       ? `[${input.map(String).join(", ")}]`
-      : String(input)
+      : typeof input === "bigint"
+        ? `${input} nanos`
+        : String(input)
 
 /** Whether a duration input is NaN, or a `[seconds, nanos]` pair with one: `Duration` decodes them to zero. */
 export const isNaNInput = (input: Duration.DurationInput): boolean =>
@@ -53,11 +55,25 @@ export const withinTimerLimit = (
       )
     : Effect.succeed(duration)
 
-/** Whether a duration input is negative as given (`Duration` decodes -5, "-5 seconds", [-5, 0] to zero). */
-const isNegativeInput = (input: Duration.DurationInput): boolean =>
-  ((typeof input === "number" || typeof input === "bigint") && input < 0) ||
-  (typeof input === "string" && input.trim().startsWith("-")) ||
-  (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && part < 0))
+/**
+ * Whether a duration input is negative as given (`Duration` decodes -5,
+ * "-5 seconds", [-5, 0] to zero): a pair by its total (`[1, -1]` is 999,999,999
+ * ns), a string by what follows its minus sign ("-0 seconds" is zero).
+ */
+const isNegativeInput = (input: Duration.DurationInput): boolean => {
+  if (typeof input === "number" || typeof input === "bigint") return input < 0
+  if (typeof input === "string") {
+    const text = input.trim()
+    if (!text.startsWith("-")) return false
+    const magnitude = Duration.decodeUnknown(text.slice(1))
+    return Option.isNone(magnitude) || Duration.toMillis(magnitude.value) > 0
+  }
+  if (Array.isArray(input) && input.length === 2) {
+    const [seconds, nanos] = input as ReadonlyArray<unknown>
+    if (typeof seconds === "number" && typeof nanos === "number") return seconds * 1e9 + nanos < 0
+  }
+  return false
+}
 
 /**
  * Decodes a duration option, with the same messages for the same input in
