@@ -278,14 +278,22 @@ const optionalDuration = (name: string): Config.Config<Duration.Duration | undef
     Config.mapOrFail(Config.option(Config.string()), (value) =>
       value._tag === "None" || unset(value.value)
         ? Either.right(undefined)
-        : // a negative one decodes to zero: said here, with the variable's name and what it was set to
-          value.value.trim().startsWith("-")
-          ? Either.left(
-              ConfigError.InvalidData([], `Expected a positive duration but received ${JSON.stringify(value.value)}`)
-            )
-          : Either.fromOption(Duration.decodeUnknown(value.value), () =>
+        : Either.flatMap(
+            Either.fromOption(Duration.decodeUnknown(value.value), () =>
               ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(value.value)}`)
-            )
+            ),
+            // zero, or a negative one (decoded to zero): said here, with the variable's name and what
+            // it was set to (the client's check would name its option and the decoded zero)
+            (duration) =>
+              value.value.trim().startsWith("-") || !(Duration.toMillis(duration) > 0)
+                ? Either.left(
+                    ConfigError.InvalidData(
+                      [],
+                      `Expected a positive duration but received ${JSON.stringify(value.value)}`
+                    )
+                  )
+                : Either.right(duration)
+          )
     ),
     name
   )

@@ -371,6 +371,15 @@ describe("EtcdClient over TLS, against an etcd that serves plain http", () => {
         expect(String(negative)).toContain(
           'Invalid data at ETCD_REQUEST_TIMEOUT: "Expected a positive duration but received "-1 seconds""'
         )
+        const zero = yield* Effect.flip(
+          Effect.withConfigProvider(
+            EtcdClient.config,
+            ConfigProvider.fromMap(new Map([...Object.entries(variables), ["ETCD_DIAL_TIMEOUT", "0 seconds"]]))
+          )
+        )
+        expect(String(zero)).toContain(
+          'Invalid data at ETCD_DIAL_TIMEOUT: "Expected a positive duration but received "0 seconds""'
+        )
       })
     )
   })
