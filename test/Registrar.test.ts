@@ -102,6 +102,33 @@ const injected = (operation: string, reason: EtcdError["reason"]) =>
   Effect.fail(new EtcdError({ operation, reason, detail: "injected" }))
 
 /**
+ * `client`, whose puts (of `only`, if given) land but answer with a timeout
+ * while `lose(true)` (an answer lost), and whose next `n` deletes fail after
+ * `failDeletes(n)` (etcd still unreachable).
+ */
+const lossyClient = (client: EtcdClient, only?: string) => {
+  let lossy = false
+  let failing = 0
+  const lossyOne: EtcdClient = {
+    ...client,
+    put: (key, value, options) =>
+      lossy && (only === undefined || key === only)
+        ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
+        : client.put(key, value, options),
+    delete: (key) => (failing-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
+  }
+  return {
+    client: lossyOne,
+    lose: (on: boolean) => {
+      lossy = on
+    },
+    failDeletes: (n: number) => {
+      failing = n
+    }
+  }
+}
+
+/**
  * `client`, whose grants, keep-alives, revokes, deletes and puts time out after
  * 10 s (a 3-member cluster's call timeout) while `hang(true)`.
  */
@@ -726,15 +753,7 @@ describe("Registrar on the in-memory etcd", () => {
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd
       const client = yield* EtcdClient
-      let lossy = false
-      const flaky: EtcdClient = {
-        ...client,
-        // the put lands, its answer is lost (a timeout; or the caller's own timeout interrupting it)
-        put: (key, value, options) =>
-          lossy
-            ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-            : client.put(key, value, options)
-      }
+      const { client: flaky, lose } = lossyClient(client)
       const ttl = yield* standard
       const first = yield* Registrar.make(service("/svc/same/k", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
       yield* TestClock.adjust("1 second") // the first's watch is open
@@ -743,11 +762,11 @@ describe("Registrar on the in-memory etcd", () => {
         Stream.runForEach((event) => Effect.sync(() => event._tag === "Delete" && deletes.push(event.key))),
         Effect.forkScoped
       )
-      lossy = true
+      lose(true)
       const second = yield* Effect.exit(
         Registrar.make(service("/svc/same/k", ttl)).pipe(Effect.provideService(EtcdClient, flaky))
       )
-      lossy = false
+      lose(false)
       expect(Exit.isFailure(second)).toBe(true)
       expect((yield* Registrar.state(first))._tag).toBe("Registered")
       yield* TestClock.adjust("1 second")
@@ -756,38 +775,42 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
-  it.scoped(
-    "a failed registration without TTL of a key and value a TTL registration holds: after that one closes, the key is gone",
-    () =>
-      Effect.gen(function* () {
-        const client = yield* EtcdClient
-        let lossy = false
-        const flaky: EtcdClient = {
-          ...client,
-          put: (key, value, options) =>
-            lossy
-              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-              : client.put(key, value, options)
-        }
-        const ttl = yield* standard
-        const svc: Service = { key: "/svc/mix/k", value: "http://k", ttl }
-        const scopeA = yield* Scope.make()
-        const a = yield* Registrar.make(svc).pipe(Effect.provideService(EtcdClient, flaky), Scope.extend(scopeA))
-        yield* TestClock.adjust("1 second")
-        lossy = true
-        const b = yield* Effect.exit(
-          Registrar.make({ key: svc.key, value: svc.value }).pipe(Effect.provideService(EtcdClient, flaky))
-        )
-        lossy = false
-        expect(Exit.isFailure(b)).toBe(true)
-        expect((yield* Registrar.state(a))._tag).toBe("Registered")
-        // the failed registration is over; close the only live one
-        yield* Scope.close(scopeA, Exit.void)
-        yield* TestClock.adjust("30 seconds")
-        // no registration of this client holds the key: it must not be in etcd
-        expect(yield* stored(svc.key)).toBeUndefined()
-      }).pipe(Effect.provide(layerMemory))
-  )
+  for (const [where, failedDeletes] of [
+    ["without TTL", 0],
+    ["on another TTL option's lease", 0],
+    ["without TTL", 1],
+    ["on another TTL option's lease", 1]
+  ] as const) {
+    it.scoped(
+      `a failed registration ${where} of a key and value a TTL registration holds${failedDeletes > 0 ? ", whose cleanup delete fails once" : ""}: after that one closes, the key is gone`,
+      () =>
+        Effect.gen(function* () {
+          const key = `/svc/failed/${where === "without TTL" ? "plain" : "other"}-${failedDeletes}/k`
+          const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
+          const registered = (ttl: TtlOption.TtlOption | undefined) =>
+            Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+          const scopeA = yield* Scope.make()
+          const a = yield* registered(yield* standard).pipe(Scope.extend(scopeA))
+          // another service of the process, on the other TTL option: its lease lives on
+          const other = yield* ttlOf("2 seconds", "6 seconds")
+          yield* Registrar.make(service(`${key}-other-service`, other)).pipe(Effect.provideService(EtcdClient, flaky))
+          yield* TestClock.adjust("1 second")
+          // the put lands, its answer is lost (its cleanup delete may fail once: etcd still unreachable)
+          lose(true)
+          failDeletes(failedDeletes)
+          const b = yield* Effect.exit(registered(where === "without TTL" ? undefined : other))
+          lose(false)
+          expect(Exit.isFailure(b)).toBe(true)
+          yield* TestClock.adjust("30 seconds")
+          expect((yield* Registrar.state(a))._tag).toBe("Registered")
+          yield* Scope.close(scopeA, Exit.void)
+          yield* TestClock.adjust("30 seconds")
+          // no registration of this client holds the key: it must not be in etcd (where the failed put
+          // moved it: a plain key, or on the other TTL option's lease, kept alive)
+          expect(yield* stored(key)).toBeUndefined()
+        }).pipe(Effect.provide(layerMemory))
+    )
+  }
 
   it.scoped(
     "a join interrupted while it revokes the given-up lease leaves no key behind on the group's live lease",
@@ -847,152 +870,23 @@ describe("Registrar on the in-memory etcd", () => {
     () =>
       Effect.gen(function* () {
         const client = yield* EtcdClient
-        let lossy = false
-        let failDeletes = 0
-        const flaky: EtcdClient = {
-          ...client,
-          // the put lands, its answer is lost; the delete that follows fails once (etcd still unreachable)
-          put: (key, value, options) =>
-            lossy
-              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-              : client.put(key, value, options),
-          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
-        }
+        const { client: flaky, lose, failDeletes } = lossyClient(client)
         const ttl = yield* standard
         const a = yield* Registrar.make({ key: "/svc/val/k", value: "http://a", ttl }).pipe(
           Effect.provideService(EtcdClient, flaky)
         )
         yield* TestClock.adjust("1 second") // a's watch is open
-        lossy = true
-        failDeletes = 1
+        lose(true)
+        failDeletes(1)
         const b = yield* Effect.exit(
           Registrar.make({ key: "/svc/val/k", value: "http://b", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
         )
-        lossy = false
+        lose(false)
         expect(Exit.isFailure(b)).toBe(true)
         yield* TestClock.adjust("30 seconds")
         expect((yield* Registrar.state(a))._tag).toBe("Registered")
         // a is the only registration of the key: etcd should say a's value, not the failed b's
         expect((yield* stored("/svc/val/k"))?.value).toBe("http://a")
-      }).pipe(Effect.provide(layerMemory))
-  )
-
-  it.scoped(
-    "a failed registration on another TTL option's lease of a key and value another registration holds: after that one closes, the key is gone",
-    () =>
-      Effect.gen(function* () {
-        const client = yield* EtcdClient
-        let lossy = false
-        const flaky: EtcdClient = {
-          ...client,
-          put: (key, value, options) =>
-            lossy && key === "/svc/x/k"
-              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-              : client.put(key, value, options)
-        }
-        const ttl = yield* standard
-        const other = yield* TtlOption.make({ heartbeat: "2 seconds", ttl: "6 seconds" })
-        const scopeA = yield* Scope.make()
-        const a = yield* Registrar.make({ key: "/svc/x/k", value: "http://k", ttl }).pipe(
-          Effect.provideService(EtcdClient, flaky),
-          Scope.extend(scopeA)
-        )
-        // another service of the process, on the other TTL option
-        yield* Registrar.make({ key: "/svc/x/c", value: "http://c", ttl: other }).pipe(
-          Effect.provideService(EtcdClient, flaky)
-        )
-        yield* TestClock.adjust("1 second")
-        lossy = true
-        const b = yield* Effect.exit(
-          Registrar.make({ key: "/svc/x/k", value: "http://k", ttl: other }).pipe(
-            Effect.provideService(EtcdClient, flaky)
-          )
-        )
-        lossy = false
-        expect(Exit.isFailure(b)).toBe(true)
-        expect((yield* Registrar.state(a))._tag).toBe("Registered")
-        yield* Scope.close(scopeA, Exit.void)
-        yield* TestClock.adjust("30 seconds")
-        // nothing registers /svc/x/k any more; it is kept alive by the other TTL option's heartbeat
-        expect(yield* stored("/svc/x/k")).toBeUndefined()
-      }).pipe(Effect.provide(layerMemory))
-  )
-
-  it.scoped(
-    "a failed registration without TTL whose cleanup delete fails once: after the TTL registration closes, the key is gone",
-    () =>
-      Effect.gen(function* () {
-        const client = yield* EtcdClient
-        let lossy = false
-        let failDeletes = 0
-        const flaky: EtcdClient = {
-          ...client,
-          put: (key, value, options) =>
-            lossy
-              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-              : client.put(key, value, options),
-          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
-        }
-        const ttl = yield* standard
-        const svc = { key: "/svc/mixA/k", value: "http://k", ttl }
-        const scopeA = yield* Scope.make()
-        const a = yield* Registrar.make(svc).pipe(Effect.provideService(EtcdClient, flaky), Scope.extend(scopeA))
-        yield* TestClock.adjust("1 second")
-        lossy = true
-        failDeletes = 1
-        const b = yield* Effect.exit(
-          Registrar.make({ key: svc.key, value: svc.value }).pipe(Effect.provideService(EtcdClient, flaky))
-        )
-        lossy = false
-        expect(Exit.isFailure(b)).toBe(true)
-        yield* TestClock.adjust("30 seconds")
-        expect((yield* Registrar.state(a))._tag).toBe("Registered")
-        // the failed put moved the key off a's lease: it is a plain key now
-        yield* Scope.close(scopeA, Exit.void)
-        yield* TestClock.adjust("30 seconds")
-        expect(yield* stored(svc.key)).toBeUndefined()
-      }).pipe(Effect.provide(layerMemory))
-  )
-
-  it.scoped(
-    "a failed registration on another TTL option's lease whose cleanup delete fails once: after the holder closes, the key is gone",
-    () =>
-      Effect.gen(function* () {
-        const client = yield* EtcdClient
-        let lossy = false
-        let failDeletes = 0
-        const flaky: EtcdClient = {
-          ...client,
-          put: (key, value, options) =>
-            lossy && key === "/svc/x2/k"
-              ? Effect.zipRight(client.put(key, value, options), injected("put", "Timeout"))
-              : client.put(key, value, options),
-          delete: (key) => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(key))
-        }
-        const ttl = yield* standard
-        const other = yield* TtlOption.make({ heartbeat: "2 seconds", ttl: "6 seconds" })
-        const scopeA = yield* Scope.make()
-        yield* Registrar.make({ key: "/svc/x2/k", value: "http://k", ttl }).pipe(
-          Effect.provideService(EtcdClient, flaky),
-          Scope.extend(scopeA)
-        )
-        yield* Registrar.make({ key: "/svc/x2/c", value: "http://c", ttl: other }).pipe(
-          Effect.provideService(EtcdClient, flaky)
-        )
-        yield* TestClock.adjust("1 second")
-        lossy = true
-        failDeletes = 1
-        const b = yield* Effect.exit(
-          Registrar.make({ key: "/svc/x2/k", value: "http://k", ttl: other }).pipe(
-            Effect.provideService(EtcdClient, flaky)
-          )
-        )
-        lossy = false
-        expect(Exit.isFailure(b)).toBe(true)
-        yield* TestClock.adjust("30 seconds")
-        yield* Scope.close(scopeA, Exit.void)
-        yield* TestClock.adjust("30 seconds")
-        expect(yield* stored("/svc/x2/k")).toBeUndefined()
       }).pipe(Effect.provide(layerMemory))
   )
 
