@@ -939,6 +939,62 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a failed registration without TTL of a key whose holder is healing (its puts done, its lease not installed yet): the key ends on the holder's lease",
+    () =>
+      Effect.gen(function* () {
+        const etcd = yield* MemoryEtcd
+        const client = yield* EtcdClient
+        const key = "/svc/heal/k"
+        const slowKey = "/svc/heal/slow"
+        let slow = false
+        let lossy = false
+        let failDeletes = 0
+        const flaky: EtcdClient = {
+          ...client,
+          put: (k, value, options) =>
+            Effect.suspend(() => {
+              // the healer's put of the other key waits 5 s (under the group's lock)
+              if (k === slowKey && slow)
+                return Effect.zipRight(Effect.sleep("5 seconds"), client.put(k, value, options))
+              // the failed registration's put lands as a plain key, its answer lost
+              if (k === key && lossy && options?.lease === undefined)
+                return Effect.zipRight(client.put(k, value, options), injected("put", "Timeout"))
+              return client.put(k, value, options)
+            }),
+          delete: (k) =>
+            Effect.suspend(() => (failDeletes-- > 0 ? injected("delete", "Unavailable") : client.delete(k)))
+        }
+        const use = Effect.provideService(EtcdClient, flaky)
+        const ttl = yield* ttlOf("1 second", "10 seconds")
+        const scope = yield* Scope.make()
+        const holder = yield* use(Registrar.make({ key, value: "http://k", ttl })).pipe(Scope.extend(scope))
+        yield* use(Registrar.make({ key: slowKey, value: "http://s", ttl })).pipe(Scope.extend(scope))
+        slow = true
+        yield* etcd.loseLease((yield* leaseOf(holder))!)
+        yield* TestClock.adjust("1 second")
+        yield* advanceUntil(
+          Effect.map(stored(key), (kv) => kv !== undefined),
+          "100 millis",
+          "3 seconds"
+        )
+        // the healer has put the key on its new lease and waits on the other put
+        lossy = true
+        failDeletes = 1
+        expect(Exit.isFailure(yield* Effect.exit(use(Registrar.make({ key, value: "http://k" }))))).toBe(true)
+        lossy = false
+        slow = false
+        yield* TestClock.adjust("30 seconds")
+        const lease = yield* leaseOf(holder)
+        expect(lease).toBeDefined()
+        // registered on a lease: the key is on it (not left a plain key, which its revoke would not remove)
+        expect((yield* stored(key))?.lease).toBe(lease)
+        yield* Scope.close(scope, Exit.void)
+        yield* TestClock.adjust("30 seconds")
+        expect(yield* stored(key)).toBeUndefined()
+      }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

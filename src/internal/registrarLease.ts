@@ -977,6 +977,11 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
       // holder's watch puts it back on its own lease
       const current = yield* ask(group, "get", group.client.get(key))
       if (Option.isNone(current)) return
+      // a holder with a TTL and no lease is healing: where the key should be is not known yet (its
+      // healer may have put it on a lease not installed yet): asked again later
+      if (holder.ttl !== undefined && holder.lease === undefined) {
+        return yield* new EtcdError({ operation: "delete", reason: "Unavailable", detail: "its holder is healing" })
+      }
       if (current.value.value === value && current.value.lease === holder.lease?.id) return
     }
     yield* ask(group, "delete", group.client.delete(key))
