@@ -21,6 +21,7 @@ import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
 import { timeoutFailIn } from "./internal/timeout.js"
 import { decodeDuration, withinTimerLimit } from "./internal/timerLimit.js"
+import { setImmediate as timersSetImmediate } from "node:timers"
 
 /**
  * What an error says, for a message: its message, or when it has none (a
@@ -207,7 +208,7 @@ class Attempts<E> {
 }
 
 /** Runs `f` in a later turn of the event loop (after timers and I/O): Node's `setImmediate`, else a timer. */
-const realSetImmediate = globalThis.setImmediate
+const realSetImmediate = typeof timersSetImmediate === "function" ? timersSetImmediate : globalThis.setImmediate
 const inNextTurn: (f: () => void) => void =
   typeof realSetImmediate === "function" ? (f) => void realSetImmediate(f) : (f) => void setTimeout(f, 0)
 
@@ -319,7 +320,8 @@ const make = <Req, Res, E, BE, E2>(
   const retrying = (
     request: Req,
     attempts: Attempts<E | BE>,
-    firstError: E | BE
+    firstError: E | BE,
+    firstSince: number
   ): Effect.Effect<Res, Failure<E | BE, E2>> => {
     const judge = (error: E | BE): Verdict<E | BE> => {
       const decision = callback(attempts.fail(error), error)
@@ -339,7 +341,7 @@ const make = <Req, Res, E, BE, E2>(
       }),
       judge
     )
-    let since = -1
+    let since = firstSince
     const stamped = Effect.suspend(() => {
       since = loopTurns.epoch
       return attempt
@@ -378,10 +380,13 @@ const make = <Req, Res, E, BE, E2>(
     attempt: Effect.Effect<Res, E | BE>,
     request: Req,
     attempts: Attempts<E | BE> | undefined
-  ): Effect.Effect<Res, Failure<E | BE, E2>> =>
-    Effect.catchAllCause(attempt, (cause) =>
-      Effect.catchAll(Effect.failCause(cause), (error) => retrying(request, attempts ?? new Attempts(), error))
+  ): Effect.Effect<Res, Failure<E | BE, E2>> => {
+    armLoopTurn()
+    const since = loopTurns.epoch
+    return Effect.catchAllCause(attempt, (cause) =>
+      Effect.catchAll(Effect.failCause(cause), (error) => retrying(request, attempts ?? new Attempts(), error, since))
     )
+  }
 
   // the hot path allocates no named closures: they cost a lot under keep-names transpilers
   if (Option.isNone(timeout)) {

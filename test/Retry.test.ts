@@ -498,6 +498,40 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
     })
   )
 
+  it.live("a loop of calls of two attempts each still lets a 10 ms interval fire", () =>
+    Effect.gen(function* () {
+      const call = yield* Retry.retry(empty, { max: 2, timeout: "1 second" })
+      let ticks = 0
+      const start = Date.now()
+      yield* Effect.acquireUseRelease(
+        Effect.sync(() => setInterval(() => ticks++, 10)),
+        () =>
+          Effect.whileLoop({
+            while: () => Date.now() - start < 200,
+            body: () => Effect.exit(call("x")),
+            step: () => {}
+          }),
+        (interval) => Effect.sync(() => clearInterval(interval))
+      )
+      // each call's second attempt was neither waited for nor counted: 0 ticks in 200 ms
+      expect(ticks).toBeGreaterThanOrEqual(5)
+    })
+  )
+
+  it.live("a module loaded while fake timers are on (a setup file) still gives retries real turns after", () =>
+    Effect.gen(function* () {
+      vi.useFakeTimers()
+      vi.resetModules()
+      const FreshRetry = yield* Effect.promise(() => import("../src/Retry.js"))
+      const FreshBalancer = yield* Effect.promise(() => import("../src/Balancer.js"))
+      vi.useRealTimers()
+      const fresh = FreshBalancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+      const call = yield* FreshRetry.retry(fresh, { max: 40, timeout: "1 hour" })
+      const result = yield* Effect.timeoutOption(Effect.flip(call("after")), "2 seconds")
+      expect(Option.isSome(result)).toBe(true)
+    })
+  )
+
   it.live("after a test with fake timers, a retry whose attempts fail at once still completes", () =>
     Effect.gen(function* () {
       const call = yield* Retry.retry(empty, { max: 40, timeout: "1 hour" })

@@ -33,6 +33,8 @@ describe("TtlOption.make", () => {
       expect(Duration.toNanos(pair.heartbeat)).toEqual(Option.some(999_999_999n))
       const error = yield* Effect.flip(TtlOption.make({ heartbeat: 5n }))
       expect(error.message).toBe("invalid option heartbeat: must be at least 500ms, got 5 nanos")
+      const none = yield* Effect.flip(TtlOption.make({ heartbeat: [Infinity, -Infinity] }))
+      expect(none.message).toBe("invalid option heartbeat: not a duration: [Infinity, -Infinity]")
     })
   )
 

@@ -34,7 +34,13 @@ export const given = (input: Duration.DurationInput): string =>
 /** Whether a duration input is NaN, or a `[seconds, nanos]` pair with one: `Duration` decodes them to zero. */
 export const isNaNInput = (input: Duration.DurationInput): boolean =>
   (typeof input === "number" && Number.isNaN(input)) ||
-  (Array.isArray(input) && input.some((part: unknown) => typeof part === "number" && Number.isNaN(part)))
+  (Array.isArray(input) &&
+    (input.some((part: unknown) => typeof part === "number" && Number.isNaN(part)) ||
+      // [Infinity, -Infinity]: no value at all
+      (input.length === 2 &&
+        typeof input[0] === "number" &&
+        typeof input[1] === "number" &&
+        Number.isNaN(input[0] * 1e9 + input[1]))))
 
 /**
  * Fails with `InvalidOptions` when `duration` (decoded from `input`) is finite
