@@ -940,7 +940,7 @@ describe("Registrar on the in-memory etcd", () => {
   )
 
   it.scoped(
-    "a failed registration without TTL of a key whose holder is healing (its puts done, its lease not installed yet): the key ends on the holder's lease",
+    "a failed registration without TTL of a key whose holder is healing (its puts done, its lease not installed yet): the key ends on the holder's lease, though the no-TTL group closes meanwhile",
     () =>
       Effect.gen(function* () {
         const etcd = yield* MemoryEtcd
@@ -983,6 +983,10 @@ describe("Registrar on the in-memory etcd", () => {
         failDeletes = 1
         expect(Exit.isFailure(yield* Effect.exit(use(Registrar.make({ key, value: "http://k" }))))).toBe(true)
         lossy = false
+        // meanwhile another registration without TTL (another key) comes and goes: the no-TTL group closes
+        const plain = yield* Scope.make()
+        yield* use(Registrar.make({ key: "/svc/heal/plain", value: "http://x" })).pipe(Scope.extend(plain))
+        yield* Scope.close(plain, Exit.void)
         slow = false
         yield* TestClock.adjust("30 seconds")
         const lease = yield* leaseOf(holder)

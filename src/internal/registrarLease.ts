@@ -967,10 +967,10 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
     // checked under the lock, sent outside it: a request to an etcd that does not answer would hold
     // up every join, heal and leave of the group (a registration of the key that joins in between
     // has its key put back by its watch)
-    const holder = yield* group.lock.exclusive(
-      Effect.sync(() => (group.closed ? ("closed" as const) : holderOf(group, key, value)))
-    )
-    if (holder === "closed" || holder === group) return
+    const holder = yield* group.lock.exclusive(Effect.sync(() => holderOf(group, key, value)))
+    // a closed group: its lease is revoked or left to expire, with the key (one without lease is
+    // left, as the caller was told), unless another group's registration holds it
+    if (holder === group || (holder === undefined && group.closed)) return
     if (holder !== undefined) {
       // held with the same value on another TTL option (or none): theirs if it is on their lease,
       // else where this group's put moved it, kept alive by nobody who holds it: deleted, and the
@@ -996,7 +996,12 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
       ).pipe(Effect.annotateLogs({ key, error: error.message }))
     )
   )
-  return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), group.scope))
+  // on behalf of another group's registration of the key and value (one healing, say), the delete
+  // lasts as long as that group: this one may close first, and nothing else would remove a key its
+  // put left where the holder does not keep it
+  const holder = holderOf(group, key, value)
+  const scope = holder === undefined || holder === group ? group.scope : holder.scope
+  return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), scope))
 }
 
 /**
