@@ -46,4 +46,10 @@ describe("toEtcdError", () => {
     // any other INTERNAL is still Other
     expect(toEtcdError("put", fromServer(13, "INTERNAL", "something else went wrong")).reason).toBe("Other")
   })
+
+  it("a request to a closed client is Canceled, not a transient failure: background retries stop on it", () => {
+    const error = toEtcdError("delete", new Etcd3.ClientClosedError("Lease"))
+    expect(error.reason).toBe("Canceled")
+    expect(isTransient(error)).toBe(false)
+  })
 })

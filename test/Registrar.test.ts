@@ -999,6 +999,68 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  for (const where of ["without TTL", "on another TTL option's lease"] as const) {
+    it.scoped(
+      `a failed registration ${where} whose cleanup deletes fail until after the holder (last of its group) closes: the key is gone`,
+      () =>
+        Effect.gen(function* () {
+          const key = `/svc/holderclosed/${where === "without TTL" ? "plain" : "other"}/k`
+          const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
+          const registered = (ttl: TtlOption.TtlOption | undefined) =>
+            Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+          const scopeA = yield* Scope.make()
+          const a = yield* registered(yield* standard).pipe(Scope.extend(scopeA))
+          const other = yield* ttlOf("2 seconds", "6 seconds")
+          yield* Registrar.make(service(`${key}-other-service`, other)).pipe(Effect.provideService(EtcdClient, flaky))
+          yield* TestClock.adjust("1 second")
+          lose(true)
+          failDeletes(1_000_000) // etcd refuses deletes for a while
+          const b = yield* Effect.exit(registered(where === "without TTL" ? undefined : other))
+          lose(false)
+          expect(Exit.isFailure(b)).toBe(true)
+          yield* TestClock.adjust("5 seconds")
+          expect((yield* Registrar.state(a))._tag).toBe("Registered")
+          // the holder closes (its revoke works: the key is not on its lease any more)
+          yield* Scope.close(scopeA, Exit.void)
+          yield* TestClock.adjust("5 seconds")
+          failDeletes(0) // deletes work again
+          yield* TestClock.adjust("60 seconds")
+          // nothing of this client holds the key
+          expect(yield* stored(key)).toBeUndefined()
+        }).pipe(Effect.provide(layerMemory))
+    )
+  }
+
+  it.scoped(
+    "two registrations of a key and value on two TTL options; a failed no-TTL one's background delete does not delete the key from the lease it is on",
+    () =>
+      Effect.gen(function* () {
+        const etcd = yield* MemoryEtcd
+        const key = "/svc/twoholders/k"
+        const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
+        const registered = (ttl: TtlOption.TtlOption | undefined) =>
+          Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+        yield* registered(yield* standard)
+        yield* TestClock.adjust("1 second")
+        lose(true)
+        failDeletes(1)
+        expect(Exit.isFailure(yield* Effect.exit(registered(undefined)))).toBe(true)
+        lose(false)
+        // before the background delete's retry (200 ms on), a registration on another TTL option: the key on its lease
+        const c = yield* registered(yield* ttlOf("2 seconds", "6 seconds"))
+        const cLease = yield* leaseOf(c)
+        expect((yield* stored(key))?.lease).toBe(cLease)
+        const deletes: Array<string> = []
+        yield* etcd.client.watch("/svc/twoholders/", { fromRevision: (yield* revision) + 1 }).pipe(
+          Stream.runForEach((event) => Effect.sync(() => event._tag === "Delete" && deletes.push(event.key))),
+          Effect.forkScoped
+        )
+        yield* TestClock.adjust("30 seconds")
+        // the key was on the lease of a registration that holds it: nothing had to delete it
+        expect(deletes).toEqual([])
+      }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

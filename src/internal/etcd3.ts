@@ -391,10 +391,12 @@ const reasonOf = (cause: unknown, name: string, message: string): EtcdError["rea
                   message.includes("not capable") ||
                   message.includes("too many requests") ||
                   message.includes("Broken circuit") ||
-                  name === "BrokenCircuitError" ||
-                  name === "ClientClosedError"
+                  name === "BrokenCircuitError"
                 ? "Unavailable"
-                : "Other"
+                : // this client was closed: asking again will not help (background retries stop on it)
+                  name === "ClientClosedError"
+                  ? "Canceled"
+                  : "Other"
 
 // ---- keys ----
 

@@ -962,8 +962,8 @@ const removeKey = (group: Group, key: string, value: string): Effect.Effect<void
  * group is closed: its lease is then revoked or left to expire, and the key
  * with it; a key without lease is then left, as the caller was told.
  */
-const deleteLater = (group: Group, key: string, value: string): Effect.Effect<void> => {
-  const retryDelete = Effect.gen(function* () {
+const deleteLoop = (group: Group, key: string, value: string): Effect.Effect<void> =>
+  Effect.gen(function* () {
     // checked under the lock, sent outside it: a request to an etcd that does not answer would hold
     // up every join, heal and leave of the group (a registration of the key that joins in between
     // has its key put back by its watch)
@@ -982,7 +982,11 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
       if (holder.ttl !== undefined && holder.lease === undefined) {
         return yield* new EtcdError({ operation: "delete", reason: "Unavailable", detail: "its holder is healing" })
       }
-      if (current.value.value === value && current.value.lease === holder.lease?.id) return
+      // on the lease of any group that holds it (two TTL options may hold it; the last put wins)
+      const holders = [...registryOf(group.client).values()].filter((g) =>
+        [...g.members].some((m) => m.entry.key === key && m.entry.value === value)
+      )
+      if (current.value.value === value && holders.some((g) => current.value.lease === g.lease?.id)) return
     }
     yield* ask(group, "delete", group.client.delete(key))
   }).pipe(
@@ -996,12 +1000,31 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
       ).pipe(Effect.annotateLogs({ key, error: error.message }))
     )
   )
+
+const deleteLater = (group: Group, key: string, value: string): Effect.Effect<void> => {
+  const retryDelete = deleteLoop(group, key, value)
   // on behalf of another group's registration of the key and value (one healing, say), the delete
   // lasts as long as that group: this one may close first, and nothing else would remove a key its
   // put left where the holder does not keep it
-  const holder = holderOf(group, key, value)
-  const scope = holder === undefined || holder === group ? group.scope : holder.scope
-  return Effect.asVoid(Effect.forkIn(Effect.interruptible(retryDelete), scope))
+  let done = false
+  const run = Effect.zipRight(
+    retryDelete,
+    Effect.sync(() => {
+      done = true
+    })
+  )
+  // in this group's scope; when it closes first, handed over to a holder then, if any
+  const handOver = Effect.suspend(() => {
+    if (done) return Effect.void
+    const holder = holderOf(group, key, value)
+    return holder === undefined || holder === group || holder.closed
+      ? Effect.void
+      : Effect.asVoid(Effect.forkIn(Effect.interruptible(deleteLoop(group, key, value)), holder.scope))
+  })
+  return Effect.zipRight(
+    Scope.addFinalizer(group.scope, handOver),
+    Effect.asVoid(Effect.forkIn(Effect.interruptible(run), group.scope))
+  )
 }
 
 /**
