@@ -58,20 +58,24 @@ const closedPort = Effect.promise(
 const connectError = (options: EtcdClient.EtcdClientOptions) =>
   Effect.flip(EtcdClient.make({ dialTimeout: "2 seconds", ...options }))
 
-/** A loopback port that accepts TCP connections and never answers (closed with the scope). */
-const blackhole = Effect.map(
-  Effect.acquireRelease(
-    Effect.async<Net.Server>((resume) => {
-      const s = Net.createServer(() => {})
-      s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
-    }),
-    (s) => Effect.sync(() => s.close())
-  ),
-  (server) => {
-    const address = server.address()
-    return typeof address === "object" && address !== null ? address.port : 0
-  }
-)
+/** A loopback port whose server does `onConnection` with each connection (closed with the scope). */
+const tcpServer = (onConnection: (socket: Net.Socket) => void) =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.async<Net.Server>((resume) => {
+        const s = Net.createServer(onConnection)
+        s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+      }),
+      (s) => Effect.sync(() => s.close())
+    ),
+    (server) => {
+      const address = server.address()
+      return typeof address === "object" && address !== null ? address.port : 0
+    }
+  )
+
+/** A loopback port that accepts TCP connections and never answers. */
+const blackhole = tcpServer(() => {})
 
 describe("EtcdClient options", () => {
   it.effect("an endpoint without scheme is an InvalidOptions error, before any network call", () =>
@@ -329,6 +333,17 @@ describe("EtcdClient over TLS, against an etcd that serves plain http", () => {
           endpoints: server.clientUrls.map((url) => url.replace(/^http:/, "https:")),
           caCert: files.caCert
         })
+        expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
+        expect(error.message).toContain("the server did not answer the TLS handshake")
+      })
+    )
+
+    it.scoped("an https:// endpoint whose server resets the connection also says the server did not answer TLS", () =>
+      Effect.gen(function* () {
+        // how a plain-http etcd answers a TLS client hello, at times, under load
+        const port = yield* tcpServer((socket) => socket.resetAndDestroy())
+        const files = yield* EtcdTls.generate(yield* tempDir)
+        const error = yield* connectError({ endpoints: [`https://127.0.0.1:${port}`], caCert: files.caCert })
         expect(error).toMatchObject({ _tag: "EtcdError", operation: "connect", reason: "Unavailable" })
         expect(error.message).toContain("the server did not answer the TLS handshake")
       })

@@ -799,6 +799,20 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
           })
         }
         if (e.reason !== "Unavailable" || e.detail === undefined) return e
+        // a plain-http etcd answers a TLS client hello with bytes TLS cannot read ("wrong version
+        // number", hinted at by toEtcdError) or, under load, by resetting the connection
+        if (
+          resolved.credentials !== undefined &&
+          e.detail.includes("ECONNRESET") &&
+          !e.detail.includes("did not answer the TLS handshake")
+        ) {
+          return new EtcdError({
+            operation: "connect",
+            reason: "Unavailable",
+            detail: `the server did not answer the TLS handshake, it reset the connection (an https:// endpoint for an etcd that serves plain http?): ${e.detail}`,
+            cause: e.cause
+          })
+        }
         // grpc-js's words for a connection closed before HTTP/2 began, which is what an etcd that
         // requires TLS does to a plain-text client (a refused one says ECONNREFUSED)
         if (e.detail.includes("Last error: Failed to connect") && resolved.credentials === undefined) {
