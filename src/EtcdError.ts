@@ -64,8 +64,7 @@ export class InvalidOptions extends Schema.TaggedError<InvalidOptions>()("Invali
  * - `PermissionDenied`: the authenticated user may not do this.
  * - `AuthFailed`: the credentials (user / password / certificate) were refused.
  * - `TooLarge`: the request exceeds etcd's request size limit.
- * - `Canceled`: etcd canceled a watch for another reason, or the client was
- *   closed (a request made after its scope ended).
+ * - `Canceled`: etcd canceled a watch for another reason.
  * - `Other`: anything else; see `cause`.
  *
  * @since 0.1.0

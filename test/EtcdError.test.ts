@@ -47,9 +47,9 @@ describe("toEtcdError", () => {
     expect(toEtcdError("put", fromServer(13, "INTERNAL", "something else went wrong")).reason).toBe("Other")
   })
 
-  it("a request to a closed client is Canceled, not a transient failure: background retries stop on it", () => {
+  it("a request to a closed client is Unavailable and says the client was closed (background deletes stop on it)", () => {
     const error = toEtcdError("delete", new Etcd3.ClientClosedError("Lease"))
-    expect(error.reason).toBe("Canceled")
-    expect(isTransient(error)).toBe(false)
+    expect(error.reason).toBe("Unavailable")
+    expect(error.detail).toContain("client was already closed")
   })
 })

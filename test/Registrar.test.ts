@@ -1061,6 +1061,79 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a background delete handed over to a holder that closes in turn is handed over again, to the holder left",
+    () =>
+      Effect.gen(function* () {
+        const key = "/svc/handover/k"
+        const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
+        const registered = (ttl: TtlOption.TtlOption | undefined) =>
+          Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
+        const scopeB = yield* Scope.make()
+        yield* registered(yield* standard).pipe(Scope.extend(scopeB))
+        const c = yield* registered(yield* ttlOf("2 seconds", "6 seconds"))
+        const cLease = yield* leaseOf(c)
+        // a no-TTL group kept open by another registration
+        const scopeA = yield* Scope.make()
+        yield* Registrar.make(service("/svc/handover/anchor")).pipe(
+          Effect.provideService(EtcdClient, flaky),
+          Scope.extend(scopeA)
+        )
+        yield* TestClock.adjust("1 second")
+        lose(true)
+        failDeletes(1_000_000)
+        expect(Exit.isFailure(yield* Effect.exit(registered(undefined)))).toBe(true)
+        lose(false)
+        // moved off C's lease: a plain key, whose delete etcd does not answer for now
+        expect((yield* stored(key))?.lease).toBeUndefined()
+        yield* TestClock.adjust("5 seconds")
+        // the no-TTL group closes (handed over to a holder), then B closes (handed over to C)
+        yield* Effect.exit(Scope.close(scopeA, Exit.void))
+        yield* TestClock.adjust("5 seconds")
+        yield* Scope.close(scopeB, Exit.void)
+        yield* TestClock.adjust("5 seconds")
+        failDeletes(0)
+        yield* TestClock.adjust("60 seconds")
+        expect((yield* Registrar.state(c))._tag).toBe("Registered")
+        expect((yield* stored(key))?.lease).toBe(cLease)
+      }).pipe(Effect.provide(layerMemory))
+  )
+
+  it.scoped("a background delete stops once the client is closed, instead of asking every 2 s for good", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      let closed = false
+      let deletesAfterClose = 0
+      const flaky: EtcdClient = {
+        ...client,
+        // the put lands, its answer is lost
+        put: (key, value, options) => Effect.zipRight(client.put(key, value, options), injected("put", "Timeout")),
+        // etcd does not answer; then the client is closed, and says so
+        delete: () =>
+          Effect.suspend(() => {
+            if (!closed) return injected("delete", "Unavailable")
+            deletesAfterClose++
+            return Effect.fail(
+              new EtcdError({
+                operation: "delete",
+                reason: "Unavailable",
+                detail: "Tried to call a KV method on etcd3, but the client was already closed"
+              })
+            )
+          })
+      }
+      const failed = yield* Effect.exit(
+        Registrar.make({ key: "/svc/closedclient/k", value: "http://k" }).pipe(Effect.provideService(EtcdClient, flaky))
+      )
+      expect(Exit.isFailure(failed)).toBe(true)
+      yield* TestClock.adjust("10 seconds")
+      closed = true
+      yield* TestClock.adjust("1 hour")
+      // one answer from the closed client, and no more asking
+      expect(deletesAfterClose).toBe(1)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

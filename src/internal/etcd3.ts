@@ -391,12 +391,10 @@ const reasonOf = (cause: unknown, name: string, message: string): EtcdError["rea
                   message.includes("not capable") ||
                   message.includes("too many requests") ||
                   message.includes("Broken circuit") ||
-                  name === "BrokenCircuitError"
-                ? "Unavailable"
-                : // this client was closed: asking again will not help (background retries stop on it)
+                  name === "BrokenCircuitError" ||
                   name === "ClientClosedError"
-                  ? "Canceled"
-                  : "Other"
+                ? "Unavailable"
+                : "Other"
 
 // ---- keys ----
 

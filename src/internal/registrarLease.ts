@@ -991,7 +991,8 @@ const deleteLoop = (group: Group, key: string, value: string): Effect.Effect<voi
     yield* ask(group, "delete", group.client.delete(key))
   }).pipe(
     // an error that etcd answered (permission denied) will not go away by asking again: said once, loudly
-    Effect.retry({ schedule: healSchedule, while: isTransient }),
+    // (a closed client answers Unavailable too: nothing will change that, and the retries stop)
+    Effect.retry({ schedule: healSchedule, while: (error) => isTransient(error) && !isClientClosed(error) }),
     Effect.catchAll((error) =>
       Effect.logError(
         group.ttl === undefined
@@ -1002,30 +1003,29 @@ const deleteLoop = (group: Group, key: string, value: string): Effect.Effect<voi
   )
 
 const deleteLater = (group: Group, key: string, value: string): Effect.Effect<void> => {
-  const retryDelete = deleteLoop(group, key, value)
-  // on behalf of another group's registration of the key and value (one healing, say), the delete
-  // lasts as long as that group: this one may close first, and nothing else would remove a key its
-  // put left where the holder does not keep it
-  let done = false
-  const run = Effect.zipRight(
-    retryDelete,
-    Effect.sync(() => {
-      done = true
-    })
-  )
-  // in this group's scope; when it closes first, handed over to a holder then, if any
-  const handOver = Effect.suspend(() => {
-    if (done) return Effect.void
-    const holder = holderOf(group, key, value)
-    return holder === undefined || holder === group || holder.closed
-      ? Effect.void
-      : Effect.asVoid(Effect.forkIn(Effect.interruptible(deleteLoop(group, key, value)), holder.scope))
-  })
-  return Effect.zipRight(
-    Scope.addFinalizer(group.scope, handOver),
-    Effect.asVoid(Effect.forkIn(Effect.interruptible(run), group.scope))
-  )
+  // in the scope of `owner` (this group first); when that closes before the loop is done, handed
+  // over to a group that then holds the key and value, if any, and so on: on behalf of another
+  // group's registration (one healing, say), nothing else would remove a key this group's put left
+  // where the holder does not keep it
+  const runIn = (owner: Group): Effect.Effect<void> =>
+    Effect.asVoid(
+      Effect.forkIn(
+        Effect.interruptible(deleteLoop(group, key, value)).pipe(
+          Effect.onInterrupt(() =>
+            Effect.suspend(() => {
+              const holder = holderOf(group, key, value)
+              return holder === undefined || holder === owner || holder.closed ? Effect.void : runIn(holder)
+            })
+          )
+        ),
+        owner.scope
+      )
+    )
+  return runIn(group)
 }
+
+/** The etcd3 client's answer once it is closed (mapped to `Unavailable`, as other loops retry quietly on it). */
+const isClientClosed = (error: EtcdError): boolean => error.detail?.includes("client was already closed") === true
 
 /**
  * The group of a registration of this client that holds `key` with `value`:
