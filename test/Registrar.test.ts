@@ -1134,6 +1134,35 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a background delete stops once the in-memory client is closed, too", () =>
+    Effect.gen(function* () {
+      const clientScope = yield* Scope.make()
+      const client = Context.get(yield* Layer.buildWithScope(layerMemory, clientScope), EtcdClient)
+      let closed = false
+      let deletesAfterClose = 0
+      const flaky: EtcdClient = {
+        ...client,
+        put: (key, value, options) => Effect.zipRight(client.put(key, value, options), injected("put", "Timeout")),
+        // etcd does not answer; then the in-memory client is closed and answers for itself
+        delete: (key) =>
+          Effect.suspend(() => {
+            if (!closed) return injected("delete", "Unavailable")
+            deletesAfterClose++
+            return client.delete(key)
+          })
+      }
+      const failed = yield* Effect.exit(
+        Registrar.make({ key: "/svc/memclosed/k", value: "http://k" }).pipe(Effect.provideService(EtcdClient, flaky))
+      )
+      expect(Exit.isFailure(failed)).toBe(true)
+      yield* TestClock.adjust("10 seconds")
+      yield* Scope.close(clientScope, Exit.void)
+      closed = true
+      yield* TestClock.adjust("1 hour")
+      expect(deletesAfterClose).toBe(1)
+    })
+  )
+
   it.scoped("a heartbeat that went unanswered once does not keep a deregistration from removing the key", () =>
     Effect.gen(function* () {
       const client = yield* EtcdClient

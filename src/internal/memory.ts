@@ -45,6 +45,9 @@ import type { EtcdClient, KeyValue, LeaseId, MemoryEtcdControl } from "../EtcdCl
 import { EtcdError, type EtcdErrorReason } from "../EtcdError.js"
 import { fromPrimitives, type Primitives, type RawWatchEvent, type WatchSink } from "./client.js"
 
+/** What a closed in-memory etcd answers every request with (`Unavailable`). */
+export const closedDetail = "the in-memory etcd is closed"
+
 /** The smallest lease TTL etcd 3.4 grants with its default timing flags, in seconds. */
 export const minLeaseTtlSeconds = 2
 
@@ -226,7 +229,7 @@ export const make: Effect.Effect<
     body: (now: number) => Effect.Effect<A, EtcdError>
   ): Effect.Effect<A, EtcdError> =>
     Effect.suspend(() => {
-      if (closed) return Effect.fail(error(operation, "Unavailable", "the in-memory etcd is closed"))
+      if (closed) return Effect.fail(error(operation, "Unavailable", closedDetail))
       if (faulty && unavailable) {
         return Effect.fail(
           error(operation, "Unavailable", "the in-memory etcd is unavailable (MemoryEtcd.setUnavailable)")
@@ -246,7 +249,7 @@ export const make: Effect.Effect<
       sink.fail(failure)
       return undefined
     }
-    if (closed) return fail(error("watch", "Unavailable", "the in-memory etcd is closed"))
+    if (closed) return fail(error("watch", "Unavailable", closedDetail))
     if (faulty && unavailable) {
       return fail(error("watch", "Unavailable", "the in-memory etcd is unavailable (MemoryEtcd.setUnavailable)"))
     }

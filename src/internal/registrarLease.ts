@@ -29,6 +29,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
+import { closedDetail } from "./memory.js"
 import { grantAndPut, isTransient } from "./client.js"
 import { withPermits } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
@@ -1024,8 +1025,12 @@ const deleteLater = (group: Group, key: string, value: string): Effect.Effect<vo
   return runIn(group)
 }
 
-/** The etcd3 client's answer once it is closed (mapped to `Unavailable`, as other loops retry quietly on it). */
-const isClientClosed = (error: EtcdError): boolean => error.detail?.includes("client was already closed") === true
+/**
+ * A closed client's answer (`Unavailable`, on which other loops retry quietly):
+ * etcd3's, or the in-memory etcd's.
+ */
+const isClientClosed = (error: EtcdError): boolean =>
+  error.detail !== undefined && (error.detail.includes("client was already closed") || error.detail === closedDetail)
 
 /**
  * The group of a registration of this client that holds `key` with `value`:
