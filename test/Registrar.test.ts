@@ -775,17 +775,21 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
-  for (const [where, failedDeletes] of [
-    ["without TTL", 0],
-    ["on another TTL option's lease", 0],
-    ["without TTL", 1],
-    ["on another TTL option's lease", 1]
+  // deletes refused: none, the cleanup's first one, or every one until the holder (last of its
+  // group) has closed
+  for (const [where, refused] of [
+    ["without TTL", "none"],
+    ["on another TTL option's lease", "none"],
+    ["without TTL", "once"],
+    ["on another TTL option's lease", "once"],
+    ["without TTL", "until the holder closed"],
+    ["on another TTL option's lease", "until the holder closed"]
   ] as const) {
     it.scoped(
-      `a failed registration ${where} of a key and value a TTL registration holds${failedDeletes > 0 ? ", whose cleanup delete fails once" : ""}: after that one closes, the key is gone`,
+      `a failed registration ${where} of a key and value a TTL registration holds${refused === "none" ? "" : `, whose cleanup deletes fail ${refused}`}: after that one closes, the key is gone`,
       () =>
         Effect.gen(function* () {
-          const key = `/svc/failed/${where === "without TTL" ? "plain" : "other"}-${failedDeletes}/k`
+          const key = `/svc/failed/${where === "without TTL" ? "plain" : "other"}-${refused.replaceAll(" ", "-")}/k`
           const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
           const registered = (ttl: TtlOption.TtlOption | undefined) =>
             Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
@@ -795,16 +799,21 @@ describe("Registrar on the in-memory etcd", () => {
           const other = yield* ttlOf("2 seconds", "6 seconds")
           yield* Registrar.make(service(`${key}-other-service`, other)).pipe(Effect.provideService(EtcdClient, flaky))
           yield* TestClock.adjust("1 second")
-          // the put lands, its answer is lost (its cleanup delete may fail once: etcd still unreachable)
+          // the put lands, its answer is lost (its cleanup deletes may fail: etcd still unreachable)
           lose(true)
-          failDeletes(failedDeletes)
+          failDeletes(refused === "none" ? 0 : refused === "once" ? 1 : 1_000_000)
           const b = yield* Effect.exit(registered(where === "without TTL" ? undefined : other))
           lose(false)
           expect(Exit.isFailure(b)).toBe(true)
-          yield* TestClock.adjust("30 seconds")
+          yield* TestClock.adjust(refused === "until the holder closed" ? "5 seconds" : "30 seconds")
           expect((yield* Registrar.state(a))._tag).toBe("Registered")
+          // the holder closes (its revoke works: the key is not on its lease any more)
           yield* Scope.close(scopeA, Exit.void)
-          yield* TestClock.adjust("30 seconds")
+          yield* TestClock.adjust(refused === "until the holder closed" ? "5 seconds" : "30 seconds")
+          if (refused === "until the holder closed") {
+            failDeletes(0) // deletes work again
+            yield* TestClock.adjust("60 seconds")
+          }
           // no registration of this client holds the key: it must not be in etcd (where the failed put
           // moved it: a plain key, or on the other TTL option's lease, kept alive)
           expect(yield* stored(key)).toBeUndefined()
@@ -998,38 +1007,6 @@ describe("Registrar on the in-memory etcd", () => {
         expect(yield* stored(key)).toBeUndefined()
       }).pipe(Effect.provide(layerMemory))
   )
-
-  for (const where of ["without TTL", "on another TTL option's lease"] as const) {
-    it.scoped(
-      `a failed registration ${where} whose cleanup deletes fail until after the holder (last of its group) closes: the key is gone`,
-      () =>
-        Effect.gen(function* () {
-          const key = `/svc/holderclosed/${where === "without TTL" ? "plain" : "other"}/k`
-          const { client: flaky, lose, failDeletes } = lossyClient(yield* EtcdClient, key)
-          const registered = (ttl: TtlOption.TtlOption | undefined) =>
-            Registrar.make({ key, value: "http://k", ttl }).pipe(Effect.provideService(EtcdClient, flaky))
-          const scopeA = yield* Scope.make()
-          const a = yield* registered(yield* standard).pipe(Scope.extend(scopeA))
-          const other = yield* ttlOf("2 seconds", "6 seconds")
-          yield* Registrar.make(service(`${key}-other-service`, other)).pipe(Effect.provideService(EtcdClient, flaky))
-          yield* TestClock.adjust("1 second")
-          lose(true)
-          failDeletes(1_000_000) // etcd refuses deletes for a while
-          const b = yield* Effect.exit(registered(where === "without TTL" ? undefined : other))
-          lose(false)
-          expect(Exit.isFailure(b)).toBe(true)
-          yield* TestClock.adjust("5 seconds")
-          expect((yield* Registrar.state(a))._tag).toBe("Registered")
-          // the holder closes (its revoke works: the key is not on its lease any more)
-          yield* Scope.close(scopeA, Exit.void)
-          yield* TestClock.adjust("5 seconds")
-          failDeletes(0) // deletes work again
-          yield* TestClock.adjust("60 seconds")
-          // nothing of this client holds the key
-          expect(yield* stored(key)).toBeUndefined()
-        }).pipe(Effect.provide(layerMemory))
-    )
-  }
 
   it.scoped(
     "two registrations of a key and value on two TTL options; a failed no-TTL one's background delete does not delete the key from the lease it is on",

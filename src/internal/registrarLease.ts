@@ -402,6 +402,14 @@ const revokeAbandoned = (group: Group, ttl: TtlOption, lease: LeaseId): Effect.E
   })
 
 /**
+ * Revokes, in the background, a lease granted outside the group's lock that
+ * turned out not to be needed (it holds no key): under the lock, leaves would
+ * wait on etcd behind it; unrevoked, it expires by itself.
+ */
+const revokeSpare = (group: Group, lease: LeaseId): Effect.Effect<void> =>
+  Effect.asVoid(Effect.forkDaemon(Effect.ignore(group.client.revoke(lease))))
+
+/**
  * Re-grants the lease and re-puts every key, with backoff, until it works or
  * the group needs it no more: nobody is left, or a join granted a lease
  * meanwhile (the members are then Registered, and a failed attempt of the
@@ -429,7 +437,7 @@ const healer = (group: Group, ttl: TtlOption): Effect.Effect<void> => {
         if (Either.isRight(granted) && !needed()) {
           // someone else holds a lease by now, or nobody is left: this one is not needed (revoked
           // in the background: under the lock, leaves would wait on etcd behind it)
-          yield* Effect.forkDaemon(Effect.ignore(group.client.revoke(granted.right)))
+          yield* revokeSpare(group, granted.right)
         }
         const result = Either.isLeft(granted)
           ? granted
@@ -786,11 +794,7 @@ const joinExclusive = (group: Group, ttl: TtlOption, member: Member): Effect.Eff
       )
       .pipe(
         Effect.ensuring(
-          Effect.suspend(() =>
-            used || granted === undefined
-              ? Effect.void
-              : Effect.asVoid(Effect.forkDaemon(Effect.ignore(group.client.revoke(granted.lease))))
-          )
+          Effect.suspend(() => (used || granted === undefined ? Effect.void : revokeSpare(group, granted.lease)))
         )
       )
   })
