@@ -37,10 +37,12 @@ export const subscriber = async (options: SideOptions): Promise<SubscriberSide> 
   return {
     subscribe: async (prefix, tracker) => {
       const scope = await runtime.runPromise(Scope.make())
-      const view = (endpoints: ReadonlyArray<BenchEndpoint>): ViewSnapshot => ({
-        size: endpoints.length,
-        has: (instance) => endpoints.some((e) => e.instance === instance),
-        values: () => endpoints.map((e) => e.instance)
+      // the size as the set has it; the endpoints array (built on first read) only when a wait
+      // asks whether an instance is there, as the raw side's Map answers at once
+      const view = (set: Subscriber.EndpointSet<unknown, string>): ViewSnapshot => ({
+        size: set.size,
+        has: (instance) => (set.endpoints as ReadonlyArray<BenchEndpoint>).some((e) => e.instance === instance),
+        values: () => (set.endpoints as ReadonlyArray<BenchEndpoint>).map((e) => e.instance)
       })
       await runtime.runPromise(
         Effect.gen(function* () {
@@ -56,9 +58,7 @@ export const subscriber = async (options: SideOptions): Promise<SubscriberSide> 
           // followed as an application should on a hot path: Subscriber.follow waits for the next
           // change without a stream (bench/NOTES.md: a stream drained by runForEach kept the
           // snapshots it had passed reachable; pulled, each change went through the channel executor)
-          const follow = Subscriber.follow(sub.endpointSet, (set) =>
-            Effect.sync(() => tracker.changed(view(set.endpoints as ReadonlyArray<BenchEndpoint>)))
-          )
+          const follow = Subscriber.follow(sub.endpointSet, (set) => Effect.sync(() => tracker.changed(view(set))))
           yield* Effect.forkIn(follow, scope)
         }).pipe(Scope.extend(scope))
       )

@@ -53,10 +53,7 @@ export type Source<Req, Res, E = never, SE = never> =
   Subscriber<Req, Res, E> | Effect.Effect<ReadonlyArray<Endpoint<Req, Res, E>>, SE>
 
 /** What a balancer over a set it can read synchronously reads on every pick. */
-interface CurrentSet<Req, Res, E> {
-  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>>
-  readonly error: Option.Option<EtcdError>
-}
+type CurrentSet<Req, Res, E> = internal.PickableSet<Req, Res, E>
 
 /**
  * A source whose current set is read without running an effect: our own
@@ -72,9 +69,14 @@ const synchronousSource = <Req, Res, E, SE>(
     return current === undefined ? undefined : { current, prefix: subscriber.prefix }
   }
   if (Exit.isExit(source) && source._tag === "Success") {
+    const endpoints = source.value as ReadonlyArray<Endpoint<Req, Res, E>>
+    // read on every pick, as the array may be one the caller changes
     const set: CurrentSet<Req, Res, E> = {
-      endpoints: source.value as ReadonlyArray<Endpoint<Req, Res, E>>,
-      error: Option.none()
+      error: Option.none(),
+      get size() {
+        return endpoints.length
+      },
+      at: (i) => endpoints[i]!
     }
     return { current: () => set, prefix: undefined }
   }
@@ -192,12 +194,11 @@ class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, No
   [PickExit](): Exit.Exit<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
     const set = this.current()
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
-    const endpoints = set.endpoints
-    const n = endpoints.length
+    const n = set.size
     if (n === 0) return this.empty()
     const i = this.counter % n
     this.counter = this.counter === 0x3fffffff ? 0 : this.counter + 1
-    const endpoint = endpoints[i]!
+    const endpoint = set.at(i)
     const exit = this.exits[i]
     if (exit !== undefined && exit._tag === "Success" && exit.value === endpoint) return exit
     return (this.exits[i] = Exit.succeed(endpoint))
@@ -229,8 +230,8 @@ export const random: {
   return Effect.randomWith((random): Balancer<Req, Res, E, EtcdError> => {
     const set = current()
     if (set.error._tag === "Some") return Exit.fail(set.error.value)
-    const endpoints = set.endpoints
-    if (endpoints.length === 0) return empty()
-    return Effect.map(random.nextIntBetween(0, endpoints.length), (i) => endpoints[i]!)
+    const n = set.size
+    if (n === 0) return empty()
+    return Effect.map(random.nextIntBetween(0, n), (i) => set.at(i))
   })
 }

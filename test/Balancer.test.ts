@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
@@ -213,6 +214,63 @@ describe("Balancer over a Subscriber", () => {
         expect(error._tag === "EtcdError" && error.reason).toBe("Unavailable")
       }
     }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+  )
+
+  it.effect(
+    "over hundreds of instances, some without an endpoint, picks follow the key order before and after changes",
+    () =>
+      Effect.gen(function* () {
+        const name = (i: number) => `/svc/${String(i).padStart(4, "0")}`
+        // every 7th instance's factory fails: it has no endpoint, and no pick may land on it
+        const factory: Factory<void, string, never, string> = (value) =>
+          value.startsWith("bad") ? Effect.fail(value) : Effect.succeed(() => Effect.succeed(value))
+        const value = (i: number, round: string) => (i % 7 === 0 ? `bad${i}` : `${round}${i}`)
+        for (let i = 0; i < 600; i += 2) yield* put(name(i), value(i, "a"))
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+          Effect.provide(Logger.remove(Logger.defaultLogger))
+        )
+        const expected = new Map<string, string>()
+        for (let i = 0; i < 600; i += 2) if (i % 7 !== 0) expected.set(name(i), value(i, "a"))
+        // once the last change is in (the watch delivers changes in order), the set is the expected one
+        const check = (lastKey: string, lastValue: string) =>
+          Effect.gen(function* () {
+            yield* waitFor(subscriber.instances, (instances) => instances.get(lastKey) === lastValue)
+            const set = yield* subscriber.endpointSet.get
+            const inOrder = [...expected.keys()].sort().map((key) => expected.get(key)!)
+            expect(set.size).toBe(inOrder.length)
+            const balancer = Balancer.roundRobin(subscriber)
+            // a new balancer's turn starts at 0: two rounds over the set, in key order
+            const picked = yield* Effect.forEach(Array.from({ length: 2 * inOrder.length }), () => genCall(balancer))
+            expect(picked).toEqual([...inOrder, ...inOrder])
+            const drawn = yield* Effect.forEach(Array.from({ length: 20 * inOrder.length }), () =>
+              genCall(Balancer.random(subscriber))
+            ).pipe(Effect.withRandom(Random.make("seed-2")))
+            expect(new Set(drawn)).toEqual(new Set(inOrder))
+          })
+        yield* check(name(598), value(598, "a"))
+        // one batch of changes spread over every leaf: odd keys put, a third of the even ones deleted,
+        // a run of new keys past the last one
+        yield* Effect.forEach(
+          Array.from({ length: 700 }, (_, i) => i),
+          (i) => {
+            if (i % 2 === 1) {
+              if (i % 7 !== 0) expected.set(name(i), value(i, "b"))
+              return put(name(i), value(i, "b"))
+            }
+            if (i % 3 === 0 && i < 600) {
+              expected.delete(name(i))
+              return del(name(i))
+            }
+            if (i >= 600) {
+              if (i % 7 !== 0) expected.set(name(i), value(i, "c"))
+              return put(name(i), value(i, "c"))
+            }
+            return Effect.void
+          },
+          { discard: true }
+        )
+        yield* check(name(699), value(699, "b"))
+      }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
   )
 
   it.effect("random over a subscriber draws from Effect's Random", () =>

@@ -530,14 +530,9 @@ describe("Subscriber (in-memory etcd)", () => {
             } else if (round % 6 === 3) {
               before = { set: yield* subscriber.endpointSet.get, instances: yield* subscriber.instances.get }
             }
-            const held =
-              before === undefined
-                ? undefined
-                : {
-                    keys: [...before.set.keys],
-                    endpoints: [...before.set.endpoints],
-                    instances: before.instances === undefined ? [] : [...before.instances.entries()]
-                  }
+            // what the snapshots held, from the model: their arrays (built on first read) and lookups
+            // are read only after the later batches, so a batch that changed what they share shows
+            const held = before === undefined ? undefined : { good: good(), sorted: sorted() }
             // 1 to 3 batches offered at once: those after the first are applied with no read in between,
             // unless the test's read below comes first
             const count = 1 + (round % 3)
@@ -554,14 +549,23 @@ describe("Subscriber (in-memory etcd)", () => {
                   subscriber.endpointSet.get
                 )
             expect([...(yield* subscriber.instances.get).entries()]).toEqual(sorted())
+            expect(set.size).toBe(good().length)
             expect(set.keys).toEqual(good().map(([key]) => key))
             expect(yield* Effect.forEach(set.endpoints, (endpoint) => endpoint("ping"))).toEqual(
               good().map(([, value]) => `${value} got ping`)
             )
             if (before !== undefined && held !== undefined) {
-              expect(before.set.keys).toEqual(held.keys)
-              expect(before.set.endpoints).toEqual(held.endpoints)
-              if (before.instances !== undefined) expect([...before.instances.entries()]).toEqual(held.instances)
+              expect(before.set.size).toBe(held.good.length)
+              expect(before.set.keys).toEqual(held.good.map(([key]) => key))
+              expect(yield* Effect.forEach(before.set.endpoints, (endpoint) => endpoint("ping"))).toEqual(
+                held.good.map(([, value]) => `${value} got ping`)
+              )
+              if (before.instances !== undefined) {
+                const instances = before.instances
+                expect(instances.size).toBe(held.sorted.length)
+                for (const [key, value] of held.sorted) expect(instances.get(key)).toBe(value)
+                expect([...instances.entries()]).toEqual(held.sorted)
+              }
             }
           }
         })

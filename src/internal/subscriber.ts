@@ -2,17 +2,17 @@
  * The subscriber's engine: list once, apply watch deltas, re-list when etcd
  * cancels the watch, one scoped endpoint per instance.
  *
- * Where the time goes (issue 7): an instance costs a slot in three parallel
- * arrays (key, value, endpoint), and an endpoint scope only if its factory used
- * it; factories run in one loop per batch, each with its own scope in its
- * context unless its effect cannot see the context; a batch of changes (a
- * listing, or what the watch delivered in one turn of the event loop, or in
- * about a millisecond during a burst) is applied without a yield, so that a
- * reader never sees half of it; and the published snapshots are built when
- * someone reads them, sharing the arrays, which a batch never changes in
- * place: it rebuilds the ones it changes from slices (O(N) per batch, not per
- * change; at 10,000 instances, the young collections those copies cause are
- * about a sixth of the subscriber's CPU under churn).
+ * Where the time goes (issue 7): an instance costs a row (key, value,
+ * endpoint) in a persistent sorted sequence cut into leaves of about 64 rows
+ * (see `Rows`), and an endpoint scope only if its factory used it; factories
+ * run in one loop per batch, each with its own scope in its context unless its
+ * effect cannot see the context; a batch of changes (a listing, or what the
+ * watch delivered in one turn of the event loop, or in about a millisecond
+ * during a burst) is applied without a yield, so that a reader never sees half
+ * of it; and the published snapshots are built when someone reads them, each
+ * an O(1) view of the rows, which a batch never changes in place: it copies
+ * the leaves it changes and the list of leaves (O(changes × 64 + N / 64) per
+ * batch; flat arrays rebuilt per batch made the CPU under churn grow with N).
  *
  * @internal
  */
@@ -44,6 +44,7 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { EndpointSet, Options, State, Subscriber } from "../Subscriber.js"
 import { defaultReconnect, watchBatches } from "./client.js"
 import { normalizePrefix } from "./prefix.js"
+import { Rows } from "./rows.js"
 import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
 
 /** @internal */
@@ -55,6 +56,18 @@ export type TypeId = typeof TypeId
 /** @internal */
 export const isSubscriber = (u: unknown): u is Subscriber<unknown, unknown, unknown> =>
   typeof u === "object" && u !== null && TypeId in u
+
+/**
+ * What a balancer reads on every pick: the error, how many endpoints, and the
+ * `i`th (`0 <= i < size`), without building an array.
+ *
+ * @internal
+ */
+export interface PickableSet<Req, Res, E> {
+  readonly error: Option.Option<EtcdError>
+  readonly size: number
+  readonly at: (i: number) => Endpoint<Req, Res, E>
+}
 
 /** Where a subscriber made here keeps a synchronous read of its current endpoint set. */
 const CurrentEndpointSet: unique symbol = Symbol.for("effect-sd-etcd/Subscriber/currentEndpointSet")
@@ -68,8 +81,8 @@ const CurrentEndpointSet: unique symbol = Symbol.for("effect-sd-etcd/Subscriber/
  */
 export const currentEndpointSet = <Req, Res, E>(
   subscriber: Subscriber<Req, Res, E>
-): (() => EndpointSet<Req, Res, E>) | undefined =>
-  (subscriber as { readonly [CurrentEndpointSet]?: () => EndpointSet<Req, Res, E> })[CurrentEndpointSet]
+): (() => PickableSet<Req, Res, E>) | undefined =>
+  (subscriber as { readonly [CurrentEndpointSet]?: () => PickableSet<Req, Res, E> })[CurrentEndpointSet]
 
 /** How long to wait before starting a retry schedule over when it has ended at once. */
 const scheduleEndedPause = Duration.seconds(1)
@@ -112,59 +125,74 @@ const validate = (options: {
     })
   })
 
-/** Index of `key` in the sorted array, or of where it would be inserted. */
-const search = (sorted: ReadonlyArray<string>, key: string): number => searchFrom(sorted, key, 0)
-
-/** {@link search} among the elements from index `from` on. */
-const searchFrom = (sorted: ReadonlyArray<string>, key: string, from: number): number => {
-  let lo = from
-  let hi = sorted.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (sorted[mid]! < key) lo = mid + 1
-    else hi = mid
-  }
-  return lo
-}
-
 /**
- * The published instances: a read-only map over the sorted keys and values, in
- * key order. The arrays are shared with the engine until its next change, which
- * copies them first: publishing never hashes every instance into a new Map.
+ * The published instances: a read-only map over the engine's rows as they were
+ * at one change (a `Rows` is never changed; the next change makes another), in
+ * key order: publishing never hashes every instance into a new Map. Iterating
+ * copies the keys or values out once per map.
  */
 class SortedInstances implements ReadonlyMap<string, string> {
-  constructor(
-    private readonly sortedKeys: ReadonlyArray<string>,
-    private readonly sortedValues: ReadonlyArray<string>
-  ) {}
+  private keyArray: ReadonlyArray<string> | undefined = undefined
+  private valueArray: ReadonlyArray<string> | undefined = undefined
+  constructor(private readonly rows: Rows<unknown>) {}
   get size(): number {
-    return this.sortedKeys.length
+    return this.rows.size
   }
   get(key: string): string | undefined {
-    const i = search(this.sortedKeys, key)
-    return this.sortedKeys[i] === key ? this.sortedValues[i] : undefined
+    const position = this.rows.find(key)
+    return position < 0 ? undefined : this.rows.valueAt(position)
   }
   has(key: string): boolean {
-    return this.sortedKeys[search(this.sortedKeys, key)] === key
+    return this.rows.find(key) >= 0
   }
   forEach(callback: (value: string, key: string, map: ReadonlyMap<string, string>) => void, thisArg?: unknown): void {
-    for (let i = 0; i < this.sortedKeys.length; i++) {
-      callback.call(thisArg, this.sortedValues[i]!, this.sortedKeys[i]!, this)
-    }
+    this.rows.forEach((key, value) => callback.call(thisArg, value, key, this))
   }
   entries(): MapIterator<[string, string]> {
-    const keys = this.sortedKeys
-    const values = this.sortedValues
+    const keys = this.sortedKeys()
+    const values = this.sortedValues()
     return keys.map((key, i): [string, string] => [key, values[i]!])[Symbol.iterator]()
   }
   keys(): MapIterator<string> {
-    return this.sortedKeys[Symbol.iterator]()
+    return this.sortedKeys()[Symbol.iterator]()
   }
   values(): MapIterator<string> {
-    return this.sortedValues[Symbol.iterator]()
+    return this.sortedValues()[Symbol.iterator]()
   }
   [Symbol.iterator](): MapIterator<[string, string]> {
     return this.entries()
+  }
+  private sortedKeys(): ReadonlyArray<string> {
+    return (this.keyArray ??= this.rows.keys())
+  }
+  private sortedValues(): ReadonlyArray<string> {
+    return (this.valueArray ??= this.rows.values())
+  }
+}
+
+/**
+ * A published endpoint set: the engine's rows as they were at one change.
+ * `size` and {@link at} read them as they are (a balancer's pick); `endpoints`
+ * and `keys` are built the first time they are read, O(N) once per set.
+ */
+class RowsEndpointSet<Req, Res, E> implements EndpointSet<Req, Res, E>, PickableSet<Req, Res, E> {
+  private endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
+  private keyArray: ReadonlyArray<string> | undefined = undefined
+  constructor(
+    private readonly rows: Rows<Endpoint<Req, Res, E>>,
+    readonly error: Option.Option<EtcdError>
+  ) {}
+  get size(): number {
+    return this.rows.presentSize
+  }
+  get endpoints(): ReadonlyArray<Endpoint<Req, Res, E>> {
+    return (this.endpointArray ??= this.rows.presentItems())
+  }
+  get keys(): ReadonlyArray<string> {
+    return (this.keyArray ??= this.rows.presentKeys())
+  }
+  at(i: number): Endpoint<Req, Res, E> {
+    return this.endpointArray === undefined ? this.rows.presentAt(i) : this.endpointArray[i]!
   }
 }
 
@@ -478,59 +506,6 @@ const runsAlone = <A, E>(effect: Effect.Effect<A, E, unknown>): Exit.Exit<A, E> 
   }
 }
 
-const noElements: ReadonlyArray<never> = []
-
-/**
- * Edits of an array at ascending indices, applied in one pass: each removes the
- * element at its index and puts another in its place, or removes it, or inserts
- * one before it. Several edits may share an index (inserts before a removal).
- */
-class Edits<A> {
-  private readonly at: Array<number> = []
-  private readonly removed: Array<0 | 1> = []
-  private readonly inserted: Array<ReadonlyArray<A>> = []
-
-  remove(at: number): void {
-    this.at.push(at)
-    this.removed.push(1)
-    this.inserted.push(noElements)
-  }
-  replace(at: number, a: A): void {
-    this.at.push(at)
-    this.removed.push(1)
-    this.inserted.push([a])
-  }
-  insert(at: number, a: A): void {
-    this.at.push(at)
-    this.removed.push(0)
-    this.inserted.push([a])
-  }
-
-  /** A new array: `source` (which is left as it is) with the edits; `source` itself when there are none. */
-  applyTo(source: Array<A>): Array<A> {
-    if (this.at.length === 0) return source
-    // slices of the unchanged runs and the inserted elements, joined by native copies
-    const parts: Array<ReadonlyArray<A>> = []
-    let from = 0
-    for (let e = 0; e < this.at.length; e++) {
-      const at = this.at[e]!
-      if (at > from) parts.push(source.slice(from, at))
-      const inserted = this.inserted[e]!
-      if (inserted.length > 0) parts.push(inserted)
-      from = at + this.removed[e]!
-    }
-    if (from < source.length) parts.push(source.slice(from))
-    if (parts.length <= maxConcatParts) return ([] as Array<A>).concat(...parts)
-    // concat takes its parts as arguments: a few thousand at a time
-    let out: Array<A> = []
-    for (let p = 0; p < parts.length; p += maxConcatParts) out = out.concat(...parts.slice(p, p + maxConcatParts))
-    return out
-  }
-}
-
-/** How many arrays one `concat` call joins at most. */
-const maxConcatParts = 4096
-
 /** Whether factories' results are already made (they all ran alone), not an effect still to run. */
 const isMade = <Req, Res, E, R>(
   made: Made<Req, Res, E> | Effect.Effect<Made<Req, Res, E>, never, R>
@@ -564,16 +539,12 @@ export const make = <Req, Res, E, FE, R>(
     const factory = options.factory
 
     // ---- state owned by the engine fiber ----
-    // every known instance in key order: its key, value, endpoint (undefined when its factory
-    // failed) and endpoint scope, at the same index. Published snapshots share these arrays:
-    // a change makes new ones, never changes them in place.
-    let keys: Array<string> = []
-    let values: Array<string> = []
-    let endpoints: Array<Endpoint<Req, Res, E> | undefined> = []
+    // every known instance in key order: its key, value and endpoint (undefined when its factory
+    // failed). Published snapshots share the rows: a change makes new ones (sharing the leaves it
+    // did not touch), never changes them in place.
+    let rows: Rows<Endpoint<Req, Res, E>> = Rows.empty()
     // the endpoint scopes kept (those their factory used), by key: most factories use none
     const scopes = new Map<string, EndpointScope>()
-    // how many of `endpoints` are undefined
-    let missing = 0
     // the invalidation error (invalidateOnError), part of the endpoint set
     let invalidated: Option.Option<EtcdError> = Option.none()
     // scopes of factories that ran but whose batch is not applied yet (closed if interrupted)
@@ -594,22 +565,8 @@ export const make = <Req, Res, E, FE, R>(
     let failingSince: number | undefined = undefined
     let invalidation: Fiber.RuntimeFiber<void> | undefined = undefined
 
-    const instances = new Published<ReadonlyMap<string, string>>(() => new SortedInstances(keys, values))
-    const endpointSet = new Published<EndpointSet<Req, Res, E>>(() => {
-      if (missing === 0) {
-        return { endpoints: endpoints as ReadonlyArray<Endpoint<Req, Res, E>>, keys, error: invalidated }
-      }
-      const present: Array<Endpoint<Req, Res, E>> = []
-      const presentKeys: Array<string> = []
-      for (let i = 0; i < keys.length; i++) {
-        const endpoint = endpoints[i]
-        if (endpoint !== undefined) {
-          present.push(endpoint)
-          presentKeys.push(keys[i]!)
-        }
-      }
-      return { endpoints: present, keys: presentKeys, error: invalidated }
-    })
+    const instances = new Published<ReadonlyMap<string, string>>(() => new SortedInstances(rows))
+    const endpointSet = new Published<RowsEndpointSet<Req, Res, E>>(() => new RowsEndpointSet(rows, invalidated))
     const stateRef = yield* SubscriptionRef.make<State>({ _tag: "Starting" })
     const firstAttempt = yield* Deferred.make<void>()
 
@@ -634,17 +591,14 @@ export const make = <Req, Res, E, FE, R>(
           const endpointScope = making.scopes[i]
           if (endpointScope !== undefined) open.push([making.keys[i]!, endpointScope])
         }
-        for (const key of keys) {
+        rows.forEach((key) => {
           const endpointScope = scopes.get(key)
           if (endpointScope !== undefined) open.push([key, endpointScope])
-        }
+        })
         scopes.clear()
         // its endpoints go with it: whoever still holds the subscriber (a balancer) fails with a
         // typed error instead of being handed endpoints whose scopes are closed
-        keys = []
-        values = []
-        endpoints = []
-        missing = 0
+        rows = Rows.empty()
         invalidated = Option.some(
           new EtcdError({ operation: "watch", reason: "Canceled", detail: `the subscriber of ${prefix} is closed` })
         )
@@ -688,8 +642,8 @@ export const make = <Req, Res, E, FE, R>(
      */
     const adopt = (endpointScope: EndpointScope, key: string, endpoint: unknown): boolean => {
       if (stopped) return false
-      const i = search(keys, key)
-      if (keys[i] !== key || endpoints[i] !== endpoint || scopes.has(key)) return false
+      const position = rows.find(key)
+      if (position < 0 || rows.itemAt(position) !== endpoint || scopes.has(key)) return false
       scopes.set(key, endpointScope)
       return true
     }
@@ -812,17 +766,12 @@ export const make = <Req, Res, E, FE, R>(
      * the order of each key's last change) whose factories have run, with no
      * yield: a reader never sees half a batch.
      *
-     * The arrays are never changed in place: the changed ones are rebuilt from
-     * slices of the old (see {@link Edits}), so a published snapshot can
-     * share them as they are. Splicing an array that has lived long enough to
-     * be in the old generation cost about 9 µs per array and change at 10,000
-     * instances (each element moved is a pointer the GC must be told about),
-     * and a copy before the splice whenever a snapshot had been read (issue 7).
-     * Copy on write did not pay either: editing in one pass, in place when no
-     * snapshot shares an array and in one exact-size copy when one does, halved
-     * the young collections under churn at 10,000 instances, but each took
-     * longer and the CPU stayed the same (a benchmark A/B); with no reader at
-     * all, a batch cost 280 to 320 µs instead of 220 (in-memory etcd).
+     * The rows are never changed in place: the batch makes new ones that share
+     * every leaf it did not touch (see {@link Rows}), so a published snapshot
+     * keeps the rows it was made from. Flat arrays rebuilt from slices per batch
+     * made a subscriber's CPU under churn grow with the number of instances
+     * (issue 7); splicing arrays in place cost about 9 µs per array and change
+     * at 10,000 instances in the old generation, and copy on write did no better.
      */
     const applyChanges = (changes: ReadonlyMap<string, string | undefined>, made: Made<Req, Res, E>) => {
       // the changes in key order, each with its job's index (-1 for a delete)
@@ -837,60 +786,48 @@ export const make = <Req, Res, E, FE, R>(
       if (!isSorted(changedKeys)) {
         order = changedKeys.map((_, i) => i).sort((a, b) => (changedKeys[a]! < changedKeys[b]! ? -1 : 1))
       }
-      // the edits, at ascending indices of the current arrays: keys and values have theirs, the
-      // endpoints theirs (a changed value with the same endpoint outcome still changes the endpoint)
-      const keyEdits = new Edits<string>()
-      const valueEdits = new Edits<string>()
-      const endpointEdits = new Edits<Endpoint<Req, Res, E> | undefined>()
-      let from = 0
+      // the edits, in key order: a delete of a present key, or a key's new value and endpoint
+      const editKeys: Array<string> = []
+      const editValues: Array<string | undefined> = []
+      const editItems: Array<Endpoint<Req, Res, E> | undefined> = []
       for (let c = 0; c < changedKeys.length; c++) {
         const index = order === undefined ? c : order[c]!
         const key = changedKeys[index]!
         const job = jobs[index]!
-        // keys come in ascending order: the search starts where the last one was found
-        const at = searchFrom(keys, key, from)
-        from = at
-        const present = keys[at] === key
+        const position = rows.find(key)
+        const present = position >= 0
         if (job < 0) {
           // a delete
           if (!present) continue
-          if (endpoints[at] === undefined) missing--
-          else endpointsChanged = true
+          if (rows.itemAt(position) !== undefined) endpointsChanged = true
           release(key)
           instancesChanged = true
-          keyEdits.remove(at)
-          valueEdits.remove(at)
-          endpointEdits.remove(at)
+          editKeys.push(key)
+          editValues.push(undefined)
+          editItems.push(undefined)
           continue
         }
         const value = changes.get(key)!
         const endpoint = made.endpoints[job]
-        if (endpoint === undefined) missing++
         // the old endpoint's scope first: the new one is kept under the same key
         if (present) release(key)
         keep(key, endpoint, made.scopes[job])
         if (present) {
-          const previous = endpoints[at]
-          if (previous === undefined) missing--
-          if (values[at] !== value) {
-            instancesChanged = true
-            valueEdits.replace(at, value)
-          }
-          if (previous !== undefined || endpoint !== undefined) {
-            endpointsChanged = true
-            endpointEdits.replace(at, endpoint)
-          }
+          const previous = rows.itemAt(position)
+          const valueChanged = rows.valueAt(position) !== value
+          if (valueChanged) instancesChanged = true
+          // a changed value with the same endpoint outcome still changes the endpoint
+          if (previous !== undefined || endpoint !== undefined) endpointsChanged = true
+          else if (!valueChanged) continue
         } else {
           instancesChanged = true
           if (endpoint !== undefined) endpointsChanged = true
-          keyEdits.insert(at, key)
-          valueEdits.insert(at, value)
-          endpointEdits.insert(at, endpoint)
         }
+        editKeys.push(key)
+        editValues.push(value)
+        editItems.push(endpoint)
       }
-      keys = keyEdits.applyTo(keys)
-      values = valueEdits.applyTo(values)
-      endpoints = endpointEdits.applyTo(endpoints)
+      rows = rows.apply({ keys: editKeys, values: editValues, items: editItems })
       making = notMaking
     }
 
@@ -902,26 +839,21 @@ export const make = <Req, Res, E, FE, R>(
       made: Made<Req, Res, E>
     ) => {
       const n = listedKeys.length
-      if (keys.length === 0) {
+      if (rows.size === 0) {
         // nothing known yet (the first listing): every instance was a job
         if (n > 0) {
-          // exact-size copies: arrays grown by push keep up to half their length spare
-          keys = listedKeys.slice()
-          values = listedValues.slice()
-          endpoints = made.endpoints.slice()
-          missing = 0
-          for (let i = 0; i < n; i++) {
-            if (endpoints[i] === undefined) missing++
-            keep(keys[i]!, endpoints[i], made.scopes[i])
-          }
+          rows = Rows.fromSorted(listedKeys, listedValues, made.endpoints)
+          for (let i = 0; i < n; i++) keep(listedKeys[i]!, made.endpoints[i], made.scopes[i])
           instancesChanged = true
           endpointsChanged = true
         }
         making = notMaking
         return
       }
+      const keys = rows.keys()
+      const values = rows.values()
+      const endpoints = rows.items()
       const nextEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
-      let nextMissing = 0
       let o = 0
       let j = 0
       for (let m = 0; m < n; m++) {
@@ -954,17 +886,13 @@ export const make = <Req, Res, E, FE, R>(
           nextEndpoints.push(endpoints[o])
           o++
         }
-        if (nextEndpoints[m] === undefined) nextMissing++
       }
       for (; o < keys.length; o++) {
         if (endpoints[o] !== undefined) endpointsChanged = true
         release(keys[o]!)
         instancesChanged = true
       }
-      keys = listedKeys.slice()
-      values = listedValues.slice()
-      endpoints = nextEndpoints.slice()
-      missing = nextMissing
+      rows = Rows.fromSorted(listedKeys, listedValues, nextEndpoints)
       making = notMaking
     }
 
@@ -1099,7 +1027,10 @@ export const make = <Req, Res, E, FE, R>(
         // the jobs: instances that are new, changed, or have no endpoint
         let jobKeys: Array<string> = listedKeys
         let jobValues: Array<string> = listedValues
-        if (keys.length > 0) {
+        if (rows.size > 0) {
+          const keys = rows.keys()
+          const values = rows.values()
+          const endpoints = rows.items()
           jobKeys = []
           jobValues = []
           let o = 0
@@ -1144,8 +1075,8 @@ export const make = <Req, Res, E, FE, R>(
       const jobValues: Array<string> = []
       for (const [key, value] of changes) {
         if (value === undefined) continue
-        const i = search(keys, key)
-        if (keys[i] === key && values[i] === value && endpoints[i] !== undefined) {
+        const position = rows.find(key)
+        if (position >= 0 && rows.valueAt(position) === value && rows.itemAt(position) !== undefined) {
           // the same value again: nothing to do (deleting the current entry of a Map's iteration is safe)
           changes.delete(key)
           continue
