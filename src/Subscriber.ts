@@ -54,7 +54,9 @@ export type TypeId = typeof TypeId
  * the sets before and after it, so a change costs the subscriber about the same
  * at 100 instances as at 100,000. `size` reads it as it is; `endpoints` and
  * `keys` are arrays built the first time they are read (O(N), once per set).
- * A balancer needs neither: its pick reads the snapshot directly.
+ * A balancer needs neither: its pick reads the snapshot directly. A set reads
+ * as the plain `{ size, endpoints, keys, error }` (a spread copy, `toEqual`);
+ * a `Subscriber` of your own (a test double) gives `size` too.
  *
  * `error` is set when `invalidateOnError` is on and etcd has been failing for
  * longer than its timeout: taking endpoints then fails with that error (the last
@@ -252,7 +254,7 @@ export const make: <Req, Res, E = never, FE = never, R = never>(
  *
  * ```ts
  * yield* Effect.forkScoped(
- *   Subscriber.follow(users.endpointSet, (set) => Effect.log(`${set.endpoints.length} users endpoints`))
+ *   Subscriber.follow(users.endpointSet, (set) => Effect.log(`${set.size} users endpoints`))
  * )
  * ```
  *

@@ -132,6 +132,34 @@ describe("Subscriber (in-memory etcd)", () => {
     )
   )
 
+  it.effect(
+    "an endpoint set reads as plain data: a spread copy, toEqual and JSON see size, endpoints, keys, error",
+    () =>
+      onMemory(
+        Effect.gen(function* () {
+          yield* put("/svc/a", "http://a")
+          yield* put("/svc/b", "bad")
+          const endpoint = (_: string) => Effect.succeed("a")
+          const factory: Factory<string, string, never, string> = (instance) =>
+            instance === "bad" ? Effect.fail("bad") : Effect.succeed(endpoint)
+          const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory }).pipe(
+            Effect.provide(Logger.remove(Logger.defaultLogger))
+          )
+          const set = yield* subscriber.endpointSet.get
+          const plain = { size: 1, endpoints: [endpoint], keys: ["/svc/a"], error: Option.none() }
+          expect({ ...set }).toEqual(plain)
+          expect(set).toEqual(plain)
+          expect(Object.keys(set).sort()).toEqual(["endpoints", "error", "keys", "size"])
+          expect(JSON.parse(JSON.stringify({ ...set, endpoints: set.endpoints.length }))).toEqual({
+            size: 1,
+            endpoints: 1,
+            keys: ["/svc/a"],
+            error: { _id: "Option", _tag: "None" }
+          })
+        })
+      )
+  )
+
   it.effect("once its scope is closed, a subscriber hands out no endpoint: taking them fails with a typed error", () =>
     onMemory(
       Effect.gen(function* () {

@@ -116,8 +116,10 @@ export class Rows<V> {
   ): Rows<V> {
     const leaves: Array<Leaf<V>> = []
     let missing = 0
-    for (let from = 0; from < keys.length; from += target) {
-      const to = Math.min(from + target, keys.length)
+    // up to a full leaf's rows make one leaf
+    const size = keys.length <= maxLeaf ? maxLeaf : target
+    for (let from = 0; from < keys.length; from += size) {
+      const to = Math.min(from + size, keys.length)
       const leafItems = items.slice(from, to)
       const leaf = new Leaf(keys.slice(from, to), values.slice(from, to), leafItems, countMissing(leafItems))
       missing += leaf.missing
@@ -161,6 +163,8 @@ export class Rows<V> {
 
   /** The `i`th defined item, `0 <= i < presentSize`. */
   presentAt(i: number): V {
+    // most services have fewer instances than a leaf holds
+    if (this.leaves.length === 1) return this.leaves[0]!.present[i]!
     const starts = (this.presentStarts ??= this.starts())
     // the last leaf starting at or before i (a leaf without items starts where the next does)
     let lo = 0

@@ -172,28 +172,30 @@ class SortedInstances implements ReadonlyMap<string, string> {
 
 /**
  * A published endpoint set: the engine's rows as they were at one change.
- * `size` and {@link at} read them as they are (a balancer's pick); `endpoints`
- * and `keys` are built the first time they are read, O(N) once per set.
+ * `size` and `at` (a balancer's pick; not enumerable) read them as they are;
+ * `endpoints` and `keys` are built the first time they are read, O(N) once per
+ * set. They are the object's own enumerable getters, so that a spread copy,
+ * `toEqual` or a log sees the set as the plain `{ size, endpoints, keys, error }`
+ * it stands for.
  */
-class RowsEndpointSet<Req, Res, E> implements EndpointSet<Req, Res, E>, PickableSet<Req, Res, E> {
-  private endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
-  private keyArray: ReadonlyArray<string> | undefined = undefined
-  constructor(
-    private readonly rows: Rows<Endpoint<Req, Res, E>>,
-    readonly error: Option.Option<EtcdError>
-  ) {}
-  get size(): number {
-    return this.rows.presentSize
+const endpointSetOf = <Req, Res, E>(
+  rows: Rows<Endpoint<Req, Res, E>>,
+  error: Option.Option<EtcdError>
+): EndpointSet<Req, Res, E> & PickableSet<Req, Res, E> => {
+  let endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
+  let keyArray: ReadonlyArray<string> | undefined = undefined
+  const set = {
+    size: rows.presentSize,
+    get endpoints(): ReadonlyArray<Endpoint<Req, Res, E>> {
+      return (endpointArray ??= rows.presentItems())
+    },
+    get keys(): ReadonlyArray<string> {
+      return (keyArray ??= rows.presentKeys())
+    },
+    error
   }
-  get endpoints(): ReadonlyArray<Endpoint<Req, Res, E>> {
-    return (this.endpointArray ??= this.rows.presentItems())
-  }
-  get keys(): ReadonlyArray<string> {
-    return (this.keyArray ??= this.rows.presentKeys())
-  }
-  at(i: number): Endpoint<Req, Res, E> {
-    return this.endpointArray === undefined ? this.rows.presentAt(i) : this.endpointArray[i]!
-  }
+  const at = (i: number): Endpoint<Req, Res, E> => (endpointArray === undefined ? rows.presentAt(i) : endpointArray[i]!)
+  return Object.defineProperty(set, "at", { value: at }) as typeof set & PickableSet<Req, Res, E>
 }
 
 type ScopeState =
@@ -566,7 +568,9 @@ export const make = <Req, Res, E, FE, R>(
     let invalidation: Fiber.RuntimeFiber<void> | undefined = undefined
 
     const instances = new Published<ReadonlyMap<string, string>>(() => new SortedInstances(rows))
-    const endpointSet = new Published<RowsEndpointSet<Req, Res, E>>(() => new RowsEndpointSet(rows, invalidated))
+    const endpointSet = new Published<EndpointSet<Req, Res, E> & PickableSet<Req, Res, E>>(() =>
+      endpointSetOf(rows, invalidated)
+    )
     const stateRef = yield* SubscriptionRef.make<State>({ _tag: "Starting" })
     const firstAttempt = yield* Deferred.make<void>()
 
