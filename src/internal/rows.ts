@@ -128,6 +128,11 @@ export class Rows<V> {
     return new Rows(leaves, keys.length, keys.length - missing)
   }
 
+  /** How many leaves: with one, the arrays of every row are that leaf's own, built by no copy. */
+  get leafCount(): number {
+    return this.leaves.length
+  }
+
   /** The index of the first leaf whose last key is not below `key` (the number of leaves when none is). */
   private leafOf(key: string): number {
     const leaves = this.leaves
@@ -185,28 +190,28 @@ export class Rows<V> {
     }
   }
 
-  /** Every key, in order, as a new array. */
-  keys(): Array<string> {
+  /** Every key, in order, in an array (the leaf's own when there is one leaf). */
+  keys(): ReadonlyArray<string> {
     return join(this.leaves.map((leaf) => leaf.keys))
   }
 
-  /** Every value, in key order, as a new array. */
-  values(): Array<string> {
+  /** Every value, in key order, in an array (the leaf's own when there is one leaf). */
+  values(): ReadonlyArray<string> {
     return join(this.leaves.map((leaf) => leaf.values))
   }
 
-  /** Every item (`undefined` where a row has none), in key order, as a new array. */
-  items(): Array<V | undefined> {
+  /** Every item (`undefined` where a row has none), in key order, in an array (the leaf's own when there is one leaf). */
+  items(): ReadonlyArray<V | undefined> {
     return join(this.leaves.map((leaf) => leaf.items))
   }
 
-  /** The defined items, in key order, as a new array. */
-  presentItems(): Array<V> {
+  /** The defined items, in key order, in an array (the leaf's own when there is one leaf). */
+  presentItems(): ReadonlyArray<V> {
     return join(this.leaves.map((leaf) => leaf.present))
   }
 
-  /** The keys of the rows with an item, in order, as a new array. */
-  presentKeys(): Array<string> {
+  /** The keys of the rows with an item, in order, in an array (the leaf's own when there is one leaf). */
+  presentKeys(): ReadonlyArray<string> {
     return join(
       this.leaves.map((leaf) =>
         leaf.present === leaf.items ? leaf.keys : leaf.keys.filter((_, i) => leaf.items[i] !== undefined)
@@ -368,9 +373,9 @@ const pushCut = <V>(out: Array<Leaf<V>>, rows: Merged<V>): void => {
   }
 }
 
-/** The arrays joined into one new array, by native copies. */
-const join = <A>(parts: ReadonlyArray<ReadonlyArray<A>>): Array<A> => {
-  if (parts.length === 1) return parts[0]!.slice()
+/** The arrays joined into one array, by native copies (the one array itself when there is one: arrays here are never changed). */
+const join = <A>(parts: ReadonlyArray<ReadonlyArray<A>>): ReadonlyArray<A> => {
+  if (parts.length === 1) return parts[0]!
   if (parts.length <= maxConcatParts) return ([] as Array<A>).concat(...parts)
   let out: Array<A> = []
   for (let p = 0; p < parts.length; p += maxConcatParts) out = out.concat(...parts.slice(p, p + maxConcatParts))

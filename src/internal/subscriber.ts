@@ -182,7 +182,9 @@ const endpointSetOf = <Req, Res, E>(
   rows: Rows<Endpoint<Req, Res, E>>,
   error: Option.Option<EtcdError>
 ): EndpointSet<Req, Res, E> & PickableSet<Req, Res, E> => {
-  let endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
+  // with one leaf (up to 128 instances, most services) the endpoints are that leaf's own array
+  let endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined =
+    rows.leafCount <= 1 ? rows.presentItems() : undefined
   let keyArray: ReadonlyArray<string> | undefined = undefined
   const set = {
     size: rows.presentSize,
@@ -194,7 +196,7 @@ const endpointSetOf = <Req, Res, E>(
     },
     error
   }
-  const at = (i: number): Endpoint<Req, Res, E> => (endpointArray === undefined ? rows.presentAt(i) : endpointArray[i]!)
+  const at = (i: number): Endpoint<Req, Res, E> => (endpointArray !== undefined ? endpointArray[i]! : rows.presentAt(i))
   return Object.defineProperty(set, "at", { value: at }) as typeof set & PickableSet<Req, Res, E>
 }
 
