@@ -2,6 +2,7 @@
  * The Subscriber against the in-memory etcd, time driven by TestClock.
  */
 import { describe, expect, it } from "@effect/vitest"
+import { inspect } from "node:util"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Config from "effect/Config"
@@ -150,6 +151,8 @@ describe("Subscriber (in-memory etcd)", () => {
           expect({ ...set }).toEqual(plain)
           expect(set).toEqual(plain)
           expect(Object.keys(set).sort()).toEqual(["endpoints", "error", "keys", "size"])
+          // Node's inspect (console.log, Logger.pretty) shows the arrays, not `[Getter]`
+          expect(inspect(set)).toBe(inspect(plain))
           expect(JSON.parse(JSON.stringify({ ...set, endpoints: set.endpoints.length }))).toEqual({
             size: 1,
             endpoints: 1,

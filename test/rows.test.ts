@@ -57,12 +57,30 @@ const batch = (model: Model, changes: ReadonlyArray<readonly [string, string | u
     values: keys.map((key) => byKey.get(key)!.value),
     items: keys.map((key) => byKey.get(key)!.item)
   }
+  // what each edit replaces: the row its key had, by the edit's index
+  const replaces = keys.flatMap((key, e) => {
+    const row = model.get(key)
+    return row === undefined ? [] : [[e, row.value, row.item] as const]
+  })
   for (const key of keys) {
     const { item, value } = byKey.get(key)!
     if (value === undefined) model.delete(key)
     else model.set(key, { value, item })
   }
-  return edits
+  return { edits, replaces }
+}
+
+/** `rows` with a batch applied, checking what `apply` says each edit replaced against the model. */
+const applyBatch = (
+  rows: Rows<number>,
+  model: Model,
+  changes: ReadonlyArray<readonly [string, string | undefined, number | undefined]>
+) => {
+  const { edits, replaces } = batch(model, changes)
+  const replaced: Array<readonly [number, string, number | undefined]> = []
+  const next = rows.apply(edits, (e, value, item) => replaced.push([e, value, item]))
+  expect(replaced).toEqual(replaces)
+  return next
 }
 
 const key = (n: number) => `/svc/${String(n).padStart(6, "0")}`
@@ -88,7 +106,7 @@ describe("Rows", () => {
       }
       const before = rows
       const beforeModel: Model = new Map(model)
-      rows = rows.apply(batch(model, changes))
+      rows = applyBatch(rows, model, changes)
       const probes = [...changes.map(([k]) => k), key(-1), key(999_999), ...[...model.keys()].slice(0, 20)]
       expectEqual(rows, model, probes)
       if (round % 25 === 0) expectEqual(before, beforeModel, probes)
@@ -107,20 +125,20 @@ describe("Rows", () => {
     const changes: Array<readonly [string, string | undefined, number | undefined]> = []
     for (let i = 0; i < n; i += 2) changes.push([key(i * 2), undefined, undefined])
     for (let i = 0; i < n; i += 3) changes.push([key(i * 2 + 1), "new", 10_000 + i])
-    const next = rows.apply(batch(model, changes))
+    const next = applyBatch(rows, model, changes)
     expectEqual(next, model, [...keys, ...changes.map(([k]) => k)])
     // everything deleted, then one back
     const all = [...model.keys()].map((k): readonly [string, undefined, undefined] => [k, undefined, undefined])
-    const empty = next.apply(batch(model, all))
+    const empty = applyBatch(next, model, all)
     expectEqual(empty, model, keys.slice(0, 10))
-    expectEqual(empty.apply(batch(model, [[key(3), "back", 1]])), model, [key(3), key(4)])
+    expectEqual(applyBatch(empty, model, [[key(3), "back", 1]]), model, [key(3), key(4)])
   })
 
   it("takes a delete of an absent key as a no-op, and an empty batch as no change", () => {
     const rows = Rows.fromSorted([key(1)], ["one"], [1])
     expect(rows.apply({ keys: [], values: [], items: [] })).toBe(rows)
     const model: Model = new Map([[key(1), { value: "one", item: 1 }]])
-    expectEqual(rows.apply(batch(model, [[key(2), undefined, undefined]])), model, [key(1), key(2)])
-    expectEqual(Rows.empty<number>().apply(batch(new Map(), [[key(2), undefined, undefined]])), new Map(), [key(2)])
+    expectEqual(applyBatch(rows, model, [[key(2), undefined, undefined]]), model, [key(1), key(2)])
+    expectEqual(applyBatch(Rows.empty<number>(), new Map(), [[key(2), undefined, undefined]]), new Map(), [key(2)])
   })
 })

@@ -98,6 +98,12 @@ export class Rows<V> {
 
   private constructor(
     private readonly leaves: ReadonlyArray<Leaf<V>>,
+    /**
+     * The last key of each leaf, in one array: a search among the leaves reads
+     * this array and the keys, not every leaf it passes (each a cache miss on
+     * its own when a batch comes after other work).
+     */
+    private readonly lastKeys: ReadonlyArray<string>,
     /** How many rows. */
     readonly size: number,
     /** How many rows have an item. */
@@ -105,7 +111,7 @@ export class Rows<V> {
   ) {}
 
   static empty<V>(): Rows<V> {
-    return new Rows<V>([], 0, 0)
+    return new Rows<V>([], [], 0, 0)
   }
 
   /** Rows from sorted keys and their values and items (the arrays are not kept). */
@@ -125,7 +131,12 @@ export class Rows<V> {
       missing += leaf.missing
       leaves.push(leaf)
     }
-    return new Rows(leaves, keys.length, keys.length - missing)
+    return new Rows(
+      leaves,
+      leaves.map((leaf) => leaf.lastKey),
+      keys.length,
+      keys.length - missing
+    )
   }
 
   /** How many leaves: with one, the arrays of every row are that leaf's own, built by no copy. */
@@ -135,12 +146,12 @@ export class Rows<V> {
 
   /** The index of the first leaf whose last key is not below `key` (the number of leaves when none is). */
   private leafOf(key: string): number {
-    const leaves = this.leaves
+    const lastKeys = this.lastKeys
     let lo = 0
-    let hi = leaves.length
+    let hi = lastKeys.length
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
-      if (leaves[mid]!.lastKey < key) lo = mid + 1
+      if (lastKeys[mid]! < key) lo = mid + 1
       else hi = mid
     }
     return lo
@@ -233,19 +244,23 @@ export class Rows<V> {
    * These rows with `edits` applied (keys in ascending order; a delete of a key
    * that has no row is a no-op). Leaves no edit falls in are shared: a batch
    * costs a binary search per leaf it changes, a copy of those leaves, and a
-   * copy of the list of leaves.
+   * copy of the list of leaves. `replaced` is called with each edit (by index)
+   * whose key had a row, and that row's value and item, as the edit is applied:
+   * the caller learns what it replaced without a search of its own.
    */
-  apply(edits: RowEdits<V>): Rows<V> {
+  apply(edits: RowEdits<V>, replaced?: (edit: number, value: string, item: V | undefined) => void): Rows<V> {
     const n = edits.keys.length
     if (n === 0) return this
     const leaves = this.leaves
+    const lastKeys = this.lastKeys
     const out: Array<Leaf<V>> = []
+    const outLastKeys: Array<string> = []
     let size = this.size
     let presentSize = this.presentSize
     if (leaves.length === 0) {
-      const merged = merge(undefined, edits, 0, n)
-      if (merged.keys.length > 0) pushCut(out, merged)
-      return new Rows(out, merged.keys.length, merged.keys.length - merged.missing)
+      const merged = merge(undefined, edits, 0, n, replaced)
+      if (merged.keys.length > 0) pushCut(out, outLastKeys, merged)
+      return new Rows(out, outLastKeys, merged.keys.length, merged.keys.length - merged.missing)
     }
     const lastLeaf = leaves.length - 1
     // leaves before `copied` are in `out`
@@ -259,12 +274,15 @@ export class Rows<V> {
       if (l === lastLeaf) {
         end = n
       } else {
-        const lastKey = leaf.lastKey
+        const lastKey = lastKeys[l]!
         while (end < n && edits.keys[end]! <= lastKey) end++
       }
-      for (; copied < l; copied++) out.push(leaves[copied]!)
+      for (; copied < l; copied++) {
+        out.push(leaves[copied]!)
+        outLastKeys.push(lastKeys[copied]!)
+      }
       copied = l + 1
-      let merged = merge(leaf, edits, e, end)
+      let merged = merge(leaf, edits, e, end, replaced)
       e = end
       size += merged.keys.length - leaf.keys.length
       presentSize += merged.keys.length - merged.missing - leaf.presentCount
@@ -272,6 +290,7 @@ export class Rows<V> {
       // a leaf that shrank too much joins the one before it
       if (merged.keys.length < minLeaf && out.length > 0) {
         const before = out.pop()!
+        outLastKeys.pop()
         merged = {
           keys: before.keys.concat(merged.keys),
           values: before.values.concat(merged.values),
@@ -279,10 +298,13 @@ export class Rows<V> {
           missing: before.missing + merged.missing
         }
       }
-      pushCut(out, merged)
+      pushCut(out, outLastKeys, merged)
     }
-    for (; copied < leaves.length; copied++) out.push(leaves[copied]!)
-    return new Rows(out, size, presentSize)
+    for (; copied < leaves.length; copied++) {
+      out.push(leaves[copied]!)
+      outLastKeys.push(lastKeys[copied]!)
+    }
+    return new Rows(out, outLastKeys, size, presentSize)
   }
 }
 
@@ -297,7 +319,13 @@ interface Merged<V> {
  * The rows of `leaf` with the edits from `from` to `to` applied: slices of the unchanged runs and the new rows,
  * joined by native copies into exact-size arrays.
  */
-const merge = <V>(leaf: Leaf<V> | undefined, edits: RowEdits<V>, from: number, to: number): Merged<V> => {
+const merge = <V>(
+  leaf: Leaf<V> | undefined,
+  edits: RowEdits<V>,
+  from: number,
+  to: number,
+  replaced: ((edit: number, value: string, item: V | undefined) => void) | undefined
+): Merged<V> => {
   const keyParts: Array<ReadonlyArray<string>> = []
   const valueParts: Array<ReadonlyArray<string>> = []
   const itemParts: Array<ReadonlyArray<V | undefined>> = []
@@ -331,6 +359,7 @@ const merge = <V>(leaf: Leaf<V> | undefined, edits: RowEdits<V>, from: number, t
     // the edit replaces (or deletes) the row of the same key
     if (i < leafKeys.length && leafKeys[i] === key) {
       if (leafItems[i] === undefined) missing--
+      if (replaced !== undefined) replaced(e, leafValues[i]!, leafItems[i])
       i++
     }
     const value = edits.values[e]
@@ -356,12 +385,13 @@ const merge = <V>(leaf: Leaf<V> | undefined, edits: RowEdits<V>, from: number, t
   return { keys: join(keyParts), values: join(valueParts), items: join(itemParts), missing }
 }
 
-/** Adds the rows as one leaf, or as pieces of about {@link target} rows when there are more than {@link maxLeaf}. */
-const pushCut = <V>(out: Array<Leaf<V>>, rows: Merged<V>): void => {
+/** Adds the rows (and their last keys to `lastKeys`) as one leaf, or as pieces of about {@link target} rows when there are more than {@link maxLeaf}. */
+const pushCut = <V>(out: Array<Leaf<V>>, lastKeys: Array<string>, rows: Merged<V>): void => {
   const { items, keys, values } = rows
   const n = keys.length
   if (n <= maxLeaf) {
     out.push(new Leaf(keys, values, items, rows.missing))
+    lastKeys.push(keys[n - 1]!)
     return
   }
   const pieces = Math.ceil(n / target)
@@ -370,6 +400,7 @@ const pushCut = <V>(out: Array<Leaf<V>>, rows: Merged<V>): void => {
     const to = Math.floor(((p + 1) * n) / pieces)
     const pieceItems = items.slice(from, to)
     out.push(new Leaf(keys.slice(from, to), values.slice(from, to), pieceItems, countMissing(pieceItems)))
+    lastKeys.push(keys[to - 1]!)
   }
 }
 

@@ -170,13 +170,16 @@ class SortedInstances implements ReadonlyMap<string, string> {
   }
 }
 
+/** The key of Node's `util.inspect` hook. */
+const nodeInspect = Symbol.for("nodejs.util.inspect.custom")
+
 /**
  * A published endpoint set: the engine's rows as they were at one change.
  * `size` and `at` (a balancer's pick; not enumerable) read them as they are;
  * `endpoints` and `keys` are built the first time they are read, O(N) once per
- * set. They are the object's own enumerable getters, so that a spread copy,
- * `toEqual` or a log sees the set as the plain `{ size, endpoints, keys, error }`
- * it stands for.
+ * set. They are the object's own enumerable getters, and Node's inspect is
+ * shown their values, so that a spread copy, `toEqual` or a log sees the set
+ * as the plain `{ size, endpoints, keys, error }` it stands for.
  */
 const endpointSetOf = <Req, Res, E>(
   rows: Rows<Endpoint<Req, Res, E>>,
@@ -197,7 +200,11 @@ const endpointSetOf = <Req, Res, E>(
     error
   }
   const at = (i: number): Endpoint<Req, Res, E> => (endpointArray !== undefined ? endpointArray[i]! : rows.presentAt(i))
-  return Object.defineProperty(set, "at", { value: at }) as typeof set & PickableSet<Req, Res, E>
+  return Object.defineProperties(set, {
+    at: { value: at },
+    // Node's inspect (console.log, Logger.pretty) shows getters as `[Getter]`: it sees the values
+    [nodeInspect]: { value: () => ({ size: set.size, endpoints: set.endpoints, keys: set.keys, error }) }
+  }) as typeof set & PickableSet<Req, Res, E>
 }
 
 type ScopeState =
@@ -792,7 +799,7 @@ export const make = <Req, Res, E, FE, R>(
       if (!isSorted(changedKeys)) {
         order = changedKeys.map((_, i) => i).sort((a, b) => (changedKeys[a]! < changedKeys[b]! ? -1 : 1))
       }
-      // the edits, in key order: a delete of a present key, or a key's new value and endpoint
+      // the edits, in key order: a delete, or a key's new value and endpoint
       const editKeys: Array<string> = []
       const editValues: Array<string | undefined> = []
       const editItems: Array<Endpoint<Req, Res, E> | undefined> = []
@@ -800,40 +807,39 @@ export const make = <Req, Res, E, FE, R>(
         const index = order === undefined ? c : order[c]!
         const key = changedKeys[index]!
         const job = jobs[index]!
-        const position = rows.find(key)
-        const present = position >= 0
+        // the old endpoint's scope first (if the key has one): the new one is kept under the same key
+        release(key)
+        editKeys.push(key)
         if (job < 0) {
-          // a delete
-          if (!present) continue
-          if (rows.itemAt(position) !== undefined) endpointsChanged = true
-          release(key)
-          instancesChanged = true
-          editKeys.push(key)
           editValues.push(undefined)
           editItems.push(undefined)
-          continue
-        }
-        const value = changes.get(key)!
-        const endpoint = made.endpoints[job]
-        // the old endpoint's scope first: the new one is kept under the same key
-        if (present) release(key)
-        keep(key, endpoint, made.scopes[job])
-        if (present) {
-          const previous = rows.itemAt(position)
-          const valueChanged = rows.valueAt(position) !== value
-          if (valueChanged) instancesChanged = true
-          // a changed value with the same endpoint outcome still changes the endpoint
-          if (previous !== undefined || endpoint !== undefined) endpointsChanged = true
-          else if (!valueChanged) continue
         } else {
-          instancesChanged = true
-          if (endpoint !== undefined) endpointsChanged = true
+          const endpoint = made.endpoints[job]
+          keep(key, endpoint, made.scopes[job])
+          editValues.push(changes.get(key)!)
+          editItems.push(endpoint)
         }
-        editKeys.push(key)
-        editValues.push(value)
-        editItems.push(endpoint)
       }
-      rows = rows.apply({ keys: editKeys, values: editValues, items: editItems })
+      // what changed, from what each edit replaced: the rows' own search finds it (a search per
+      // change here as well cost as much again, with caches cold between batches)
+      let next = 0
+      const added = (to: number) => {
+        // the puts from `next` to `to` (excluded) replaced nothing: new instances
+        for (; next < to; next++) {
+          if (editValues[next] === undefined) continue
+          instancesChanged = true
+          if (editItems[next] !== undefined) endpointsChanged = true
+        }
+      }
+      rows = rows.apply({ keys: editKeys, values: editValues, items: editItems }, (e, value, item) => {
+        added(e)
+        next = e + 1
+        const newValue = editValues[e]
+        if (newValue === undefined || newValue !== value) instancesChanged = true
+        // a changed value with the same endpoint outcome still changes the endpoint
+        if (item !== undefined || editItems[e] !== undefined) endpointsChanged = true
+      })
+      added(editKeys.length)
       making = notMaking
     }
 
