@@ -424,8 +424,9 @@ const rangeOf = (prefix: string): { key: Buffer; range_end: Buffer } => {
  * for {@link burstMaxMillis}, or as soon as it holds fewer than
  * {@link burstRate} changes per millisecond of gathering (first checked after
  * `burstQuietMillis`, then when the batch would be due if no change came).
- * Every batch costs the subscriber a fixed part and O(instances), so a churn
- * is best handed over in a few large batches: 500 changes in about 80 ms made
+ * Every batch costs the subscriber a fixed part (a publish, its followers'
+ * wake; before the subscriber's rows were persistent, also O(instances)), so a
+ * churn is best handed over in a few large batches: 500 changes in about 80 ms made
  * 10 to 20 batches instead of 34 to 40 with the earlier fixed 1 ms wait, and
  * the subscriber's CPU at 10,000 instances fell from 1.90-2.04 to 1.58-1.85
  * times raw's in four alternating pairs of runs (issue 7). The rate test is
@@ -1269,7 +1270,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               // one batch per turn of the event loop: under churn a turn brings ~10 responses,
               // and waking the consumer's fiber once per response cost more than decoding them.
               // In a burst (see burstMillis) the batch gathers changes while they keep coming
-              // fast: every batch costs the subscriber O(instances), so fewer, larger batches (issue 7)
+              // fast: every batch costs the subscriber a publish and its followers a wake, so fewer,
+              // larger batches (issue 7)
               if (pending.length === 0) return
               const now = performance.now()
               lastCame = now

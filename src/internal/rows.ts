@@ -326,6 +326,7 @@ const merge = <V>(
   to: number,
   replaced: ((edit: number, value: string, item: V | undefined) => void) | undefined
 ): Merged<V> => {
+  if (leaf !== undefined && to - from === 1) return mergeOne(leaf, edits, from, replaced)
   const keyParts: Array<ReadonlyArray<string>> = []
   const valueParts: Array<ReadonlyArray<string>> = []
   const itemParts: Array<ReadonlyArray<V | undefined>> = []
@@ -383,6 +384,47 @@ const merge = <V>(
     itemParts.push(i === 0 ? leafItems : leafItems.slice(i))
   }
   return { keys: join(keyParts), values: join(valueParts), items: join(itemParts), missing }
+}
+
+/**
+ * {@link merge} of a single edit, the common case under churn (a batch's few
+ * changes fall in different leaves): one native copy per array that changes
+ * (`toSpliced`, `with`; about a third of slices joined by `concat` in a probe),
+ * and a changed value keeps the leaf's keys as they are.
+ */
+const mergeOne = <V>(
+  leaf: Leaf<V>,
+  edits: RowEdits<V>,
+  e: number,
+  replaced: ((edit: number, value: string, item: V | undefined) => void) | undefined
+): Merged<V> => {
+  const { items, keys, values } = leaf
+  const key = edits.keys[e]!
+  const at = search(keys, key)
+  const value = edits.values[e]
+  const item = edits.items[e]
+  if (at < keys.length && keys[at] === key) {
+    const old = items[at]
+    if (replaced !== undefined) replaced(e, values[at]!, old)
+    const missing = leaf.missing - (old === undefined ? 1 : 0)
+    if (value === undefined) {
+      return { keys: keys.toSpliced(at, 1), values: values.toSpliced(at, 1), items: items.toSpliced(at, 1), missing }
+    }
+    return {
+      keys,
+      values: values.with(at, value),
+      items: items.with(at, item),
+      missing: missing + (item === undefined ? 1 : 0)
+    }
+  }
+  // a delete of a key that has no row changes nothing
+  if (value === undefined) return leaf
+  return {
+    keys: keys.toSpliced(at, 0, key),
+    values: values.toSpliced(at, 0, value),
+    items: items.toSpliced(at, 0, item),
+    missing: leaf.missing + (item === undefined ? 1 : 0)
+  }
 }
 
 /** Adds the rows (and their last keys to `lastKeys`) as one leaf, or as pieces of about {@link target} rows when there are more than {@link maxLeaf}. */
