@@ -175,19 +175,19 @@ const nodeInspect = Symbol.for("nodejs.util.inspect.custom")
 
 /**
  * A published endpoint set: the engine's rows as they were at one change.
- * `size` and `at` (a balancer's pick; not enumerable) read them as they are;
  * `endpoints` and `keys` are built the first time they are read, O(N) once per
- * set. They are the object's own enumerable getters, and Node's inspect is
+ * set (with one leaf, up to 128 instances, the endpoints are that leaf's own
+ * array). They are the object's own enumerable getters, and Node's inspect is
  * shown their values, so that a spread copy, `toEqual` or a log sees the set
- * as the plain `{ size, endpoints, keys, error }` it stands for.
+ * as the plain `{ size, endpoints, keys, error }` it stands for. A balancer
+ * does not read this object (its own accessors make it slow to read): see
+ * {@link Pickable}.
  */
 const endpointSetOf = <Req, Res, E>(
   rows: Rows<Endpoint<Req, Res, E>>,
   error: Option.Option<EtcdError>
-): EndpointSet<Req, Res, E> & PickableSet<Req, Res, E> => {
-  // with one leaf (up to 128 instances, most services) the endpoints are that leaf's own array
-  let endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined =
-    rows.leafCount <= 1 ? rows.presentItems() : undefined
+): EndpointSet<Req, Res, E> => {
+  let endpointArray: ReadonlyArray<Endpoint<Req, Res, E>> | undefined = undefined
   let keyArray: ReadonlyArray<string> | undefined = undefined
   const set = {
     size: rows.presentSize,
@@ -199,12 +199,30 @@ const endpointSetOf = <Req, Res, E>(
     },
     error
   }
-  const at = (i: number): Endpoint<Req, Res, E> => (endpointArray !== undefined ? endpointArray[i]! : rows.presentAt(i))
-  return Object.defineProperties(set, {
-    at: { value: at },
-    // Node's inspect (console.log, Logger.pretty) shows getters as `[Getter]`: it sees the values
-    [nodeInspect]: { value: () => ({ size: set.size, endpoints: set.endpoints, keys: set.keys, error }) }
-  }) as typeof set & PickableSet<Req, Res, E>
+  // Node's inspect (console.log, Logger.pretty) shows getters as `[Getter]`: it sees the values
+  return Object.defineProperty(set, nodeInspect, {
+    value: () => ({ size: set.size, endpoints: set.endpoints, keys: set.keys, error })
+  })
+}
+
+/**
+ * What a balancer picks from: the same rows and error as the published set, in
+ * an object of one shape (a pick reads three fields and one array).
+ */
+class Pickable<Req, Res, E> implements PickableSet<Req, Res, E> {
+  readonly size: number
+  /** With one leaf (up to 128 instances, most services): that leaf's own array of endpoints. */
+  private readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E>> | undefined
+  constructor(
+    private readonly rows: Rows<Endpoint<Req, Res, E>>,
+    readonly error: Option.Option<EtcdError>
+  ) {
+    this.size = rows.presentSize
+    this.endpoints = rows.leafCount <= 1 ? rows.presentItems() : undefined
+  }
+  at(i: number): Endpoint<Req, Res, E> {
+    return this.endpoints !== undefined ? this.endpoints[i]! : this.rows.presentAt(i)
+  }
 }
 
 type ScopeState =
@@ -577,9 +595,14 @@ export const make = <Req, Res, E, FE, R>(
     let invalidation: Fiber.RuntimeFiber<void> | undefined = undefined
 
     const instances = new Published<ReadonlyMap<string, string>>(() => new SortedInstances(rows))
-    const endpointSet = new Published<EndpointSet<Req, Res, E> & PickableSet<Req, Res, E>>(() =>
-      endpointSetOf(rows, invalidated)
-    )
+    const endpointSet = new Published<EndpointSet<Req, Res, E>>(() => endpointSetOf(rows, invalidated))
+    // the balancers' view of the current set, made when one picks (see Pickable)
+    let pickable: Pickable<Req, Res, E> | undefined = undefined
+    /** The endpoint set changed: publishes it, and the balancers' view is made again. */
+    const endpointSetChanged = () => {
+      pickable = undefined
+      endpointSet.changed()
+    }
     const stateRef = yield* SubscriptionRef.make<State>({ _tag: "Starting" })
     const firstAttempt = yield* Deferred.make<void>()
 
@@ -616,7 +639,7 @@ export const make = <Req, Res, E, FE, R>(
           new EtcdError({ operation: "watch", reason: "Canceled", detail: `the subscriber of ${prefix} is closed` })
         )
         instances.changed()
-        endpointSet.changed()
+        endpointSetChanged()
         // closed before the first listing was applied: the engine is gone, and `make`, waiting for
         // it, is interrupted (a no-op once the first attempt is done)
         return Effect.zipRight(
@@ -949,7 +972,7 @@ export const make = <Req, Res, E, FE, R>(
       }
       if (endpointsChanged) {
         endpointsChanged = false
-        endpointSet.changed()
+        endpointSetChanged()
       }
       if (toClose.length === 0) return undefined
       for (const entry of toClose) if (!entry[1].closeTrivially()) closeQueue.push(entry)
@@ -964,7 +987,7 @@ export const make = <Req, Res, E, FE, R>(
         ? Effect.zipRight(
             Effect.sync(() => {
               invalidated = Option.some(state.error)
-              endpointSet.changed()
+              endpointSetChanged()
             }),
             Effect.logWarning(`endpoints invalidated: ${state.error.message}`)
           )
@@ -996,7 +1019,7 @@ export const make = <Req, Res, E, FE, R>(
             }
             if (Option.isSome(invalidated)) {
               invalidated = Option.none()
-              endpointSet.changed()
+              endpointSetChanged()
             }
             yield* SubscriptionRef.set(stateRef, { _tag: "Live" })
             if (wasFailing) yield* Effect.logInfo("etcd reachable again")
@@ -1307,6 +1330,8 @@ export const make = <Req, Res, E, FE, R>(
       endpoints: endpoints_,
       state: stateRef
     }
-    Object.defineProperty(subscriber, CurrentEndpointSet, { value: () => endpointSet.current() })
+    Object.defineProperty(subscriber, CurrentEndpointSet, {
+      value: () => (pickable ??= new Pickable(rows, invalidated))
+    })
     return subscriber
   })
