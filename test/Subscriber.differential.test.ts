@@ -13,12 +13,11 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import type * as Subscribable from "effect/Subscribable"
-import * as TestServices from "effect/TestServices"
 import * as Balancer from "../src/Balancer.js"
 import type { Factory } from "../src/Endpoint.js"
 import * as EtcdClient from "../src/EtcdClient.js"
 import * as Subscriber from "../src/Subscriber.js"
+import { waitFor } from "./testing-helpers.js"
 
 const prng = (seed: number) => () => {
   seed = (seed + 0x6d2b79f5) | 0
@@ -26,17 +25,6 @@ const prng = (seed: number) => () => {
   t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
-
-const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean, what: string) =>
-  TestServices.provideWithLive(
-    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
-      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage(`changes ended before ${what}`)
-    ),
-    (effect) =>
-      Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error(`timed out: ${what}`) }).pipe(
-        Effect.orDie
-      )
-  )
 
 const name = (i: number) => `/svc/${String(i).padStart(4, "0")}`
 

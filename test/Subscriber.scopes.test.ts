@@ -8,26 +8,12 @@ import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
-import type * as Subscribable from "effect/Subscribable"
-import * as TestServices from "effect/TestServices"
 import type { Factory } from "../src/Endpoint.js"
 import * as EtcdClient from "../src/EtcdClient.js"
 import * as Subscriber from "../src/Subscriber.js"
-
-const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean, what: string) =>
-  TestServices.provideWithLive(
-    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
-      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage(`changes ended before ${what}`)
-    ),
-    (effect) =>
-      Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error(`timed out: ${what}`) }).pipe(
-        Effect.orDie
-      )
-  )
+import { waitFor } from "./testing-helpers.js"
 
 const onMemory = <A, E>(
   body: Effect.Effect<A, E, EtcdClient.EtcdClient | EtcdClient.MemoryEtcdControl | Scope.Scope>

@@ -1,10 +1,14 @@
 /**
- * Helpers of the test-kit suites: a raw `etcd3` client as a scoped resource,
- * and checks that nothing was left behind.
+ * Helpers of the test suites: a raw `etcd3` client as a scoped resource,
+ * checks that nothing was left behind, and a wait on a subscribable's changes.
  */
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Subscribable from "effect/Subscribable"
+import * as TestServices from "effect/TestServices"
 import { Etcd3 } from "etcd3"
 import type { IOptions } from "etcd3"
 import * as Fs from "node:fs"
@@ -96,3 +100,15 @@ export const parentDirectory: Effect.Effect<string, never, Scope.Scope> = Effect
 
 /** The entries of a directory. */
 export const entries = (dir: string): Effect.Effect<ReadonlyArray<string>> => Effect.promise(() => FsP.readdir(dir))
+
+/** Waits on the subscribable's changes (never on a sleep) until `predicate` holds; 10 s of real time at most. */
+export const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate: (a: A) => boolean, what: string) =>
+  TestServices.provideWithLive(
+    Effect.flatMap(Stream.runHead(Stream.filter(subscribable.changes, predicate)), (a) =>
+      Option.isSome(a) ? Effect.succeed(a.value) : Effect.dieMessage(`changes ended before ${what}`)
+    ),
+    (effect) =>
+      Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error(`timed out: ${what}`) }).pipe(
+        Effect.orDie
+      )
+  )

@@ -146,15 +146,7 @@ export class Rows<V> {
 
   /** The index of the first leaf whose last key is not below `key` (the number of leaves when none is). */
   private leafOf(key: string): number {
-    const lastKeys = this.lastKeys
-    let lo = 0
-    let hi = lastKeys.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if (lastKeys[mid]! < key) lo = mid + 1
-      else hi = mid
-    }
-    return lo
+    return search(this.lastKeys, key)
   }
 
   /** The position of `key` (see {@link positionScale}), or -1 when there is no such row. */
