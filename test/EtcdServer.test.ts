@@ -14,6 +14,7 @@ import * as Https from "node:https"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { EtcdAuth, EtcdServer } from "../src/testing/index.js"
+import { freePorts } from "../src/testing/internal/os.js"
 import {
   call,
   entries,
@@ -343,8 +344,10 @@ describe("EtcdServer", () => {
           Effect.sync(() => Fs.mkdtempSync(Path.join(server.directory, "..", "foreign-"))),
           (d) => Effect.sync(() => Fs.rmSync(d, { recursive: true, force: true }))
         )
-        const peer = `http://127.0.0.1:${Number(port) + 1 === 65536 ? 2380 : Number(port) + 1}`
-        yield* Effect.acquireRelease(
+        // a free peer port (port + 1 was at times another test's etcd's: the foreign etcd then exited)
+        const [peerPort] = yield* freePorts(1)
+        const peer = `http://127.0.0.1:${peerPort}`
+        const foreign = yield* Effect.acquireRelease(
           Effect.sync(() =>
             ChildProcess.spawn(
               process.env["ETCD_BIN"] || "etcd",
@@ -388,7 +391,14 @@ describe("EtcdServer", () => {
           () => fetch(`http://127.0.0.1:${port}/health`).then((r) => r.json()) as Promise<{ health?: string }>
         ).pipe(
           Effect.filterOrFail((body: { health?: string }) => body.health === "true"),
-          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("10 seconds")))
+          Effect.retry({
+            schedule: Schedule.spaced("50 millis").pipe(Schedule.upTo("10 seconds")),
+            // a foreign etcd that could not start is said so, not waited on
+            while: () => foreign.exitCode === null && foreign.signalCode === null
+          }),
+          Effect.catchAll(() =>
+            Effect.dieMessage(`the foreign etcd on port ${port} never became healthy (exit code ${foreign.exitCode})`)
+          )
         )
         const error = yield* Effect.flip(server.start)
         expect(error).toMatchObject({ _tag: "EtcdTestError", reason: "PortInUse" })
