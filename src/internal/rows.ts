@@ -171,8 +171,6 @@ export class Rows<V> {
 
   /** The `i`th defined item, `0 <= i < presentSize`. */
   presentAt(i: number): V {
-    // most services have fewer instances than a leaf holds
-    if (this.leaves.length === 1) return this.leaves[0]!.present[i]!
     const starts = (this.presentStarts ??= this.starts())
     // the last leaf starting at or before i (a leaf without items starts where the next does)
     let lo = 0

@@ -535,6 +535,21 @@ const runsAlone = <A, E>(effect: Effect.Effect<A, E, unknown>): Exit.Exit<A, E> 
   }
 }
 
+/** The rows a listing is compared with, as flat arrays (made once per listing). */
+interface Known<Req, Res, E> {
+  readonly rows: Rows<Endpoint<Req, Res, E>>
+  readonly keys: ReadonlyArray<string>
+  readonly values: ReadonlyArray<string>
+  readonly endpoints: ReadonlyArray<Endpoint<Req, Res, E> | undefined>
+}
+
+const knownOf = <Req, Res, E>(rows: Rows<Endpoint<Req, Res, E>>): Known<Req, Res, E> => ({
+  rows,
+  keys: rows.keys(),
+  values: rows.values(),
+  endpoints: rows.items()
+})
+
 /** Whether factories' results are already made (they all ran alone), not an effect still to run. */
 const isMade = <Req, Res, E, R>(
   made: Made<Req, Res, E> | Effect.Effect<Made<Req, Res, E>, never, R>
@@ -871,7 +886,8 @@ export const make = <Req, Res, E, FE, R>(
       listedKeys: Array<string>,
       listedValues: Array<string>,
       jobKeys: ReadonlyArray<string>,
-      made: Made<Req, Res, E>
+      made: Made<Req, Res, E>,
+      known: Known<Req, Res, E>
     ) => {
       const n = listedKeys.length
       if (rows.size === 0) {
@@ -885,9 +901,7 @@ export const make = <Req, Res, E, FE, R>(
         making = notMaking
         return
       }
-      const keys = rows.keys()
-      const values = rows.values()
-      const endpoints = rows.items()
+      const { endpoints, keys, values } = known.rows === rows ? known : knownOf(rows)
       const nextEndpoints: Array<Endpoint<Req, Res, E> | undefined> = []
       let o = 0
       let j = 0
@@ -1062,10 +1076,10 @@ export const make = <Req, Res, E, FE, R>(
         // the jobs: instances that are new, changed, or have no endpoint
         let jobKeys: Array<string> = listedKeys
         let jobValues: Array<string> = listedValues
+        // the known instances as flat arrays, once for the jobs and the applying
+        const known = knownOf(rows)
         if (rows.size > 0) {
-          const keys = rows.keys()
-          const values = rows.values()
-          const endpoints = rows.items()
+          const { endpoints, keys, values } = known
           jobKeys = []
           jobValues = []
           let o = 0
@@ -1078,7 +1092,7 @@ export const make = <Req, Res, E, FE, R>(
           }
         }
         const apply = (made: Made<Req, Res, E>) => {
-          applyListed(listedKeys, listedValues, jobKeys, made)
+          applyListed(listedKeys, listedValues, jobKeys, made, known)
           return Effect.zipRight(markLive, publish)
         }
         const made = runFactories(jobKeys, jobValues)
