@@ -12,7 +12,10 @@
  * BENCH_ONLY (scenario numbers, e.g. `1,3`), BENCH_OUT (results file),
  * BENCH_CPU_PROF (worker names such as `sub-ours,reg-ours`, or `all`: run them
  * with `--cpu-prof`, profiles in bench/results/profiles/), BENCH_CPU_PROF_WINDOWS
- * (a directory: each churn window of each subscriber profiled alone).
+ * (a directory: each churn window of each subscriber profiled alone),
+ * BENCH_HEAP_PROF_WINDOWS (a directory: each such window's allocations, sampled),
+ * BENCH_SUB_V8_FLAGS (V8 flags for the subscriber workers, e.g. `--trace-gc-nvp`:
+ * each garbage collection's phases, what it copied and promoted, on stdout).
  */
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
@@ -82,9 +85,12 @@ const record = (r: Row) => {
 
 const profiled = new Set((process.env["BENCH_CPU_PROF"] ?? "").split(",").filter((s) => s.length > 0))
 const profileDir = Path.join(Path.dirname(out), "profiles")
-/** `--cpu-prof` for the workers named in BENCH_CPU_PROF (`all` for every one). */
-const execArgv = (name: string): ReadonlyArray<string> =>
-  profiled.has(name) || profiled.has("all") ? ["--cpu-prof", `--cpu-prof-dir=${Path.join(profileDir, name)}`] : []
+/** BENCH_SUB_V8_FLAGS for the subscribers, `--cpu-prof` for the workers named in BENCH_CPU_PROF (`all` for every one). */
+const subscriberV8Flags = (process.env["BENCH_SUB_V8_FLAGS"] ?? "").split(" ").filter((s) => s.length > 0)
+const execArgv = (name: string): ReadonlyArray<string> => [
+  ...(name.startsWith("sub-") ? subscriberV8Flags : []),
+  ...(profiled.has(name) || profiled.has("all") ? ["--cpu-prof", `--cpu-prof-dir=${Path.join(profileDir, name)}`] : [])
+]
 
 const workers = new Set<Worker>()
 const startWorker = async (name: string, role: string, side: string, options: SideOptions): Promise<Worker> => {
@@ -95,7 +101,7 @@ const startWorker = async (name: string, role: string, side: string, options: Si
 const stopWorker = async (w: Worker) => {
   workers.delete(w)
   // writing a profile takes a while
-  await w.stop(execArgv(w.name).length > 0 ? 60_000 : 5000)
+  await w.stop(profiled.has(w.name) || profiled.has("all") ? 60_000 : 5000)
 }
 
 const ms = (ns: bigint | number): number => Number(ns) / 1e6

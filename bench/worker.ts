@@ -41,9 +41,14 @@ const registered: Array<string> = []
  * alone, from arming the set wait until 50 ms after its view is complete (the
  * sampler, every 50 µs, would keep the process from idling), into one
  * `.cpuprofile` per window (`--cpu-prof` would also hold the start-up and the
- * initial sync).
+ * initial sync). BENCH_HEAP_PROF_WINDOWS (a directory): the same windows'
+ * allocations instead, sampled every 256 bytes by V8's sampling heap profiler
+ * with the objects that garbage collections took included, one `.heapprofile`
+ * per window (what a window allocates, by call stack, collected or not).
  */
-const windowDir = process.env["BENCH_CPU_PROF_WINDOWS"]
+const cpuWindowDir = process.env["BENCH_CPU_PROF_WINDOWS"]
+const heapWindowDir = process.env["BENCH_HEAP_PROF_WINDOWS"]
+const windowDir = cpuWindowDir ?? heapWindowDir
 let inspector: Inspector.Session | undefined
 let windows = 0
 let sideName = ""
@@ -58,16 +63,32 @@ const startWindow = async (): Promise<void> => {
   if (inspector === undefined) {
     inspector = new Inspector.Session()
     inspector.connect()
-    await post("Profiler.enable")
-    // a window is a few tens of ms of CPU: sample every 50 µs, not every 1 ms
-    await post("Profiler.setSamplingInterval", { interval: 50 })
+    if (cpuWindowDir !== undefined) {
+      await post("Profiler.enable")
+      // a window is a few tens of ms of CPU: sample every 50 µs, not every 1 ms
+      await post("Profiler.setSamplingInterval", { interval: 50 })
+    }
   }
-  await post("Profiler.start")
+  if (cpuWindowDir !== undefined) await post("Profiler.start")
+  else {
+    await post("HeapProfiler.startSampling", {
+      samplingInterval: 256,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true
+    })
+  }
 }
 const stopWindow = async (windowDir: string): Promise<void> => {
-  const { profile } = (await post("Profiler.stop")) as { readonly profile: unknown }
+  const file = Path.join(windowDir, `${sideName}-${process.pid}-${windows++}`)
   Fs.mkdirSync(windowDir, { recursive: true })
-  Fs.writeFileSync(Path.join(windowDir, `${sideName}-${process.pid}-${windows++}.cpuprofile`), JSON.stringify(profile))
+  if (cpuWindowDir !== undefined) {
+    const { profile } = (await post("Profiler.stop")) as { readonly profile: unknown }
+    Fs.writeFileSync(`${file}.cpuprofile`, JSON.stringify(profile))
+  } else {
+    const { profile } = (await post("HeapProfiler.getSamplingProfile")) as { readonly profile: unknown }
+    await post("HeapProfiler.stopSampling")
+    Fs.writeFileSync(`${file}.heapprofile`, JSON.stringify(profile))
+  }
 }
 
 const need = <A>(a: A | undefined, what: string): A => {

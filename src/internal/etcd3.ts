@@ -26,6 +26,7 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { GrantedAndPut, RawWatchEvent, WatchSink } from "./client.js"
 import { fromPrimitives, isTransient } from "./client.js"
 import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
+import { decodeWatchResponse, type WireKeyValue, type WireWatchResponse } from "./watchWire.js"
 
 const defaultTimeout = Duration.seconds(3)
 /** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
@@ -527,7 +528,7 @@ const toKeyValue = (kv: Etcd3.IKeyValue): KeyValue => {
 }
 
 /** A watched put; `malformed` as in {@link toKeyValue}. */
-const toPut = (kv: Etcd3.IKeyValue): RawWatchEvent => {
+const toPut = (kv: WireKeyValue): RawWatchEvent => {
   const key = kv.key.toString("utf8")
   const badKey = notUtf8(kv.key, key)
   return {
@@ -535,7 +536,7 @@ const toPut = (kv: Etcd3.IKeyValue): RawWatchEvent => {
     key: badKey ? escapeKey(kv.key) : key,
     value: kv.value.toString("utf8"),
     malformed: badKey || !isUtf8(kv.value),
-    revision: Number(kv.mod_revision),
+    revision: kv.modRevision,
     lease: leaseOf(kv.lease)
   }
 }
@@ -573,9 +574,17 @@ const poolOf = (
 ): Pick<ConnectionPool, "withConnection" | "markFailed"> & { readonly shuffledHosts: () => Hosts } =>
   (etcd as unknown as { readonly pool: ConnectionPool & { readonly shuffledHosts: () => Hosts } }).pool
 
-type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse>
+type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, WireWatchResponse>
+/** etcd3's Watch service client: a gRPC client whose `watch` method carries its definition (path, serializer). */
 interface WatchService {
-  readonly watch: (metadata: unknown, options: object) => WatchStream
+  readonly watch: { readonly path: string; readonly requestSerialize: (request: Etcd3.IWatchRequest) => Buffer }
+  readonly makeBidiStreamRequest: (
+    path: string,
+    serialize: (request: Etcd3.IWatchRequest) => Buffer,
+    deserialize: (message: Buffer) => WireWatchResponse,
+    metadata: unknown,
+    options: object
+  ) => WatchStream
 }
 
 /**
@@ -592,8 +601,16 @@ const openWatchStream = (etcd: Etcd3.Etcd3): Promise<WatchStream> => {
   return pool.withConnection("Watch", ({ resource, client, metadata }) => {
     const withLeader = metadata.clone()
     withLeader.set("hasleader", "true")
+    // as etcd3's `watch` method does, with our own decoding of the responses (see watchWire.ts);
     // a stream has no deadline (defaultCallOptions gives streams none)
-    const stream = (client as unknown as WatchService).watch(withLeader, {})
+    const service = client as unknown as WatchService
+    const stream = service.makeBidiStreamRequest(
+      service.watch.path,
+      service.watch.requestSerialize,
+      decodeWatchResponse,
+      withLeader,
+      {}
+    )
     stream.on("error", (error: Error) => {
       if ((stream as unknown as { readonly writable: boolean }).writable) pool.markFailed(resource, error)
     })
@@ -1131,7 +1148,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
 
     const watchOnce = (prefix: string, fromRevision: number, sink: WatchSink): Effect.Effect<() => void> =>
       Effect.sync(() => {
-        let stream: Etcd3.IDuplexStream<Etcd3.IWatchRequest, Etcd3.IWatchResponse> | undefined
+        let stream: WatchStream | undefined
         let closed = false
         /**
          * A member that accepts the connection but does not answer (paused,
@@ -1229,15 +1246,15 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               abort(s)
               return
             }
-            s.on("data", (res: Etcd3.IWatchResponse) => {
+            s.on("data", (res: WireWatchResponse) => {
               if (closed) return
               if (res.canceled) {
-                const compacted = res.compact_revision !== undefined && Number(res.compact_revision) > 0
+                const compacted = res.compactRevision > 0
                 const reason = compacted
                   ? "Compacted"
-                  : res.cancel_reason.includes("permission denied")
+                  : res.cancelReason.includes("permission denied")
                     ? "PermissionDenied"
-                    : res.cancel_reason.includes("compacted")
+                    : res.cancelReason.includes("compacted")
                       ? "Compacted"
                       : "Canceled"
                 fail(
@@ -1245,8 +1262,8 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
                     operation: "watch",
                     reason,
                     detail: compacted
-                      ? `revision ${fromRevision} is compacted (compact revision ${res.compact_revision})`
-                      : res.cancel_reason || "watch canceled by etcd"
+                      ? `revision ${fromRevision} is compacted (compact revision ${res.compactRevision})`
+                      : res.cancelReason || "watch canceled by etcd"
                   })
                 )
                 return
@@ -1255,16 +1272,14 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               if (res.created) {
                 pending.push({
                   _tag: "Created",
-                  revision: Number(res.header.revision),
-                  cluster: String(res.header.cluster_id)
+                  revision: res.revision,
+                  cluster: res.clusterId ?? ""
                 })
               }
               for (const event of res.events) {
                 const kv = event.kv
                 pending.push(
-                  event.type === "Put"
-                    ? toPut(kv)
-                    : { _tag: "Delete", key: keyOf(kv.key), revision: Number(kv.mod_revision) }
+                  event.type === "Put" ? toPut(kv) : { _tag: "Delete", key: keyOf(kv.key), revision: kv.modRevision }
                 )
               }
               // one batch per turn of the event loop: under churn a turn brings ~10 responses,
