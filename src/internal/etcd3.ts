@@ -26,7 +26,13 @@ import { EtcdError, InvalidOptions } from "../EtcdError.js"
 import type { GrantedAndPut, RawWatchEvent, WatchSink } from "./client.js"
 import { fromPrimitives, isTransient } from "./client.js"
 import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
-import { decodeWatchResponse, type WireKeyValue, type WireWatchResponse } from "./watchWire.js"
+import {
+  decodeRangeResponse,
+  decodeWatchResponse,
+  type WireKeyValue,
+  type WireRangeResponse,
+  type WireWatchResponse
+} from "./wire.js"
 
 const defaultTimeout = Duration.seconds(3)
 /** grpc-go never pings more often than this, and etcd servers refuse pings under 5 s (`--grpc-keepalive-min-time`). */
@@ -514,15 +520,15 @@ const keyOf = (bytes: Buffer): string => {
 }
 
 /** `malformed` when the key or the value is not UTF-8: the entry is no instance. */
-const toKeyValue = (kv: Etcd3.IKeyValue): KeyValue => {
+const toKeyValue = (kv: WireKeyValue): KeyValue => {
   const key = kv.key.toString("utf8")
   const badKey = notUtf8(kv.key, key)
   return {
     key: badKey ? escapeKey(kv.key) : key,
     value: kv.value.toString("utf8"),
     malformed: badKey || !isUtf8(kv.value),
-    createRevision: Number(kv.create_revision),
-    modRevision: Number(kv.mod_revision),
+    createRevision: kv.createRevision,
+    modRevision: kv.modRevision,
     lease: leaseOf(kv.lease)
   }
 }
@@ -571,8 +577,70 @@ interface LeaseService {
  */
 const poolOf = (
   etcd: Etcd3.Etcd3
-): Pick<ConnectionPool, "withConnection" | "markFailed"> & { readonly shuffledHosts: () => Hosts } =>
+): Pick<ConnectionPool, "withConnection" | "markFailed" | "exec"> & { readonly shuffledHosts: () => Hosts } =>
   (etcd as unknown as { readonly pool: ConnectionPool & { readonly shuffledHosts: () => Hosts } }).pool
+
+/**
+ * The method we give etcd3's KV service client: its `range` with our decoding
+ * of the response (see wire.ts), called through the pool's `exec` as etcd3's
+ * own `kv.range` is, so that it fails over, retries and re-authenticates the
+ * same way.
+ */
+const rangeWireMethod = "effectSdEtcdRangeWire"
+interface KvService {
+  readonly range: { readonly path: string; readonly requestSerialize: (request: Etcd3.IRangeRequest) => Buffer }
+  readonly makeUnaryRequest: (
+    path: string,
+    serialize: (request: Etcd3.IRangeRequest) => Buffer,
+    deserialize: (message: Buffer) => WireRangeResponse,
+    request: Etcd3.IRangeRequest,
+    metadata: unknown,
+    options: object,
+    callback: (error: Error | null, response?: WireRangeResponse) => void
+  ) => unknown
+}
+/** Gives `client`'s class (every member's KV client is of one class) the method, once. */
+const installRangeWire = (client: unknown): void => {
+  const proto = Object.getPrototypeOf(client) as object
+  if (Object.prototype.hasOwnProperty.call(proto, rangeWireMethod)) return
+  Object.defineProperty(proto, rangeWireMethod, {
+    value: function (
+      this: KvService,
+      request: Etcd3.IRangeRequest,
+      metadata: unknown,
+      options: object,
+      callback: (error: Error | null, response?: WireRangeResponse) => void
+    ) {
+      return this.makeUnaryRequest(
+        this.range.path,
+        this.range.requestSerialize,
+        decodeRangeResponse,
+        request,
+        metadata,
+        options,
+        callback
+      )
+    }
+  })
+}
+
+/** etcd's Range through etcd3's pool, its response decoded by us (see {@link rangeWireMethod}). */
+const rangeOnWire = (etcd: Etcd3.Etcd3) => {
+  const pool = poolOf(etcd)
+  let installed = false
+  return async (request: Etcd3.IRangeRequest): Promise<WireRangeResponse> => {
+    if (!installed) {
+      // the pool hands out a member's client without calling it: the class gets the method
+      await pool.withConnection("KV", ({ client }) => {
+        installRangeWire(client)
+        return Promise.resolve()
+      })
+      installed = true
+    }
+    // the pool's exec calls the named method of the client it picks
+    return (await pool.exec("KV", rangeWireMethod as "range", request)) as unknown as WireRangeResponse
+  }
+}
 
 type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, WireWatchResponse>
 /** etcd3's Watch service client: a gRPC client whose `watch` method carries its definition (path, serializer). */
@@ -1115,8 +1183,9 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
           })
         : Effect.fail(new EtcdError({ operation: "grant", reason: "Other", detail: `TTL must be a positive integer` }))
 
+    const range = rangeOnWire(etcd)
     const get = (key: string) =>
-      call("get", () => etcd.kv.range({ key: Buffer.from(key, "utf8") })).pipe(
+      call("get", () => range({ key: Buffer.from(key, "utf8") })).pipe(
         Effect.map((r) => (r.kvs.length === 0 ? Option.none() : Option.some(toKeyValue(r.kvs[0]!))))
       )
 
@@ -1126,24 +1195,24 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       )
 
     const list = (prefix: string) =>
-      call("list", () => etcd.kv.range(rangeOf(prefix))).pipe(
+      call("list", () => range(rangeOf(prefix))).pipe(
         Effect.map((r) => ({
-          revision: Number(r.header.revision),
+          revision: r.revision,
           entries: r.kvs.map(toKeyValue),
-          cluster: String(r.header.cluster_id)
+          cluster: r.clusterId
         }))
       )
 
     const compact = (revision: number) =>
       Effect.asVoid(call("compact", () => etcd.kv.compact({ revision, physical: true })))
 
-    const revision = call("status", () => etcd.kv.range({ key: Buffer.from([0]), count_only: true, limit: 1 })).pipe(
-      Effect.map((r) => Number(r.header.revision))
+    const revision = call("status", () => range({ key: Buffer.from([0]), count_only: true, limit: 1 })).pipe(
+      Effect.map((r) => r.revision)
     )
     // the same, read on a prefix the caller may read (a role limited to its prefix may not read "\0")
     const revisionOf = (prefix: string) =>
-      call("status", () => etcd.kv.range({ ...rangeOf(prefix), count_only: true, limit: 1 })).pipe(
-        Effect.map((r) => Number(r.header.revision))
+      call("status", () => range({ ...rangeOf(prefix), count_only: true, limit: 1 })).pipe(
+        Effect.map((r) => r.revision)
       )
 
     const watchOnce = (prefix: string, fromRevision: number, sink: WatchSink): Effect.Effect<() => void> =>

@@ -1,5 +1,5 @@
 /**
- * Our decoding of etcd's WatchResponse against etcd3's own (@grpc/proto-loader
+ * Our decoding of etcd's WatchResponse and RangeResponse against etcd3's own (@grpc/proto-loader
  * over the same .proto, with etcd3's options): every field the watch reads
  * agrees on messages encoded by protobuf.js, with 64-bit values over the whole
  * range, keys and values that are not UTF-8, and fields it does not know; a
@@ -9,7 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ProtoLoader from "@grpc/proto-loader"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
-import { decodeWatchResponse } from "../src/internal/watchWire.js"
+import { decodeRangeResponse, decodeWatchResponse } from "../src/internal/wire.js"
 
 // etcd3's loading of its protos (lib/connection-pool.js), from the copy it ships
 const protoFile = Path.join(Path.dirname(createRequire(import.meta.url).resolve("etcd3")), "..", "proto", "rpc.proto")
@@ -22,6 +22,7 @@ const definition = ProtoLoader.loadSync(protoFile, {
 })
 const watchMethod = (definition["etcdserverpb.Watch"] as ProtoLoader.ServiceDefinition)["Watch"]!
 const encode = (message: object): Buffer => watchMethod.responseSerialize(message)
+const rangeMethod = (definition["etcdserverpb.KV"] as ProtoLoader.ServiceDefinition)["Range"]!
 
 interface Reference {
   readonly header: { readonly cluster_id: string; readonly revision: string }
@@ -35,6 +36,19 @@ interface Reference {
   }>
 }
 const reference = (buf: Buffer): Reference => watchMethod.responseDeserialize(buf) as Reference
+
+interface RangeReference {
+  readonly header: { readonly cluster_id: string; readonly revision: string }
+  readonly kvs: ReadonlyArray<{
+    readonly key: Buffer
+    readonly value: Buffer
+    readonly create_revision: string
+    readonly mod_revision: string
+    readonly lease: string
+  }>
+  readonly more: boolean
+  readonly count: string
+}
 
 /** mulberry32: deterministic, so a failure replays. */
 const prng = (seed: number) => () => {
@@ -114,6 +128,47 @@ describe("decodeWatchResponse", () => {
       }
       expectSame(encode(message))
     }
+  })
+
+  it("reads a RangeResponse as etcd3's decoding does, over random messages", () => {
+    const random = prng(11)
+    const u64 = (): bigint => (BigInt(Math.floor(random() * 2 ** 32)) << 32n) | BigInt(Math.floor(random() * 2 ** 32))
+    const revision = () => String(Math.floor(random() * (random() < 0.5 ? 2 ** 20 : 2 ** 53)))
+    for (let n = 0; n < 300; n++) {
+      const kvs = Array.from({ length: Math.floor(random() * 40) }, (_, i) => ({
+        key: Buffer.from(random() < 0.9 ? `/services/x/${i}` : "\xff\xfe", random() < 0.9 ? "utf8" : "latin1"),
+        create_revision: revision(),
+        mod_revision: revision(),
+        version: String(Math.floor(random() * 10)),
+        value: random() < 0.1 ? Buffer.alloc(0) : Buffer.from(`http://10.0.0.${i}:8080`),
+        lease: random() < 0.3 ? "0" : BigInt.asIntN(64, u64()).toString()
+      }))
+      const buf = rangeMethod.responseSerialize({
+        header: { cluster_id: u64().toString(), member_id: u64().toString(), revision: revision(), raft_term: "3" },
+        kvs,
+        more: random() < 0.2,
+        count: String(kvs.length + Math.floor(random() * 3))
+      })
+      const ours = decodeRangeResponse(buf)
+      const ref = rangeMethod.responseDeserialize(buf) as RangeReference
+      expect(ours.revision).toBe(Number(ref.header.revision))
+      expect(ours.clusterId).toBe(ref.header.cluster_id)
+      expect(ours.more).toBe(ref.more)
+      expect(ours.count).toBe(Number(ref.count))
+      expect(ours.kvs.length).toBe(ref.kvs.length)
+      ours.kvs.forEach((kv, i) => {
+        const r = ref.kvs[i]!
+        expect([kv.key.equals(r.key), kv.value.equals(r.value)]).toEqual([true, true])
+        expect([kv.createRevision, kv.modRevision, kv.lease]).toEqual([
+          Number(r.create_revision),
+          Number(r.mod_revision),
+          r.lease
+        ])
+      })
+    }
+    // an empty listing: no field at all but the header
+    const empty = decodeRangeResponse(rangeMethod.responseSerialize({ header: { cluster_id: "1", revision: "9" } }))
+    expect(empty).toEqual({ revision: 9, clusterId: "1", kvs: [], more: false, count: 0 })
   })
 
   it("reads 64-bit ids over the whole range as etcd3 writes them", () => {

@@ -1,11 +1,12 @@
 /**
- * Decodes etcd's `WatchResponse` from the wire straight into what a watch
- * needs, in place of etcd3's generic decoding (`@grpc/proto-loader` with
- * `longs: String`), which builds every message twice (a protobuf.js message,
- * then a plain object) and turns each of the eight 64-bit integers of a header
- * and a key-value into a decimal string by `Long` division, only for the
- * watch to parse most of them back into numbers: a fifth of a subscriber's
- * CPU under churn went there (issue 7, bench/NOTES.md).
+ * Decodes etcd's `WatchResponse` and `RangeResponse` from the wire straight
+ * into what a watch and a listing need, in place of etcd3's generic decoding
+ * (`@grpc/proto-loader` with `longs: String`), which builds every message
+ * twice (a protobuf.js message, then a plain object) and turns each of the
+ * eight 64-bit integers of a header and a key-value into a decimal string by
+ * `Long` division, only for us to parse most of them back into numbers: a
+ * fifth of a subscriber's CPU under churn went there (issue 7,
+ * bench/NOTES.md), and most of a listing's decoding.
  *
  * Revisions are numbers (exact below 2^53, which etcd's revisions, one per
  * write, do not reach); the cluster id and lease ids, random 64-bit values,
@@ -25,15 +26,17 @@
  * }
  * message Event { EventType type = 1; KeyValue kv = 2; KeyValue prev_kv = 3; }  // Put = 0, Delete = 1
  * message KeyValue { bytes key = 1; int64 create_revision = 2; int64 mod_revision = 3; int64 version = 4; bytes value = 5; int64 lease = 6; }
+ * message RangeResponse { ResponseHeader header = 1; repeated mvccpb.KeyValue kvs = 2; bool more = 3; int64 count = 4; }
  * ```
  *
  * @internal
  */
 
-/** A key-value of a watch event: the fields a watch reads. */
+/** A key-value: the fields a watch and a listing read. */
 export interface WireKeyValue {
   readonly key: Buffer
   readonly value: Buffer
+  readonly createRevision: number
   readonly modRevision: number
   /** The lease id as a signed decimal string, `"0"` for none. */
   readonly lease: string
@@ -56,6 +59,17 @@ export interface WireWatchResponse {
   readonly compactRevision: number
   readonly cancelReason: string
   readonly events: ReadonlyArray<WireEvent>
+}
+
+/** A decoded `RangeResponse`. */
+export interface WireRangeResponse {
+  /** The header's revision. */
+  readonly revision: number
+  /** The header's cluster id, as an unsigned decimal string. */
+  readonly clusterId: string
+  readonly kvs: ReadonlyArray<WireKeyValue>
+  readonly more: boolean
+  readonly count: number
 }
 
 const emptyBuffer: Buffer = Buffer.alloc(0)
@@ -167,6 +181,7 @@ class Reader {
 const decodeKeyValue = (r: Reader, end: number): WireKeyValue => {
   let key = emptyBuffer
   let value = emptyBuffer
+  let createRevision = 0
   let modRevision = 0
   let lease = "0"
   const inner = new Reader(r.buf, r.pos, end)
@@ -175,6 +190,9 @@ const decodeKeyValue = (r: Reader, end: number): WireKeyValue => {
     switch (tag) {
       case (1 << 3) | 2:
         key = inner.bytes()
+        break
+      case (2 << 3) | 0:
+        createRevision = inner.int64()
         break
       case (3 << 3) | 0:
         modRevision = inner.int64()
@@ -191,10 +209,39 @@ const decodeKeyValue = (r: Reader, end: number): WireKeyValue => {
     }
   }
   r.pos = end
-  return { key, value, modRevision, lease }
+  return { key, value, createRevision, modRevision, lease }
 }
 
-const noKeyValue: WireKeyValue = { key: emptyBuffer, value: emptyBuffer, modRevision: 0, lease: "0" }
+const noKeyValue: WireKeyValue = { key: emptyBuffer, value: emptyBuffer, createRevision: 0, modRevision: 0, lease: "0" }
+
+/** A `ResponseHeader` that starts at the reader's position and ends at `end`: its revision and cluster id's halves. */
+class Header {
+  revision = 0
+  clusterLo = 0
+  clusterHi = 0
+  read(r: Reader, end: number): void {
+    const header = new Reader(r.buf, r.pos, end)
+    while (header.pos < end) {
+      const tag = header.varint32()
+      if (tag === ((1 << 3) | 0)) {
+        header.varint64()
+        this.clusterLo = header.lo
+        this.clusterHi = header.hi
+      } else if (tag === ((3 << 3) | 0)) {
+        this.revision = header.int64()
+      } else {
+        header.skip(tag & 7)
+      }
+    }
+    r.pos = end
+  }
+  /** The cluster id as an unsigned decimal string. */
+  clusterId(): string {
+    return this.clusterHi < 0x200000
+      ? String(this.clusterHi * twoTo32 + this.clusterLo)
+      : ((BigInt(this.clusterHi) << 32n) | BigInt(this.clusterLo)).toString()
+  }
+}
 
 const decodeEvent = (r: Reader, end: number): WireEvent => {
   let type = 0
@@ -221,9 +268,7 @@ const decodeEvent = (r: Reader, end: number): WireEvent => {
 /** Decodes one `WatchResponse` message. */
 export const decodeWatchResponse = (buf: Buffer): WireWatchResponse => {
   const r = new Reader(buf, 0, buf.length)
-  let revision = 0
-  let clusterLo = 0
-  let clusterHi = 0
+  const header = new Header()
   let created = false
   let canceled = false
   let compactRevision = 0
@@ -232,24 +277,9 @@ export const decodeWatchResponse = (buf: Buffer): WireWatchResponse => {
   while (r.pos < r.end) {
     const tag = r.varint32()
     switch (tag) {
-      case (1 << 3) | 2: {
-        const end = r.delimited()
-        const header = new Reader(buf, r.pos, end)
-        while (header.pos < end) {
-          const headerTag = header.varint32()
-          if (headerTag === ((1 << 3) | 0)) {
-            header.varint64()
-            clusterLo = header.lo
-            clusterHi = header.hi
-          } else if (headerTag === ((3 << 3) | 0)) {
-            revision = header.int64()
-          } else {
-            header.skip(headerTag & 7)
-          }
-        }
-        r.pos = end
+      case (1 << 3) | 2:
+        header.read(r, r.delimited())
         break
-      }
       case (3 << 3) | 0:
         created = r.varint32() !== 0
         break
@@ -269,11 +299,43 @@ export const decodeWatchResponse = (buf: Buffer): WireWatchResponse => {
         r.skip(tag & 7)
     }
   }
-  // read once per watch: a BigInt for a random 64-bit id is not for every message
-  const clusterId = !created
-    ? undefined
-    : clusterHi < 0x200000
-      ? String(clusterHi * twoTo32 + clusterLo)
-      : ((BigInt(clusterHi) << 32n) | BigInt(clusterLo)).toString()
-  return { revision, clusterId, created, canceled, compactRevision, cancelReason, events }
+  return {
+    revision: header.revision,
+    // read once per watch: a BigInt for a random 64-bit id is not for every message
+    clusterId: created ? header.clusterId() : undefined,
+    created,
+    canceled,
+    compactRevision,
+    cancelReason,
+    events
+  }
+}
+
+/** Decodes one `RangeResponse` message. */
+export const decodeRangeResponse = (buf: Buffer): WireRangeResponse => {
+  const r = new Reader(buf, 0, buf.length)
+  const header = new Header()
+  const kvs: Array<WireKeyValue> = []
+  let more = false
+  let count = 0
+  while (r.pos < r.end) {
+    const tag = r.varint32()
+    switch (tag) {
+      case (1 << 3) | 2:
+        header.read(r, r.delimited())
+        break
+      case (2 << 3) | 2:
+        kvs.push(decodeKeyValue(r, r.delimited()))
+        break
+      case (3 << 3) | 0:
+        more = r.varint32() !== 0
+        break
+      case (4 << 3) | 0:
+        count = r.int64()
+        break
+      default:
+        r.skip(tag & 7)
+    }
+  }
+  return { revision: header.revision, clusterId: header.clusterId(), kvs, more, count }
 }
