@@ -9,7 +9,11 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ProtoLoader from "@grpc/proto-loader"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
-import { decodeRangeResponse, decodeWatchResponse } from "../src/internal/wire.js"
+import {
+  decodeRangeResponse as decodeRangeOrNot,
+  decodeWatchResponse as decodeWatchOrNot,
+  Undecodable
+} from "../src/internal/wire.js"
 
 // etcd3's loading of its protos (lib/connection-pool.js), from the copy it ships
 const protoFile = Path.join(Path.dirname(createRequire(import.meta.url).resolve("etcd3")), "..", "proto", "rpc.proto")
@@ -21,6 +25,14 @@ const definition = ProtoLoader.loadSync(protoFile, {
   oneofs: true
 })
 const watchMethod = (definition["etcdserverpb.Watch"] as ProtoLoader.ServiceDefinition)["Watch"]!
+/** The decoders, for a message that must decode. */
+const decoded = <A>(result: A | Undecodable): A => {
+  if (result instanceof Undecodable) throw new Error(result.message)
+  return result
+}
+const decodeWatchResponse = (buf: Buffer) => decoded(decodeWatchOrNot(buf))
+const decodeRangeResponse = (buf: Buffer) => decoded(decodeRangeOrNot(buf))
+
 const encode = (message: object): Buffer => watchMethod.responseSerialize(message)
 const rangeMethod = (definition["etcdserverpb.KV"] as ProtoLoader.ServiceDefinition)["Range"]!
 
@@ -238,25 +250,58 @@ describe("decodeWatchResponse", () => {
     expectSame(Buffer.concat([unknown, base, unknown]))
   })
 
-  it("fails on a truncated message instead of decoding part of it", () => {
+  it("says a truncated message did not decode instead of decoding part of it", () => {
     const buf = encode({
       header: { cluster_id: "42", revision: "7" },
       events: [
         { type: "Put", kv: { key: Buffer.from("/services/a"), value: Buffer.from("http://a"), mod_revision: "7" } }
       ]
     })
-    let failures = 0
+    let undecodable = 0
     for (let cut = 1; cut < buf.length; cut++) {
-      try {
-        decodeWatchResponse(buf.subarray(0, cut))
-      } catch (error) {
-        expect(error).toBeInstanceOf(RangeError)
-        failures++
+      const result = decodeWatchOrNot(buf.subarray(0, cut))
+      if (result instanceof Undecodable) {
+        expect(result.message).toMatch(new RegExp(`^a WatchResponse of ${cut} bytes did not decode: truncated`))
+        undecodable++
       }
     }
     // every cut inside the header or the event's fields is a truncated field; a cut between
     // two top-level fields is a shorter message, which protobuf reads as one
-    expect(failures).toBeGreaterThan(buf.length - 4)
-    expect(() => decodeWatchResponse(Buffer.from([(3 << 3) | 0]))).toThrow(RangeError)
+    expect(undecodable).toBeGreaterThan(buf.length - 4)
+    expect(decodeWatchOrNot(Buffer.from([(3 << 3) | 0]))).toEqual(
+      new Undecodable("a WatchResponse of 1 bytes did not decode: truncated varint")
+    )
+    const range = decodeRangeOrNot(Buffer.from([(2 << 3) | 2, 5, 1]))
+    expect(range instanceof Undecodable && range.message).toBe(
+      "a RangeResponse of 3 bytes did not decode: truncated field"
+    )
+  })
+
+  it("skips groups (wire types 3 and 4), nested too, and refuses a length past the message", () => {
+    const base = [...encode({ header: { cluster_id: "42", revision: "9" }, created: true })]
+    // field 20, a group holding a varint field and a nested group (field 21), then its end
+    const group = [
+      (20 << 3) | 3,
+      1,
+      (1 << 3) | 0,
+      7,
+      (21 << 3) | 3,
+      1,
+      (2 << 3) | 0,
+      1,
+      (21 << 3) | 4,
+      1,
+      (20 << 3) | 4,
+      1
+    ]
+    const withGroup = decodeWatchResponse(Buffer.from([...group, ...base]))
+    expect([withGroup.revision, withGroup.clusterId]).toEqual([9, "42"])
+    // a group that does not end
+    expect(decodeWatchOrNot(Buffer.from([(20 << 3) | 3, 1, (1 << 3) | 0, 7]))).toBeInstanceOf(Undecodable)
+    // an end of group outside a group
+    expect(decodeWatchOrNot(Buffer.from([(20 << 3) | 4, 1]))).toBeInstanceOf(Undecodable)
+    // field 15, length-delimited, length 2^32 + 1 (a 32-bit reading would take it for 1)
+    const long = [(15 << 3) | 2, 0x81, 0x80, 0x80, 0x80, 0x10, 0]
+    expect(decodeWatchOrNot(Buffer.from([...long, ...base]))).toBeInstanceOf(Undecodable)
   })
 })

@@ -18,7 +18,16 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry, type RetryPolicy } from "cockatiel"
+import {
+  circuitBreaker,
+  CircuitState,
+  ConsecutiveBreaker,
+  handleWhen,
+  type IDefaultPolicyContext,
+  type IPolicy,
+  retry,
+  type RetryPolicy
+} from "cockatiel"
 import * as Etcd3 from "etcd3"
 import type { ConnectionPool } from "etcd3/lib/connection-pool.js"
 import type { EtcdClient, EtcdClientOptions, KeyValue, LeaseId } from "../EtcdClient.js"
@@ -29,6 +38,7 @@ import { decodeDuration, withinTimerLimit } from "./timerLimit.js"
 import {
   decodeRangeResponse,
   decodeWatchResponse,
+  Undecodable,
   type WireKeyValue,
   type WireRangeResponse,
   type WireWatchResponse
@@ -584,19 +594,28 @@ const poolOf = (
  * The method we give etcd3's KV service client: its `range` with our decoding
  * of the response (see wire.ts), called through the pool's `exec` as etcd3's
  * own `kv.range` is, so that it fails over, retries and re-authenticates the
- * same way.
+ * same way. A symbol of this module: another copy of the library in the
+ * process (sharing one etcd3) gives the class a method of its own.
  */
-const rangeWireMethod = "effectSdEtcdRangeWire"
+const rangeWireMethod: unique symbol = Symbol("effect-sd-etcd/rangeWire")
+
+/**
+ * A response that did not decode (see wire.ts). Not one of etcd3's errors: the
+ * pool neither retries it on another member nor counts it against the member.
+ */
+class UndecodableResponse extends Error {
+  override readonly name = "UndecodableResponse"
+}
 interface KvService {
   readonly range: { readonly path: string; readonly requestSerialize: (request: Etcd3.IRangeRequest) => Buffer }
   readonly makeUnaryRequest: (
     path: string,
     serialize: (request: Etcd3.IRangeRequest) => Buffer,
-    deserialize: (message: Buffer) => WireRangeResponse,
+    deserialize: (message: Buffer) => WireRangeResponse | Undecodable,
     request: Etcd3.IRangeRequest,
     metadata: unknown,
     options: object,
-    callback: (error: Error | null, response?: WireRangeResponse) => void
+    callback: (error: Error | null, response?: WireRangeResponse | Undecodable) => void
   ) => unknown
 }
 /** Gives `client`'s class (every member's KV client is of one class) the method, once. */
@@ -618,7 +637,10 @@ const installRangeWire = (client: unknown): void => {
         request,
         metadata,
         options,
-        callback
+        (error, response) =>
+          response instanceof Undecodable
+            ? callback(new UndecodableResponse(response.message))
+            : callback(error, response)
       )
     }
   })
@@ -638,18 +660,18 @@ const rangeOnWire = (etcd: Etcd3.Etcd3) => {
       installed = true
     }
     // the pool's exec calls the named method of the client it picks
-    return (await pool.exec("KV", rangeWireMethod as "range", request)) as unknown as WireRangeResponse
+    return (await pool.exec("KV", rangeWireMethod as unknown as "range", request)) as unknown as WireRangeResponse
   }
 }
 
-type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, WireWatchResponse>
+type WatchStream = Etcd3.IDuplexStream<Etcd3.IWatchRequest, WireWatchResponse | Undecodable>
 /** etcd3's Watch service client: a gRPC client whose `watch` method carries its definition (path, serializer). */
 interface WatchService {
   readonly watch: { readonly path: string; readonly requestSerialize: (request: Etcd3.IWatchRequest) => Buffer }
   readonly makeBidiStreamRequest: (
     path: string,
     serialize: (request: Etcd3.IWatchRequest) => Buffer,
-    deserialize: (message: Buffer) => WireWatchResponse,
+    deserialize: (message: Buffer) => WireWatchResponse | Undecodable,
     metadata: unknown,
     options: object
   ) => WatchStream
@@ -713,6 +735,35 @@ class Withdrawn extends Error {
 const isMemberFailure = (error: Error): boolean =>
   Etcd3.isRecoverableError(error) && !errorMessage(error).includes("larger than max")
 
+/**
+ * A member's circuit breaker: after two failures in a row, the member is
+ * skipped for a second, then one call tests it. A call made meanwhile does not
+ * wait for that test (as cockatiel's breaker has it) but goes through: etcd3
+ * re-authenticates a call that a member refused for its token (a restarted
+ * member has forgotten its simple tokens) by calling itself from inside the
+ * call the breaker runs, and when that call is the test, the inner call
+ * waited for the test, which waited for it. With etcd auth, every call to a
+ * member that had restarted hung until its timeout, for good (issue 7's
+ * review).
+ */
+const memberBreaker = (): IPolicy => {
+  const breaker = circuitBreaker(handleWhen(isMemberFailure), {
+    halfOpenAfter: 1000,
+    breaker: new ConsecutiveBreaker(2)
+  })
+  const neverAborted = new AbortController().signal
+  return {
+    // a type-level marker of cockatiel's, never read
+    _altReturn: undefined as never,
+    onSuccess: breaker.onSuccess,
+    onFailure: breaker.onFailure,
+    execute: <T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> =>
+      breaker.state === CircuitState.HalfOpen
+        ? Promise.resolve(signal ?? neverAborted).then((s) => fn({ signal: s }))
+        : breaker.execute(fn, signal)
+  }
+}
+
 /** The native client and its resolved options, for the parts of the library that need them. */
 export interface Native {
   readonly etcd: Etcd3.Etcd3
@@ -756,11 +807,7 @@ export const makeNative = (options: EtcdClientOptions): Effect.Effect<Native, In
             },
             faultHandling: {
               // a member that keeps failing is skipped for a second, then tried again
-              host: () =>
-                circuitBreaker(handleWhen(isMemberFailure), {
-                  halfOpenAfter: 1000,
-                  breaker: new ConsecutiveBreaker(2)
-                }),
+              host: memberBreaker,
               global: failover
             }
           })
@@ -1315,8 +1362,13 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
               abort(s)
               return
             }
-            s.on("data", (res: WireWatchResponse) => {
+            s.on("data", (res: WireWatchResponse | Undecodable) => {
               if (closed) return
+              // its changes are lost: the watch fails for good (not transient), and a subscriber lists again
+              if (res instanceof Undecodable) {
+                fail(new EtcdError({ operation: "watch", reason: "Other", detail: res.message }))
+                return
+              }
               if (res.canceled) {
                 const compacted = res.compactRevision > 0
                 const reason = compacted

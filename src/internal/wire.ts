@@ -13,8 +13,11 @@
  * are decimal strings as etcd3 gives them (signed for `int64`, unsigned for
  * `uint64`). Keys and values are views of the message's buffer. Fields the
  * watch does not read are skipped, as are fields this schema does not know.
- * A message that does not parse throws, which gRPC turns into an error of the
- * stream (`INTERNAL`), as it does for etcd3's own decoding.
+ * A message that does not parse decodes to {@link Undecodable}, which the
+ * caller turns into an error of its own: thrown from a deserializer, gRPC
+ * would report it as `INTERNAL`, which etcd3 takes for the member's failure
+ * (its clients reset, its circuit breaker counting it, the request retried on
+ * every member).
  *
  * The schema (etcd's `rpc.proto` and `kv.proto`, 3.4 and later):
  *
@@ -72,6 +75,25 @@ export interface WireRangeResponse {
   readonly count: number
 }
 
+/** A message that did not decode: what was wrong with it. */
+export class Undecodable {
+  readonly _tag = "Undecodable"
+  constructor(readonly message: string) {}
+}
+
+/** `decode`, with a message that does not parse turned into an {@link Undecodable} that names it. */
+const orUndecodable =
+  <A>(name: string, decode: (buf: Buffer) => A) =>
+  (buf: Buffer): A | Undecodable => {
+    try {
+      return decode(buf)
+    } catch (error) {
+      return new Undecodable(
+        `${name} of ${buf.length} bytes did not decode: ${error instanceof Error ? error.message : String(error)}`
+      )
+    }
+  }
+
 const emptyBuffer: Buffer = Buffer.alloc(0)
 const twoTo32 = 4294967296
 
@@ -92,12 +114,12 @@ class Reader {
     let result = 0
     let shift = 0
     for (;;) {
-      if (this.pos >= this.end) throw new RangeError("WatchResponse: truncated varint")
+      if (this.pos >= this.end) throw new RangeError("truncated varint")
       const byte = buf[this.pos++]!
       if (shift < 32) result |= (byte & 0x7f) << shift
       if (byte < 0x80) return result >>> 0
       shift += 7
-      if (shift >= 70) throw new RangeError("WatchResponse: varint too long")
+      if (shift >= 70) throw new RangeError("varint too long")
     }
   }
 
@@ -108,7 +130,7 @@ class Reader {
     let hi = 0
     let shift = 0
     for (;;) {
-      if (this.pos >= this.end) throw new RangeError("WatchResponse: truncated varint")
+      if (this.pos >= this.end) throw new RangeError("truncated varint")
       const byte = buf[this.pos++]!
       const bits = byte & 0x7f
       if (shift < 28) {
@@ -126,7 +148,7 @@ class Reader {
         return
       }
       shift += 7
-      if (shift >= 70) throw new RangeError("WatchResponse: varint too long")
+      if (shift >= 70) throw new RangeError("varint too long")
     }
   }
 
@@ -143,10 +165,9 @@ class Reader {
 
   /** The end of a length-delimited field that starts here. */
   delimited(): number {
-    const length = this.varint32()
-    const end = this.pos + length
-    if (end > this.end) throw new RangeError("WatchResponse: truncated field")
-    return end
+    this.varint64()
+    if (this.hi !== 0 || this.lo > this.end - this.pos) throw new RangeError("truncated field")
+    return this.pos + this.lo
   }
 
   bytes(): Buffer {
@@ -171,10 +192,23 @@ class Reader {
       case 5:
         this.pos += 4
         break
+      case 3:
+        this.skipGroup()
+        return
       default:
-        throw new RangeError(`WatchResponse: unexpected wire type ${wireType}`)
+        throw new RangeError(`unexpected wire type ${wireType}`)
     }
-    if (this.pos > this.end) throw new RangeError("WatchResponse: truncated field")
+    if (this.pos > this.end) throw new RangeError("truncated field")
+  }
+
+  /** Skips a group (deprecated, but a decoder skips it) whose start tag was just read: up to its end tag. */
+  private skipGroup(): void {
+    for (;;) {
+      if (this.pos >= this.end) throw new RangeError("truncated group")
+      const tag = this.varint32()
+      if ((tag & 7) === 4) return
+      this.skip(tag & 7)
+    }
   }
 }
 
@@ -261,12 +295,11 @@ const decodeEvent = (r: Reader, end: number): WireEvent => {
     }
   }
   r.pos = end
-  if (type !== 0 && type !== 1) throw new RangeError(`WatchResponse: unknown event type ${type}`)
+  if (type !== 0 && type !== 1) throw new RangeError(`unknown event type ${type}`)
   return { type: type === 0 ? "Put" : "Delete", kv }
 }
 
-/** Decodes one `WatchResponse` message. */
-export const decodeWatchResponse = (buf: Buffer): WireWatchResponse => {
+const watchResponse = (buf: Buffer): WireWatchResponse => {
   const r = new Reader(buf, 0, buf.length)
   const header = new Header()
   let created = false
@@ -311,8 +344,7 @@ export const decodeWatchResponse = (buf: Buffer): WireWatchResponse => {
   }
 }
 
-/** Decodes one `RangeResponse` message. */
-export const decodeRangeResponse = (buf: Buffer): WireRangeResponse => {
+const rangeResponse = (buf: Buffer): WireRangeResponse => {
   const r = new Reader(buf, 0, buf.length)
   const header = new Header()
   const kvs: Array<WireKeyValue> = []
@@ -339,3 +371,15 @@ export const decodeRangeResponse = (buf: Buffer): WireRangeResponse => {
   }
   return { revision: header.revision, clusterId: header.clusterId(), kvs, more, count }
 }
+
+/** Decodes one `WatchResponse` message. */
+export const decodeWatchResponse: (buf: Buffer) => WireWatchResponse | Undecodable = orUndecodable(
+  "a WatchResponse",
+  watchResponse
+)
+
+/** Decodes one `RangeResponse` message. */
+export const decodeRangeResponse: (buf: Buffer) => WireRangeResponse | Undecodable = orUndecodable(
+  "a RangeResponse",
+  rangeResponse
+)
