@@ -692,7 +692,7 @@ const openWatchStream = (etcd: Etcd3.Etcd3): Promise<WatchStream> => {
   return pool.withConnection("Watch", ({ resource, client, metadata }) => {
     const withLeader = metadata.clone()
     withLeader.set("hasleader", "true")
-    // as etcd3's `watch` method does, with our own decoding of the responses (see watchWire.ts);
+    // as etcd3's `watch` method does, with our own decoding of the responses (see wire.ts);
     // a stream has no deadline (defaultCallOptions gives streams none)
     const service = client as unknown as WatchService
     const stream = service.makeBidiStreamRequest(

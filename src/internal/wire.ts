@@ -12,7 +12,10 @@
  * write, do not reach); the cluster id and lease ids, random 64-bit values,
  * are decimal strings as etcd3 gives them (signed for `int64`, unsigned for
  * `uint64`). Keys and values are views of the message's buffer. Fields the
- * watch does not read are skipped, as are fields this schema does not know.
+ * watch does not read are skipped, as are fields this schema does not know
+ * (groups included). An event type other than Put and Delete makes the
+ * message undecodable: etcd3 took it for a Delete, which would drop an
+ * instance on a change this code cannot read.
  * A message that does not parse decodes to {@link Undecodable}, which the
  * caller turns into an error of its own: thrown from a deserializer, gRPC
  * would report it as `INTERNAL`, which etcd3 takes for the member's failure
