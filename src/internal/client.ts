@@ -55,6 +55,8 @@ export interface Primitives extends Pick<
   readonly revisionOf?: ((prefix: string) => Effect.Effect<number, EtcdError>) | undefined
   /** {@link grantAndPut}, when the client can send the put without a fiber between the two requests. */
   readonly grantAndPut?: GrantAndPutOf | undefined
+  /** {@link revokeNow}, when the client can send the request before the effect runs. */
+  readonly revokeNow?: ((lease: LeaseId) => Effect.Effect<void, EtcdError>) | undefined
 }
 
 /** A lease granted and a key put on it, by {@link grantAndPut}. */
@@ -101,6 +103,25 @@ export const grantAndPut = (
       Effect.map((revisions) => ({ lease, revisions }))
     )
   )
+}
+
+/** Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `revokeNow`, if they have one. */
+const RevokeNow: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/revokeNow")
+
+/**
+ * Revokes `lease`, the request sent at once (before the effect runs) where the
+ * client can: a call with its effect built and run through a few layers of
+ * effects before it leaves starts later by tens of microseconds per layer with
+ * the caches cold, as a deregistration has them (issue 7). `answer` waits
+ * for the answer, and is run once; `sent` says whether the request went (else
+ * `answer` is `client.revoke(lease)`, sent when it runs).
+ */
+export const revokeNow = (
+  client: EtcdClient,
+  lease: LeaseId
+): { readonly sent: boolean; readonly answer: Effect.Effect<void, EtcdError> } => {
+  const direct = (client as { readonly [RevokeNow]?: (lease: LeaseId) => Effect.Effect<void, EtcdError> })[RevokeNow]
+  return direct !== undefined ? { sent: true, answer: direct(lease) } : { sent: false, answer: client.revoke(lease) }
 }
 
 /** The store revision, read with a request on `prefix` where the primitives can (see `Primitives.revisionOf`). */
@@ -633,5 +654,6 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
     Object.defineProperty(client, OpenWatch, { value: direct })
     if (primitives.grantAndPut !== undefined)
       Object.defineProperty(client, GrantAndPut, { value: primitives.grantAndPut })
+    if (primitives.revokeNow !== undefined) Object.defineProperty(client, RevokeNow, { value: primitives.revokeNow })
     return client
   })

@@ -859,33 +859,50 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       })
     }
 
-    const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, EtcdError> =>
-      Effect.async<A, EtcdError>((resume) => {
-        let done = false
-        const timer = setTimeout(() => {
-          if (done) return
-          done = true
-          resume(Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: `no answer in ${callTimeout}` })))
-        }, callTimeoutMillis)
-        const settle = (effect: Effect.Effect<A, EtcdError>) => {
-          if (done) return
-          done = true
-          clearTimeout(timer)
-          resume(effect)
-        }
-        try {
-          f().then(
-            (a) => settle(Effect.succeed(a)),
-            (cause: unknown) => settle(Effect.fail(failure(operation, cause)))
-          )
-        } catch (cause) {
-          settle(Effect.fail(failure(operation, cause)))
-        }
+    /**
+     * Sends a request at once (`f` is called now) and answers the effect that
+     * waits for its answer, within the call timeout from when it starts
+     * waiting. The request goes before the timer is set: a timer's start costs
+     * tens of microseconds with the caches cold, on the way of every request
+     * (issue 7). The effect is run once; interrupted, it stops waiting (etcd3
+     * goes on with the request).
+     */
+    const sent = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, EtcdError> => {
+      let outcome: Effect.Effect<A, EtcdError> | undefined = undefined
+      let waiting: ((outcome: Effect.Effect<A, EtcdError>) => void) | undefined = undefined
+      let timer: ReturnType<typeof setTimeout> | undefined = undefined
+      const settle = (effect: Effect.Effect<A, EtcdError>) => {
+        if (outcome !== undefined) return
+        outcome = effect
+        if (timer !== undefined) clearTimeout(timer)
+        waiting?.(effect)
+      }
+      try {
+        f().then(
+          (a) => settle(Effect.succeed(a)),
+          (cause: unknown) => settle(Effect.fail(failure(operation, cause)))
+        )
+      } catch (cause) {
+        settle(Effect.fail(failure(operation, cause)))
+      }
+      return Effect.async<A, EtcdError>((resume) => {
+        if (outcome !== undefined) return resume(outcome)
+        waiting = resume
+        timer = setTimeout(
+          () =>
+            settle(Effect.fail(new EtcdError({ operation, reason: "Timeout", detail: `no answer in ${callTimeout}` }))),
+          callTimeoutMillis
+        )
         return Effect.sync(() => {
-          done = true
-          clearTimeout(timer)
+          waiting = undefined
+          settle(Effect.interrupt)
         })
       })
+    }
+
+    /** A request sent when the effect runs, answered within the call timeout. */
+    const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, EtcdError> =>
+      Effect.suspend(() => sent(operation, f))
 
     // the cluster must answer within dialTimeout (etcd3 ignores its own dialTimeout, its issue #137).
     // Each member tried gets its share of it: a member that accepts the connection and never
@@ -1136,14 +1153,25 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
         error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
       )
 
-    const revoke = (lease: LeaseId) =>
-      call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease })).pipe(
+    const revoked = (lease: LeaseId, request: Effect.Effect<unknown, EtcdError>) =>
+      request.pipe(
         Effect.tapErrorTag("EtcdError", (error) =>
           error.reason === "LeaseNotFound" ? Effect.sync(() => forget(lease)) : Effect.void
         ),
         Effect.zipLeft(Effect.sync(() => forget(lease))),
         Effect.asVoid
       )
+    const revoke = (lease: LeaseId) =>
+      revoked(
+        lease,
+        call("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease }))
+      )
+    // sent at once: a deregistration's revoke leaves before the effects that wait for it are built
+    const revokeNow = (lease: LeaseId) => {
+      const answer = sent("revoke", () => etcd.leaseClient.leaseRevoke({ ID: lease }))
+      // the rest is built when it runs: nothing more between the request and the caller's next step
+      return Effect.suspend(() => revoked(lease, answer))
+    }
 
     const put = (key: string, value: string, options?: { readonly lease?: LeaseId | undefined }) =>
       // a lease id is the decimal string etcd gave (0: no lease, as in etcd); etcd3 would turn
@@ -1454,6 +1482,7 @@ export const make = (options: EtcdClientOptions): Effect.Effect<EtcdClient, Inva
       grant,
       keepAliveOnce,
       revoke,
+      revokeNow,
       put,
       get,
       delete: del,

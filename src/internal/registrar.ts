@@ -20,7 +20,7 @@ import { NoKey, NoValue } from "../EtcdError.js"
 import type { Service } from "../Service.js"
 import * as TtlOption from "../TtlOption.js"
 import { addFinalizer } from "./finalizer.js"
-import { withPermits } from "./lock.js"
+import { Lock } from "./lock.js"
 import * as Lease from "./registrarLease.js"
 import { traced } from "./tracing.js"
 import { RegistrationState, StateCell } from "./registrarState.js"
@@ -71,7 +71,8 @@ const logInfo = (message: string, annotations: Record<string, unknown>): Effect.
 export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<Handle> =>
   Effect.gen(function* () {
     const state = new StateCell(RegistrationState.Registering())
-    const lock = withPermits(Effect.unsafeMakeSemaphore(1), 1)
+    const mutex = new Lock(1)
+    const lock = mutex.withPermits(1)
     let current: { readonly group: Lease.Group; readonly member: Lease.Member } | undefined
     // whether the state is Registering already (a new handle): the first register sends its grant sooner
     let fresh = true
@@ -110,28 +111,55 @@ export const makeHandle = (client: EtcdClient, service: Service): Effect.Effect<
       )
     ).pipe(traced("Registrar.register", service.key))
 
+    // how a deregistration ended: counted, and logged (lease: the one the key was on)
+    const reported = (lease: string, left: Exit.Exit<void, EtcdError>) =>
+      Effect.gen(function* () {
+        yield* Metric.increment(Lease.deregistrations)
+        if (Exit.isSuccess(left)) {
+          yield* logInfo("deregister", { key: service.key, lease })
+        } else {
+          // the reason on one line, as the other warnings give it (a cause would print a stack trace)
+          const error = Option.match(Cause.failureOption(left.cause), {
+            onNone: () => Cause.pretty(left.cause),
+            onSome: (e) => e.message
+          })
+          yield* Effect.logWarning("deregister: removing the key failed").pipe(
+            Effect.annotateLogs({ key: service.key, lease, error })
+          )
+        }
+        return yield* left
+      })
     const leave = Effect.gen(function* () {
       if (current === undefined) return
       const { group, member } = current
       current = undefined
       const lease = Lease.currentLease(group) ?? "none"
-      const left = yield* Effect.exit(Lease.leave(group, member))
-      yield* Metric.increment(Lease.deregistrations)
-      if (Exit.isSuccess(left)) {
-        yield* logInfo("deregister", { key: service.key, lease })
-      } else {
-        // the reason on one line, as the other warnings give it (a cause would print a stack trace)
-        const error = Option.match(Cause.failureOption(left.cause), {
-          onNone: () => Cause.pretty(left.cause),
-          onSome: (e) => e.message
-        })
-        yield* Effect.logWarning("deregister: removing the key failed").pipe(
-          Effect.annotateLogs({ key: service.key, lease, error })
-        )
-      }
-      return yield* left
+      return yield* reported(lease, yield* Effect.exit(Lease.leave(group, member)))
     })
-    const deregister = lock(leave).pipe(Effect.uninterruptible, traced("Registrar.deregister", service.key))
+    // Lease.leaveAtOnce: when nobody holds either lock, the revoke is sent before any effect runs.
+    // Call uninterruptibly: the effect it answers gives the lock back
+    const leaveAtOnce = (): Effect.Effect<void, EtcdError> | undefined => {
+      if (current === undefined || !mutex.tryTake(1)) return undefined
+      const { group, member } = current
+      const lease = Lease.currentLease(group) ?? "none"
+      const started = Lease.leaveAtOnce(group, member)
+      if (started === undefined) {
+        mutex.release(1)
+        return undefined
+      }
+      current = undefined
+      const rest = Effect.suspend(() =>
+        Effect.ensuring(
+          Effect.flatMap(Effect.exit(started.leaving), (left) => reported(lease, left)),
+          Effect.sync(() => mutex.release(1))
+        )
+      )
+      // the request on its way first (see Lease.nextTurn)
+      return started.sent ? Effect.zipRight(Lease.nextTurn, rest) : rest
+    }
+    const deregister = Effect.uninterruptible(Effect.suspend(() => leaveAtOnce() ?? lock(leave))).pipe(
+      traced("Registrar.deregister", service.key)
+    )
     // a register already holding the lock finishes first, and is deregistered; a later one dies
     const close = Effect.suspend(() => {
       closed = true

@@ -30,8 +30,8 @@ import * as Stream from "effect/Stream"
 import type { EtcdClient, LeaseId } from "../EtcdClient.js"
 import { EtcdError } from "../EtcdError.js"
 import { closedDetail } from "./memory.js"
-import { grantAndPut, isTransient } from "./client.js"
-import { withPermits } from "./lock.js"
+import { grantAndPut, isTransient, revokeNow } from "./client.js"
+import { Lock } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
 import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
@@ -95,7 +95,7 @@ export interface Group {
   readonly client: EtcdClient
   readonly name: string
   readonly ttl: TtlOption | undefined
-  readonly lock: Lock
+  readonly lock: GroupLock
   /** Holds the heartbeat, the healer and background deletes; closed with the last member. */
   readonly scope: Scope.CloseableScope
   readonly members: Set<Member>
@@ -156,17 +156,26 @@ const setAll = (members: Iterable<Member>, state: RegistrationState): Effect.Eff
 // ---- the group lock ----
 
 /** A shared / exclusive lock: any number of shared holders, or one exclusive holder. */
-interface Lock {
+interface GroupLock {
   readonly shared: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   readonly exclusive: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Takes the exclusive lock at once when nobody holds the lock; says whether it did. */
+  readonly tryExclusive: () => boolean
+  /** Gives back the exclusive lock taken by `tryExclusive`. */
+  readonly releaseExclusive: () => void
 }
 
 const allPermits = 1_000_000_000
 
-const makeLock: Effect.Effect<Lock> = Effect.map(Effect.makeSemaphore(allPermits), (semaphore) => ({
-  shared: withPermits(semaphore, 1),
-  exclusive: withPermits(semaphore, allPermits)
-}))
+const makeLock = (): GroupLock => {
+  const lock = new Lock(allPermits)
+  return {
+    shared: lock.withPermits(1),
+    exclusive: lock.withPermits(allPermits),
+    tryExclusive: () => lock.tryTake(allPermits),
+    releaseExclusive: () => lock.release(allPermits)
+  }
+}
 
 // ---- groups ----
 
@@ -178,7 +187,7 @@ const groupFor = (client: EtcdClient, ttl: TtlOption | undefined): Effect.Effect
     const existing = registry.get(name)
     if (existing !== undefined && !existing.closed) return existing
     const scope = yield* Scope.make()
-    const lock = yield* makeLock
+    const lock = makeLock()
     const raced = registry.get(name)
     if (raced !== undefined && !raced.closed) {
       yield* Scope.close(scope, Exit.void)
@@ -864,38 +873,99 @@ export const join = (client: EtcdClient, ttl: TtlOption | undefined, member: Mem
  */
 export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdError> =>
   group.lock.exclusive(
-    Effect.gen(function* () {
-      if (!group.members.delete(member)) return
+    Effect.suspend(() => {
+      if (!group.members.delete(member)) return Effect.void
       const key = member.entry.key
-      // the key's removal goes first; the state says Deregistered once it is done, whatever its outcome
-      const deregistered = member.state.set(RegistrationState.Deregistered())
       if (group.members.size === 0) {
         const lease = group.lease
         group.closed = true
-        return yield* Effect.gen(function* () {
-          if (lease !== undefined) {
-            const revoked = yield* Effect.either(ask(group, "revoke", group.client.revoke(lease.id)))
-            if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
-            // etcd does not answer: a delete would wait as long, for a key that expires with the lease
-            if (group.unreachable && group.ttl !== undefined)
-              return yield* leftToExpire(group.ttl, lease.id, revoked.left)
-            yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
-              Effect.annotateLogs({ key, lease: lease.id, error: revoked.left.message })
-            )
-          }
-          yield* Effect.asVoid(ask(group, "delete", group.client.delete(key)))
-        }).pipe(
-          Effect.ensuring(
-            Effect.zipRight(deregistered, Effect.zipRight(unwatchMember(group, member), closeGroup(group)))
-          )
-        )
+        const revoke = lease === undefined ? Effect.void : ask(group, "revoke", group.client.revoke(lease.id))
+        return lastLeaves(group, member, lease?.id, revoke)
       }
-      const ensure = Effect.zipRight(deregistered, unwatchMember(group, member))
+      const ensure = Effect.zipRight(member.state.set(RegistrationState.Deregistered()), unwatchMember(group, member))
       // a registration of the same key and value stays: so does the key
-      if ([...group.members].some((m) => m.entry.key === key && m.entry.value === member.entry.value))
-        return yield* ensure
-      return yield* removeKey(group, key, member.entry.value).pipe(Effect.ensuring(ensure))
+      if ([...group.members].some((m) => m.entry.key === key && m.entry.value === member.entry.value)) return ensure
+      return removeKey(group, key, member.entry.value).pipe(Effect.ensuring(ensure))
     })
+  )
+
+/**
+ * {@link leave} started at once, for the common case: the member is the last
+ * of its group, the group has a live lease, etcd answered its last request,
+ * and nobody holds the group's lock. The lock is taken, the member removed,
+ * and the revoke handed to the client (`sent`: where the client can send it
+ * at once, see `revokeNow`) before this returns; `leaving`, to be run
+ * uninterruptibly (it gives the lock back), waits for the answer and does the
+ * rest, as {@link leave} does. A caller whose request was sent should wait for
+ * {@link nextTurn} before anything else. The deregistration takes as long;
+ * etcd gets the revoke sooner by what a dozen effects cost to build and run
+ * with the caches cold, as a deregistration finds them: it closes a scope that
+ * has been idle, often for the whole life of the process (issue 7). Answers
+ * `undefined`, having done nothing, in every other case: {@link leave}.
+ */
+export const leaveAtOnce = (
+  group: Group,
+  member: Member
+): { readonly sent: boolean; readonly leaving: Effect.Effect<void, EtcdError> } | undefined => {
+  const lease = group.lease
+  if (lease === undefined || group.unreachable || group.members.size !== 1 || !group.members.has(member)) {
+    return undefined
+  }
+  if (!group.lock.tryExclusive()) return undefined
+  group.members.delete(member)
+  group.closed = true
+  const revoke = revokeNow(group.client, lease.id)
+  const leaving = Effect.suspend(() =>
+    Effect.ensuring(
+      lastLeaves(group, member, lease.id, answered(group, revoke.answer)),
+      Effect.sync(() => group.lock.releaseExclusive())
+    )
+  )
+  return { sent: revoke.sent, leaving }
+}
+
+/**
+ * Waits for the next turn of the event loop, after the promise jobs already
+ * queued: etcd3 sends a request a few promise jobs after it is handed it, and
+ * those run once the fiber that handed it suspends. A fiber that goes on
+ * building and running effects first (with the caches cold, about as long as
+ * etcd3's own way to the wire) holds the request back.
+ */
+export const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  setImmediate(() => resume(Effect.void))
+})
+
+/**
+ * The last member has left the group (removed from it, the group marked
+ * closed, under the exclusive lock): `revoke` revokes the group's live lease
+ * `lease` (when it has one), else the member's key is deleted; then the member
+ * is Deregistered and the group's fibers stopped, whatever the outcome.
+ */
+const lastLeaves = (
+  group: Group,
+  member: Member,
+  lease: LeaseId | undefined,
+  revoke: Effect.Effect<void, EtcdError>
+): Effect.Effect<void, EtcdError> =>
+  Effect.gen(function* () {
+    const key = member.entry.key
+    if (lease !== undefined) {
+      const revoked = yield* Effect.either(revoke)
+      if (Either.isRight(revoked) || revoked.left.reason === "LeaseNotFound") return
+      // etcd does not answer: a delete would wait as long, for a key that expires with the lease
+      if (group.unreachable && group.ttl !== undefined) return yield* leftToExpire(group.ttl, lease, revoked.left)
+      yield* Effect.logWarning("revoking the lease failed, deleting the key").pipe(
+        Effect.annotateLogs({ key, lease, error: revoked.left.message })
+      )
+    }
+    yield* Effect.asVoid(ask(group, "delete", group.client.delete(key)))
+  }).pipe(
+    Effect.ensuring(
+      Effect.zipRight(
+        member.state.set(RegistrationState.Deregistered()),
+        Effect.zipRight(unwatchMember(group, member), closeGroup(group))
+      )
+    )
   )
 
 /** Notes whether etcd answered the group's request (see `Group.unreachable`). */
