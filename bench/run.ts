@@ -5,7 +5,7 @@
  *
  * Sizes come from the environment (defaults are the issue's sizes):
  * BENCH_SAMPLES (200), BENCH_CHURN_N (1000,10000), BENCH_CHURN_OPS (500),
- * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (10), BENCH_CHURN_WARMUP (30), BENCH_SYNC_N
+ * BENCH_CHURN_INFLIGHT (16), BENCH_CHURN_ROUNDS (10), BENCH_CHURN_WARMUP (60), BENCH_SYNC_N
  * (10000,100000), BENCH_SYNC_ROUNDS (5), BENCH_MEM_N (100000),
  * BENCH_MEM_ROUNDS (2), BENCH_KEEPALIVE_N (1000), BENCH_KEEPALIVE_SECONDS (30),
  * BENCH_MICRO_PICKS (1000000), BENCH_MICRO_CALLS (20000),
@@ -54,7 +54,10 @@ const config = {
   churnOps: int("BENCH_CHURN_OPS", 500),
   churnInflight: int("BENCH_CHURN_INFLIGHT", 16),
   churnRounds: int("BENCH_CHURN_ROUNDS", 10),
-  churnWarmup: int("BENCH_CHURN_WARMUP", 30),
+  // V8 went on compiling (Node's timers, our batch path) into round 50-odd of N = 1,000: one to
+  // two functions per round, 1-27 ms each on its compiler threads, counted in that round's CPU
+  // (--trace-opt per round, bench/NOTES.md); from about round 57 on, one every 5-10 rounds
+  churnWarmup: int("BENCH_CHURN_WARMUP", 60),
   syncSizes: ints("BENCH_SYNC_N", [10000, 100000]),
   syncRounds: int("BENCH_SYNC_ROUNDS", 5),
   memN: int("BENCH_MEM_N", 100000),

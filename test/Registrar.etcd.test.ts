@@ -9,6 +9,7 @@
  * timeout that only turns a hang into a failure.
  */
 import { describe, expect, layer } from "@effect/vitest"
+import { vi } from "vitest"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -165,6 +166,27 @@ describe("Registrar against a real etcd", () => {
         const change = yield* nextChange(changes, "the delete")
         expect(change._tag).toBe("Delete")
         yield* Effect.log(`[measure] scope close -> delete seen by a watcher: ${change.at - closing} ms`)
+      })
+    )
+
+    it.scoped("a deregistration ends while a test fakes the timers (setImmediate included)", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const client = yield* EtcdClient.make(server.clientOptions)
+        const other = yield* observer
+        const ttl = yield* TtlOption.make({ heartbeat: "1 second", ttl: "10 seconds" })
+        const key = `/registrar-${run}/fake-timers/1`
+        const registration = yield* Registrar.make({ key, value: "v", ttl }).pipe(
+          Effect.provideService(EtcdClient.EtcdClient, client)
+        )
+        // the faked timers never fire by themselves; the safety net is the test's own timeout
+        yield* Effect.acquireUseRelease(
+          Effect.sync(() => vi.useFakeTimers({ toFake: ["setImmediate", "setTimeout", "clearTimeout"] })),
+          () => registration.deregister,
+          () => Effect.sync(() => vi.useRealTimers())
+        )
+        expect((yield* stateOf(registration))._tag).toBe("Deregistered")
+        expect(Option.isNone(yield* other.get(key))).toBe(true)
       })
     )
 

@@ -1363,6 +1363,38 @@ describe("Registrar on the in-memory etcd", () => {
     }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped(
+    "a hand-made client whose revoke throws: the deregistration dies, but nothing stays held or kept alive",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* EtcdClient
+        // throws where it should fail with an effect
+        const throwing: EtcdClient = {
+          ...client,
+          revoke: () => {
+            throw new Error("boom")
+          }
+        }
+        const scope = yield* Scope.make()
+        const registration = yield* Registrar.make(service("/svc/throw/1", yield* standard)).pipe(
+          Effect.provideService(EtcdClient, throwing),
+          Scope.extend(scope)
+        )
+        const exit = yield* Effect.exit(registration.deregister)
+        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+        expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+        const count = yield* keepAlives
+        yield* TestClock.adjust("10 seconds")
+        // the group is closed: its lease is no longer renewed, and expires with the key
+        expect(yield* keepAlives).toBe(count)
+        expect(yield* stored("/svc/throw/1")).toBeUndefined()
+        // the locks were given back: closing the scope ends
+        const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("1 second")
+        expect(Option.isSome(yield* Fiber.poll(closing))).toBe(true)
+      }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("deregistered while re-granting (etcd down): never comes back once etcd is (kratos #3180)", () =>
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd

@@ -121,7 +121,14 @@ export const revokeNow = (
   lease: LeaseId
 ): { readonly sent: boolean; readonly answer: Effect.Effect<void, EtcdError> } => {
   const direct = (client as { readonly [RevokeNow]?: (lease: LeaseId) => Effect.Effect<void, EtcdError> })[RevokeNow]
-  return direct !== undefined ? { sent: true, answer: direct(lease) } : { sent: false, answer: client.revoke(lease) }
+  // a client's revoke is run as an effect: one that throws where it should fail (a hand-made client)
+  // throws when the effect runs, inside the deregistration's clean-up, not in its synchronous start
+  if (direct === undefined) return { sent: false, answer: Effect.suspend(() => client.revoke(lease)) }
+  try {
+    return { sent: true, answer: direct(lease) }
+  } catch (cause) {
+    return { sent: false, answer: Effect.die(cause) }
+  }
 }
 
 /** The store revision, read with a request on `prefix` where the primitives can (see `Primitives.revisionOf`). */

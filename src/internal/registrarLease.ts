@@ -33,6 +33,7 @@ import { closedDetail } from "./memory.js"
 import { grantAndPut, isTransient, revokeNow } from "./client.js"
 import { Lock } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
+import { setImmediate as timersSetImmediate } from "node:timers"
 import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
 
@@ -925,6 +926,14 @@ export const leaveAtOnce = (
 }
 
 /**
+ * Node's own `setImmediate`, as `node:timers` exports it: a test that fakes
+ * timers (vitest's `useFakeTimers`, sinon's) replaces the global one, and a
+ * deregistration (uninterruptible) would wait for it until the test restores
+ * it.
+ */
+const realSetImmediate: (f: () => void) => unknown = timersSetImmediate
+
+/**
  * Waits for the next turn of the event loop, after the promise jobs already
  * queued: etcd3 sends a request a few promise jobs after it is handed it, and
  * those run once the fiber that handed it suspends. A fiber that goes on
@@ -932,7 +941,7 @@ export const leaveAtOnce = (
  * etcd3's own way to the wire) holds the request back.
  */
 export const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
-  setImmediate(() => resume(Effect.void))
+  realSetImmediate(() => resume(Effect.void))
 })
 
 /**
