@@ -1395,6 +1395,38 @@ describe("Registrar on the in-memory etcd", () => {
       }).pipe(Effect.provide(layerMemory))
   )
 
+  it.scoped("a hand-made client whose revoke throws, deregistered after a heartbeat went unanswered: the same", () =>
+    Effect.gen(function* () {
+      const client = yield* EtcdClient
+      let failKeepAlives = 0
+      const throwing: EtcdClient = {
+        ...client,
+        keepAliveOnce: (lease) =>
+          failKeepAlives-- > 0 ? injected("keepAlive", "Timeout") : client.keepAliveOnce(lease),
+        revoke: () => {
+          throw new Error("boom")
+        }
+      }
+      const scope = yield* Scope.make()
+      const registration = yield* Registrar.make(service("/svc/throwslow/1", yield* standard)).pipe(
+        Effect.provideService(EtcdClient, throwing),
+        Scope.extend(scope)
+      )
+      // one heartbeat unanswered: etcd is taken for unreachable, and the deregistration takes its other way
+      failKeepAlives = 1
+      yield* TestClock.adjust("1 second")
+      expect(failKeepAlives).toBe(0)
+      const exit = yield* Effect.exit(registration.deregister)
+      expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+      expect((yield* Registrar.state(registration))._tag).toBe("Deregistered")
+      const count = yield* keepAlives
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* keepAlives).toBe(count)
+      expect(yield* stored("/svc/throwslow/1")).toBeUndefined()
+      yield* Scope.close(scope, Exit.void)
+    }).pipe(Effect.provide(layerMemory))
+  )
+
   it.scoped("deregistered while re-granting (etcd down): never comes back once etcd is (kratos #3180)", () =>
     Effect.gen(function* () {
       const etcd = yield* MemoryEtcd

@@ -880,7 +880,16 @@ export const leave = (group: Group, member: Member): Effect.Effect<void, EtcdErr
       if (group.members.size === 0) {
         const lease = group.lease
         group.closed = true
-        const revoke = lease === undefined ? Effect.void : ask(group, "revoke", group.client.revoke(lease.id))
+        // the client's revoke is called when the effect runs, under lastLeaves' clean-up (a hand-made
+        // client's revoke may throw)
+        const revoke =
+          lease === undefined
+            ? Effect.void
+            : ask(
+                group,
+                "revoke",
+                Effect.suspend(() => group.client.revoke(lease.id))
+              )
         return lastLeaves(group, member, lease?.id, revoke)
       }
       const ensure = Effect.zipRight(member.state.set(RegistrationState.Deregistered()), unwatchMember(group, member))
