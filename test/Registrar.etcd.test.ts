@@ -190,6 +190,60 @@ describe("Registrar against a real etcd", () => {
       })
     )
 
+    it.scoped(
+      "a client wrapped by a prototype or a proxy that replaces grant, put and revoke: they are the ones called",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* EtcdServer.EtcdServer
+          const client = yield* EtcdClient.make(server.clientOptions)
+          const other = yield* observer
+          const ttl = yield* TtlOption.make({ heartbeat: "1 second", ttl: "10 seconds" })
+          const calls: Array<string> = []
+          const replaced = {
+            grant: (ttlSeconds: number) =>
+              Effect.zipRight(
+                Effect.sync(() => calls.push("grant")),
+                client.grant(ttlSeconds)
+              ),
+            put: (...args: Parameters<EtcdClient.EtcdClient["put"]>) =>
+              Effect.zipRight(
+                Effect.sync(() => calls.push("put")),
+                client.put(...args)
+              ),
+            revoke: (lease: EtcdClient.LeaseId) =>
+              Effect.zipRight(
+                Effect.sync(() => calls.push("revoke")),
+                client.revoke(lease)
+              )
+          }
+          const byPrototype: EtcdClient.EtcdClient = Object.assign(
+            Object.create(client) as EtcdClient.EtcdClient,
+            replaced
+          )
+          const byProxy = new Proxy(client, {
+            get: (target, property, receiver) =>
+              typeof property === "string" && property in replaced
+                ? replaced[property as keyof typeof replaced]
+                : Reflect.get(target, property, receiver)
+          })
+          for (const [name, wrapper] of [
+            ["prototype", byPrototype],
+            ["proxy", byProxy]
+          ] as const) {
+            calls.length = 0
+            const key = `/registrar-${run}/wrapped/${name}`
+            const scope = yield* Scope.make()
+            yield* Registrar.make({ key, value: "v", ttl }).pipe(
+              Effect.provideService(EtcdClient.EtcdClient, wrapper),
+              Scope.extend(scope)
+            )
+            yield* Scope.close(scope, Exit.void)
+            expect(calls).toEqual(["grant", "put", "revoke"])
+            expect(Option.isNone(yield* other.get(key))).toBe(true)
+          }
+        })
+    )
+
     it.scoped("a child process killed with SIGKILL leaves a key that expires within TTL + 1 s", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer

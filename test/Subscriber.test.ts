@@ -133,6 +133,38 @@ describe("Subscriber (in-memory etcd)", () => {
     )
   )
 
+  it.effect("a client wrapped by a prototype or a proxy that replaces watch: that watch is the one followed", () =>
+    onMemory(
+      Effect.gen(function* () {
+        const client = yield* EtcdClient.EtcdClient
+        const watched: Array<string> = []
+        const watch: EtcdClient.EtcdClient["watch"] = (prefix, options) => {
+          watched.push(prefix)
+          return client.watch(prefix, options)
+        }
+        const byPrototype: EtcdClient.EtcdClient = Object.assign(Object.create(client) as EtcdClient.EtcdClient, {
+          watch
+        })
+        const byProxy = new Proxy(client, {
+          get: (target, property, receiver) => (property === "watch" ? watch : Reflect.get(target, property, receiver))
+        })
+        const { factory } = yield* recordingFactory
+        for (const [name, wrapper] of [
+          ["prototype", byPrototype],
+          ["proxy", byProxy]
+        ] as const) {
+          watched.length = 0
+          const subscriber = yield* Subscriber.make({ prefix: `/svc/${name}/`, factory }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, wrapper)
+          )
+          yield* put(`/svc/${name}/a`, "http://a")
+          yield* waitForInstances(subscriber, { [`/svc/${name}/a`]: "http://a" })
+          expect(watched).toEqual([`/svc/${name}/`])
+        }
+      })
+    )
+  )
+
   it.effect(
     "an endpoint set reads as plain data: a spread copy, toEqual and JSON see size, endpoints, keys, error",
     () =>

@@ -68,8 +68,17 @@ export interface GrantedAndPut {
 
 type GrantAndPutOf = (ttlSeconds: number, key: string, value: string) => Effect.Effect<GrantedAndPut, EtcdError>
 
-/** Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `grantAndPut`, if they have one. */
+/**
+ * Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `grantAndPut`, if they have
+ * one, with the `grant` and `put` it stands for.
+ */
 const GrantAndPut: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/grantAndPut")
+
+interface GrantAndPutDirect {
+  readonly grant: EtcdClient["grant"]
+  readonly put: EtcdClient["put"]
+  readonly grantAndPut: GrantAndPutOf
+}
 
 /**
  * Grants a lease of `ttlSeconds` and puts every entry on it (16 at a time);
@@ -77,17 +86,17 @@ const GrantAndPut: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/grantAn
  * interrupted, the lease is revoked: nothing stays behind. For one entry (a
  * first registration), a client made over etcd3 sends the put from the
  * grant's callback, without waking a fiber in between; any other (a test
- * double, a wrapper that spreads a client) makes the calls of its own `grant`
- * and `put`.
+ * double, a wrapper that spreads a client or replaces its `grant` or `put`,
+ * by a prototype or a proxy) makes the calls of its own `grant` and `put`.
  */
 export const grantAndPut = (
   client: EtcdClient,
   ttlSeconds: number,
   entries: ReadonlyArray<{ readonly key: string; readonly value: string }>
 ): Effect.Effect<{ readonly lease: LeaseId; readonly revisions: ReadonlyArray<number> }, EtcdError> => {
-  const direct = (client as { readonly [GrantAndPut]?: GrantAndPutOf })[GrantAndPut]
-  if (direct !== undefined && entries.length === 1) {
-    return Effect.map(direct(ttlSeconds, entries[0]!.key, entries[0]!.value), (r) => ({
+  const direct = (client as { readonly [GrantAndPut]?: GrantAndPutDirect })[GrantAndPut]
+  if (direct !== undefined && entries.length === 1 && client.grant === direct.grant && client.put === direct.put) {
+    return Effect.map(direct.grantAndPut(ttlSeconds, entries[0]!.key, entries[0]!.value), (r) => ({
       lease: r.lease,
       revisions: [r.revision]
     }))
@@ -105,8 +114,16 @@ export const grantAndPut = (
   )
 }
 
-/** Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `revokeNow`, if they have one. */
+/**
+ * Where an EtcdClient made by {@link fromPrimitives} keeps its primitives' `revokeNow`, if they have
+ * one, with the `revoke` it stands for.
+ */
 const RevokeNow: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/revokeNow")
+
+interface RevokeNowDirect {
+  readonly revoke: EtcdClient["revoke"]
+  readonly revokeNow: (lease: LeaseId) => Effect.Effect<void, EtcdError>
+}
 
 /**
  * Revokes `lease`, the request sent at once (before the effect runs) where the
@@ -114,18 +131,22 @@ const RevokeNow: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/revokeNow
  * effects before it leaves starts later by tens of microseconds per layer with
  * the caches cold, as a deregistration has them (issue 7). `answer` waits
  * for the answer, and is run once; `sent` says whether the request went (else
- * `answer` is `client.revoke(lease)`, sent when it runs).
+ * `answer` is `client.revoke(lease)`, sent when it runs: a test double, a
+ * wrapper that spreads a client or replaces its `revoke`, by a prototype or a
+ * proxy).
  */
 export const revokeNow = (
   client: EtcdClient,
   lease: LeaseId
 ): { readonly sent: boolean; readonly answer: Effect.Effect<void, EtcdError> } => {
-  const direct = (client as { readonly [RevokeNow]?: (lease: LeaseId) => Effect.Effect<void, EtcdError> })[RevokeNow]
+  const direct = (client as { readonly [RevokeNow]?: RevokeNowDirect })[RevokeNow]
   // a client's revoke is run as an effect: one that throws where it should fail (a hand-made client)
   // throws when the effect runs, inside the deregistration's clean-up, not in its synchronous start
-  if (direct === undefined) return { sent: false, answer: Effect.suspend(() => client.revoke(lease)) }
+  if (direct === undefined || client.revoke !== direct.revoke) {
+    return { sent: false, answer: Effect.suspend(() => client.revoke(lease)) }
+  }
   try {
-    return { sent: true, answer: direct(lease) }
+    return { sent: true, answer: direct.revokeNow(lease) }
   } catch (cause) {
     return { sent: false, answer: Effect.die(cause) }
   }
@@ -547,20 +568,29 @@ type OpenWatchOf = (
   cluster: string | undefined
 ) => Effect.Effect<WatchBatches, never, Scope.Scope>
 
-/** Where an EtcdClient made by {@link fromPrimitives} keeps its {@link openWatch}. */
+/** Where an EtcdClient made by {@link fromPrimitives} keeps its {@link openWatch}, with the `watch` it stands for. */
 const OpenWatch: unique symbol = Symbol.for("effect-sd-etcd/EtcdClient/openWatch")
+
+interface OpenWatchDirect {
+  readonly watch: EtcdClient["watch"]
+  readonly openWatch: OpenWatchOf
+}
 
 /**
  * The watch of `client` read batch by batch: {@link openWatch} directly for a
- * client made here, its `watch` stream for any other implementation.
+ * client made here, its `watch` stream for any other implementation (a test
+ * double, a wrapper that spreads a client or replaces its `watch`, by a
+ * prototype or a proxy).
  */
 export const watchBatches = (
   client: EtcdClient,
   prefix: string,
   options: WatchOptions
 ): Effect.Effect<WatchBatches, never, Scope.Scope> => {
-  const direct = (client as { readonly [OpenWatch]?: OpenWatchOf })[OpenWatch]
-  if (direct !== undefined) return direct(prefix, options.fromRevision, options.reconnect, options.cluster)
+  const direct = (client as { readonly [OpenWatch]?: OpenWatchDirect })[OpenWatch]
+  if (direct !== undefined && client.watch === direct.watch) {
+    return direct.openWatch(prefix, options.fromRevision, options.reconnect, options.cluster)
+  }
   return Effect.map(Stream.toPull(client.watch(prefix, options)), (pull) => {
     const take = Effect.mapBoth(pull, {
       onFailure: Option.getOrElse(
@@ -656,11 +686,19 @@ export const fromPrimitives = (primitives: Primitives): Effect.Effect<EtcdClient
       revision: primitives.revision
     } satisfies EtcdClient
     // not enumerable: a client spread into a wrapper (which may change `watch`) uses that `watch`
-    const direct: OpenWatchOf = (prefix, fromRevision, reconnect, cluster) =>
-      openWatch(primitives, prefix, fromRevision, reconnect, cluster)
+    const direct: OpenWatchDirect = {
+      watch: client.watch,
+      openWatch: (prefix, fromRevision, reconnect, cluster) =>
+        openWatch(primitives, prefix, fromRevision, reconnect, cluster)
+    }
     Object.defineProperty(client, OpenWatch, { value: direct })
-    if (primitives.grantAndPut !== undefined)
-      Object.defineProperty(client, GrantAndPut, { value: primitives.grantAndPut })
-    if (primitives.revokeNow !== undefined) Object.defineProperty(client, RevokeNow, { value: primitives.revokeNow })
+    if (primitives.grantAndPut !== undefined) {
+      const value: GrantAndPutDirect = { grant: client.grant, put: client.put, grantAndPut: primitives.grantAndPut }
+      Object.defineProperty(client, GrantAndPut, { value })
+    }
+    if (primitives.revokeNow !== undefined) {
+      const value: RevokeNowDirect = { revoke: client.revoke, revokeNow: primitives.revokeNow }
+      Object.defineProperty(client, RevokeNow, { value })
+    }
     return client
   })
