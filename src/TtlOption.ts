@@ -78,8 +78,9 @@ const decode = (option: string, input: Duration.DurationInput): Effect.Effect<Du
  * timer's limit); the TTL is more than two heartbeats
  * ({@link minHeartbeatsPerTtl}) and at most 9,000,000,000 s ({@link maxTtl},
  * etcd's limit). Invalid values fail with `InvalidOptions`, which names the
- * option and the rule; nothing is clamped. The TTL given to etcd is rounded up
- * to whole seconds, never down.
+ * option and the rule; nothing is clamped. A missing (`undefined`) option
+ * takes its default; `null` is not a duration and fails. The TTL given to etcd
+ * is rounded up to whole seconds, never down.
  *
  * @since 0.1.0
  * @category constructors
@@ -89,8 +90,13 @@ export const make = (options?: {
   readonly ttl?: Duration.DurationInput | undefined
 }): Effect.Effect<TtlOption, InvalidOptions> =>
   Effect.gen(function* () {
-    const heartbeatInput = options?.heartbeat ?? defaults.heartbeat
-    const ttlInput = options?.ttl ?? defaults.ttl
+    // only a missing option takes the default: `null` (a config value that was not found, a
+    // caller without types) is not a duration, and fails as any other
+    if (options === null) {
+      return yield* new InvalidOptions({ option: "ttl option", reason: "must be an object or undefined, got null" })
+    }
+    const heartbeatInput = options?.heartbeat === undefined ? defaults.heartbeat : options.heartbeat
+    const ttlInput = options?.ttl === undefined ? defaults.ttl : options.ttl
     const heartbeat = yield* decode("heartbeat", heartbeatInput)
     const ttl = yield* decode("ttl", ttlInput)
     if (Duration.lessThan(heartbeat, minHeartbeat)) {

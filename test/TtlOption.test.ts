@@ -26,6 +26,28 @@ describe("TtlOption.make", () => {
     })
   )
 
+  it.effect("null (a config value not found, a caller without types) is InvalidOptions, not the default", () =>
+    Effect.gen(function* () {
+      // the types forbid null: what a JavaScript caller or an untyped config hands over
+      const make = TtlOption.make as (options: unknown) => ReturnType<typeof TtlOption.make>
+      const cases = [
+        [{ heartbeat: null }, "invalid option heartbeat: not a duration: null"],
+        [{ heartbeat: "1 second", ttl: null }, "invalid option ttl: not a duration: null"],
+        [null, "invalid option ttl option: must be an object or undefined, got null"]
+      ] as const
+      for (const [options, message] of cases) {
+        const error = yield* Effect.flip(make(options))
+        expect(error._tag).toBe("InvalidOptions")
+        expect(error.message).toBe(message)
+      }
+      // a missing option still takes its default
+      const option = yield* make({ heartbeat: undefined, ttl: "7 seconds" })
+      expect(Duration.toMillis(option.heartbeat)).toBe(Duration.toMillis(TtlOption.defaults.heartbeat))
+      expect(option.ttlSeconds).toBe(7)
+      expect((yield* make(undefined)).ttlSeconds).toBe(10)
+    })
+  )
+
   it.effect("a [seconds, nanos] pair is judged by its total, and nanoseconds given as a bigint say so", () =>
     Effect.gen(function* () {
       // 999,999,999 ns: positive, though one part is negative
