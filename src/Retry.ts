@@ -21,7 +21,7 @@ import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
 import { timeoutFailIn } from "./internal/timeout.js"
 import { decodeDuration, withinTimerLimit } from "./internal/timerLimit.js"
-import { setImmediate as timersSetImmediate } from "node:timers"
+import { inNextTurn } from "./internal/nextTurn.js"
 
 /**
  * What an error says, for a message: its message, or when it has none (a
@@ -206,11 +206,6 @@ class Attempts<E> {
     return this.failures === undefined ? [] : this.failures.slice()
   }
 }
-
-/** Runs `f` in a later turn of the event loop (after timers and I/O): Node's `setImmediate`, else a timer. */
-const realSetImmediate = typeof timersSetImmediate === "function" ? timersSetImmediate : globalThis.setImmediate
-const inNextTurn: (f: () => void) => void =
-  typeof realSetImmediate === "function" ? (f) => void realSetImmediate(f) : (f) => void setTimeout(f, 0)
 
 /**
  * How many attempts in a row may run without the event loop having had a turn:

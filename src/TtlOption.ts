@@ -91,7 +91,7 @@ export const make = (options?: {
 }): Effect.Effect<TtlOption, InvalidOptions> =>
   Effect.gen(function* () {
     // only a missing option takes the default: `null` (a config value that was not found, a
-    // caller without types) is not a duration, and fails as any other
+    // caller without types) is not a duration, and fails like every other non-duration
     if (options === null) {
       return yield* new InvalidOptions({ option: "ttl option", reason: "must be an object or undefined, got null" })
     }

@@ -33,7 +33,7 @@ import { closedDetail } from "./memory.js"
 import { grantAndPut, isTransient, revokeNow } from "./client.js"
 import { Lock } from "./lock.js"
 import type { TtlOption } from "../TtlOption.js"
-import { setImmediate as timersSetImmediate } from "node:timers"
+import { inNextTurn } from "./nextTurn.js"
 import type { StateCell } from "./registrarState.js"
 import { RegistrationState } from "./registrarState.js"
 
@@ -156,7 +156,7 @@ const setAll = (members: Iterable<Member>, state: RegistrationState): Effect.Eff
 
 // ---- the group lock ----
 
-/** A shared / exclusive lock: any number of shared holders, or one exclusive holder. */
+/** A shared / exclusive lock: shared holders side by side, or one exclusive holder alone. */
 interface GroupLock {
   readonly shared: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   readonly exclusive: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -935,14 +935,6 @@ export const leaveAtOnce = (
 }
 
 /**
- * Node's own `setImmediate`, as `node:timers` exports it: a test that fakes
- * timers (vitest's `useFakeTimers`, sinon's) replaces the global one, and a
- * deregistration (uninterruptible) would wait for it until the test restores
- * it.
- */
-const realSetImmediate: (f: () => void) => unknown = timersSetImmediate
-
-/**
  * Waits for the next turn of the event loop, after the promise jobs already
  * queued: etcd3 sends a request a few promise jobs after it is handed it, and
  * those run once the fiber that handed it suspends. A fiber that goes on
@@ -950,7 +942,7 @@ const realSetImmediate: (f: () => void) => unknown = timersSetImmediate
  * etcd3's own way to the wire) holds the request back.
  */
 export const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
-  realSetImmediate(() => resume(Effect.void))
+  inNextTurn(() => resume(Effect.void))
 })
 
 /**
