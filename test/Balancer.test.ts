@@ -167,6 +167,37 @@ describe("Balancer over a Subscriber", () => {
       }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
   )
 
+  it.effect(
+    "round robin over a subscriber: a successful pick by yield* is over in the generator's own step, a failure goes to the fiber",
+    () =>
+      Effect.gen(function* () {
+        yield* put("/svc/a", "a")
+        yield* put("/svc/b", "b")
+        const subscriber = yield* Subscriber.make({ prefix: "/svc/", factory: valueFactory })
+        yield* waitForCount(subscriber, 2)
+        const balancer = Balancer.roundRobin(subscriber)
+        // what `yield*` does with the balancer: a success is the delegated iterator's return value
+        // on its first step, so the generator goes on without a step of the fiber's run loop
+        const steps: Array<IteratorResult<unknown, Endpoint<void, string>>> = []
+        for (let i = 0; i < 3; i++) steps.push(balancer[Symbol.iterator]().next())
+        expect(steps.map((step) => step.done)).toEqual([true, true, true])
+        const names: Array<string> = []
+        for (const step of steps) if (step.done === true) names.push(yield* step.value())
+        expect(names).toEqual(["a", "b", "a"])
+        // the turn is the one flatMap and a later yield* share
+        expect(yield* Effect.flatMap(balancer, (endpoint) => endpoint())).toBe("b")
+        expect(yield* genCall(balancer)).toBe("a")
+        // a failure is yielded to the fiber, which fails the generator with it
+        yield* del("/svc/a")
+        yield* del("/svc/b")
+        yield* waitForCount(subscriber, 0)
+        const failed = balancer[Symbol.iterator]().next()
+        expect(failed.done).toBe(false)
+        const error = yield* Effect.flip(genCall(balancer))
+        expect(error).toBeInstanceOf(Balancer.NoEndpoints)
+      }).pipe(Effect.scoped, Effect.provide(EtcdClient.layerMemory))
+  )
+
   it.effect("round robin over an empty subscriber fails with NoEndpoints naming the prefix, however it is run", () =>
     Effect.gen(function* () {
       yield* put("/svc/a", "a")
