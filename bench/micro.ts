@@ -21,7 +21,9 @@
  * The retried endpoints answer with `Effect.succeed`, an already-complete
  * effect: a successful call then needs neither timer nor fiber. Endpoints that
  * answer with `Effect.sync` are timed too: their calls fork the attempt, as
- * every call to an endpoint that may suspend does.
+ * every call to an endpoint that may suspend does. So are endpoints that answer
+ * after a resolved promise, as the plain side's do: their attempts suspend, so
+ * their calls also arm and clear a timer.
  */
 import * as Effect from "effect/Effect"
 import * as Balancer from "../src/Balancer.js"
@@ -233,8 +235,23 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
       const syncEndpoints = yield* syncSubscriber.endpoints
       if (syncEndpoints.length !== n) return yield* Effect.dieMessage(`expected ${n} endpoints`)
       const syncBalancer = Balancer.roundRobin(syncSubscriber)
+      // endpoints that answer after a resolved promise, as the plain side's do: the attempt suspends,
+      // so a retried call also arms (and clears) its timer, as the plain retry does
+      const asyncSubscriber = yield* Subscriber.make<number, number>({
+        prefix: "/bench/micro/",
+        factory: (value) => {
+          const offset = value.length
+          const endpoint: Endpoint<number, number> = (request) =>
+            Effect.promise(() => Promise.resolve(request + offset))
+          return Effect.succeed(endpoint)
+        }
+      })
+      const asyncEndpoints = yield* asyncSubscriber.endpoints
+      if (asyncEndpoints.length !== n) return yield* Effect.dieMessage(`expected ${n} endpoints`)
+      const asyncBalancer = Balancer.roundRobin(asyncSubscriber)
       const retried = yield* Retry.retry(balancer, { max: 3, timeout: "1 second" })
       const retriedSync = yield* Retry.retry(syncBalancer, { max: 3, timeout: "1 second" })
+      const retriedAsync = yield* Retry.retry(asyncBalancer, { max: 3, timeout: "1 second" })
       const calls = yield* timeEffects(args.calls, {
         call: (count) =>
           Effect.gen(function* () {
@@ -257,6 +274,17 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
         syncEndpointRetried: (count) =>
           Effect.gen(function* () {
             for (let i = 0; i < count; i++) sink += yield* retriedSync(i)
+          }).pipe(Effect.orDie),
+        asyncEndpointCall: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) {
+              const endpoint = yield* asyncBalancer
+              sink += yield* endpoint(i)
+            }
+          }).pipe(Effect.orDie),
+        asyncEndpointRetried: (count) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < count; i++) sink += yield* retriedAsync(i)
           }).pipe(Effect.orDie)
       })
       const callNs = calls.call
@@ -290,6 +318,8 @@ export const runMicro = async (args: { readonly picks: number; readonly calls: n
     retryOverheadNs: ours.retriedCallNs - ours.callNs,
     syncEndpointCallNs: ours.calls.syncEndpointCall,
     syncEndpointRetriedNs: ours.calls.syncEndpointRetried,
+    asyncEndpointCallNs: ours.calls.asyncEndpointCall,
+    asyncEndpointRetriedNs: ours.calls.asyncEndpointRetried,
     plainCallNs,
     plainRetriedNs,
     plainRetryOverheadNs: plainRetriedNs - plainCallNs,

@@ -457,6 +457,8 @@ const micro = async () => {
     readonly retryOverheadNs: number
     readonly syncEndpointCallNs: number
     readonly syncEndpointRetriedNs: number
+    readonly asyncEndpointCallNs: number
+    readonly asyncEndpointRetriedNs: number
     readonly plainCallNs: number
     readonly plainRetriedNs: number
     readonly plainRetryOverheadNs: number
@@ -508,6 +510,11 @@ const micro = async () => {
         oursCompletedEndpointCallNs: r.callNs,
         oursCompletedEndpointRetriedCallNs: r.retriedCallNs,
         oursCompletedEndpointRetryOverheadNs: r.retryOverheadNs,
+        // endpoints that answer after a resolved promise, as the plain side's: the attempt suspends, and
+        // the call arms and clears its timer, as the plain retry does
+        oursAsyncEndpointCallNs: r.asyncEndpointCallNs,
+        oursAsyncEndpointRetriedCallNs: r.asyncEndpointRetriedNs,
+        oursAsyncEndpointRetryOverheadNs: r.asyncEndpointRetriedNs - r.asyncEndpointCallNs,
         plainCallNs: r.plainCallNs,
         plainRetriedCallNs: r.plainRetriedNs,
         effectTimeoutOverheadNs: r.timeoutOverheadNs

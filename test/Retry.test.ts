@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
@@ -464,6 +465,82 @@ describe("RetryError.message", () => {
 
 describe("Retry whose attempts fail at once (no endpoint yet), without a backoff", () => {
   const empty = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
+
+  it.live(
+    "on the live clock: a hung attempt is interrupted at the deadline, and a call that ends (answered or interrupted) leaves no timer behind",
+    () =>
+      Effect.gen(function* () {
+        // the hour-long timers armed and not cleared (other timers come and go meanwhile: vitest's, Effect's)
+        const armed = new Set<unknown>()
+        let arms = 0
+        const set = globalThis.setTimeout
+        const clear = globalThis.clearTimeout
+        const setSpy = vi.spyOn(globalThis, "setTimeout").mockImplementation(((
+          f: (...args: Array<unknown>) => void,
+          ms?: number,
+          ...args: Array<unknown>
+        ) => {
+          const handle = set(f, ms, ...args)
+          if (ms === 3_600_000) {
+            armed.add(handle)
+            arms++
+          }
+          return handle
+        }) as typeof setTimeout)
+        const clearSpy = vi.spyOn(globalThis, "clearTimeout").mockImplementation(((handle?: unknown) => {
+          armed.delete(handle)
+          return clear(handle as Parameters<typeof clearTimeout>[0])
+        }) as typeof clearTimeout)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            setSpy.mockRestore()
+            clearSpy.mockRestore()
+          })
+        )
+        // answered after a turn of the event loop: the attempt suspends, and the call arms its timer
+        const later: Endpoint<string, string> = (request) =>
+          Effect.async<string>((resume) => {
+            const handle = setImmediate(() => resume(Effect.succeed(`ok ${request}`)))
+            return Effect.sync(() => clearImmediate(handle))
+          })
+        const answering = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), {
+          max: 3,
+          timeout: "1 hour"
+        })
+        for (let i = 0; i < 20; i++) expect(yield* answering(`${i}`)).toBe(`ok ${i}`)
+        // each call armed its timer, and cleared it by the time it returned: an hour-long timer left
+        // armed would keep the process alive for an hour
+        expect(arms).toBe(20)
+        expect(armed.size).toBe(0)
+
+        const finalized: Array<string> = []
+        // started: the request of every attempt started, in order
+        const started = yield* Queue.unbounded<string>()
+        const hung: Endpoint<string, string> = (request) =>
+          Effect.zipRight(Queue.offer(started, request), Effect.never).pipe(
+            Effect.onInterrupt(() => Effect.sync(() => finalized.push(request)))
+          )
+        const timed = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([hung])), { max: 3, timeout: "50 millis" })
+        const start = Date.now()
+        const error = yield* Effect.flip(timed("a"))
+        expect(Date.now() - start).toBeGreaterThanOrEqual(45)
+        expect(error.timedOut).toBe(true)
+        expect(error.inFlight).toBe(true)
+        expect(error.attempts).toBe(1)
+        // the timeout fails once the attempt's finalizers have run
+        expect(finalized).toEqual(["a"])
+
+        // the caller interrupted: the attempt is interrupted, and the hour-long timer cleared
+        const long = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([hung])), { max: 3, timeout: "1 hour" })
+        const fiber = yield* Effect.fork(long("b"))
+        expect([...(yield* Queue.takeAll(started))]).toEqual(["a"])
+        expect(yield* Queue.take(started)).toBe("b")
+        expect(armed.size).toBe(1)
+        yield* Fiber.interrupt(fiber)
+        expect(finalized).toEqual(["a", "b"])
+        expect(armed.size).toBe(0)
+      }).pipe(Effect.scoped)
+  )
 
   it.live("a call with a 1 ms backoff does not wait in line behind 300 calls spinning at once", () =>
     Effect.gen(function* () {
