@@ -129,8 +129,9 @@ const fromSource = <Req, Res, E, SE>(
  * without copying; an invalidated subscriber fails with its `EtcdError`.
  *
  * Over a subscriber made by `Subscriber.make` or a fixed array
- * (`Effect.succeed(endpoints)`) a pick runs no effect of its own and allocates
- * nothing; `yield*` in `Effect.gen` picks without a turn of the run loop, and
+ * (`Effect.succeed(endpoints)`) a pick runs no effect of its own: `yield*` in
+ * `Effect.gen` has a successful pick without suspending the generator (a
+ * failure fails it), `flatMap` and the like run it without allocating, and
  * `Retry` picks synchronously. Any other source is run on every pick.
  *
  * @since 0.1.0
@@ -176,13 +177,15 @@ class Picked<A> {
  * `yield*` in `Effect.gen` picks when the generator reaches it (which is when
  * the fiber would run the effect). A successful pick is the return value of
  * the delegated iterator's first step (one small object), so the generator goes
- * on at once without handing anything to the fiber: yielding even a completed
- * `Exit` costs a step of the run loop and a resumption of the generator (about
- * 150 ns on a slow machine, five times the pick). A failure is yielded, and
- * fails the generator as before. Like any synchronous code between two
- * effects, such a pick is no point where the fiber checks for interruption or
- * yields to other fibers. Every other way of running the balancer (`flatMap`,
- * `whileLoop`) goes through `commit()`, and `Retry` picks synchronously.
+ * on at once without handing anything to the fiber. Yielding a completed `Exit`
+ * instead (as before) never reached the run loop either, but it suspended the
+ * generator and resumed it with the value, through the fiber's generator step
+ * (`yieldWrapGet`, the `Exit` check) and two more objects: about 100 ns a pick
+ * on this machine, several times the pick itself. A failure is yielded, and
+ * fails the generator as before. Neither way is a point where the fiber checks
+ * for interruption or yields to other fibers. Every other way of running the
+ * balancer (`flatMap`, `whileLoop`) goes through `commit()`, and `Retry` picks
+ * synchronously.
  */
 class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {
   private counter = 0

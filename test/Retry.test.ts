@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { vi } from "vitest"
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -12,6 +13,7 @@ import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
+import * as Supervisor from "effect/Supervisor"
 import * as TestClock from "effect/TestClock"
 import type * as Scope from "effect/Scope"
 import * as Balancer from "../src/Balancer.js"
@@ -540,6 +542,43 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
         expect(finalized).toEqual(["a", "b"])
         expect(armed.size).toBe(0)
       }).pipe(Effect.scoped)
+  )
+
+  /** Counts the fibers started under it (a timed call's attempt, and its timer when that is a fiber). */
+  class Started extends Supervisor.AbstractSupervisor<number> {
+    count = 0
+    get value() {
+      return Effect.sync(() => this.count)
+    }
+    override onStart() {
+      this.count++
+    }
+  }
+
+  /** A timed call whose attempt suspends (answered after a turn of the event loop), under a fiber counter. */
+  const fibersOfTimedCall = Effect.gen(function* () {
+    const later: Endpoint<string, string> = (request) =>
+      Effect.async<string>((resume) => {
+        const handle = setImmediate(() => resume(Effect.succeed(`ok ${request}`)))
+        return Effect.sync(() => clearImmediate(handle))
+      })
+    const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), { max: 3, timeout: "1 minute" })
+    const started = new Started()
+    expect(yield* Effect.supervised(call("x"), started)).toBe("ok x")
+    return started.count
+  })
+
+  it.live("on the live clock a timed call's timer is no fiber: its attempt is the one fiber it starts", () =>
+    Effect.map(fibersOfTimedCall, (fibers) => expect(fibers).toBe(1))
+  )
+
+  it.effect("under TestClock (or any clock but the live one) a timed call's timer is a fiber sleeping on it", () =>
+    Effect.gen(function* () {
+      // (TestClock forks one more on its first sleep: the fiber that warns of a clock never adjusted)
+      expect(yield* fibersOfTimedCall).toBeGreaterThanOrEqual(2)
+      // a clock made like the live one is still another clock: its sleep is what the call must wait on
+      expect(yield* Effect.withClock(fibersOfTimedCall, Clock.make())).toBe(2)
+    })
   )
 
   it.live("a call with a 1 ms backoff does not wait in line behind 300 calls spinning at once", () =>

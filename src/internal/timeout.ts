@@ -29,8 +29,14 @@ import * as RuntimeFlags from "effect/RuntimeFlags"
 /** The child's flags: interruptible, yielding; the same for every call. */
 const childFlags = RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.CooperativeYielding)
 
-/** The clock of a runtime that provides none of its own (Node's timers). */
-const liveClock = Context.get(DefaultServices.liveServices, Clock.Clock)
+/**
+ * The clock of a runtime that provides none of its own (Node's timers), read
+ * once, from a fiber: the services a fiber starts with are shared by every copy
+ * of `effect` loaded (the ESM and CommonJS builds, two versions), and come from
+ * the copy loaded first, which need not be this one's `liveServices`.
+ */
+let liveClock: Clock.Clock | undefined = undefined
+const isLive = (clock: Clock.Clock): boolean => clock === (liveClock ??= Effect.runSync(Effect.clock))
 
 /** Start the child at once, in the caller's turn. */
 const immediately: Runtime.RunForkOptions = { immediate: true }
@@ -64,7 +70,7 @@ export const timeoutFailIn = <A, E, R, E2>(
     const deadline = new Deadline(parent, child, resume, onTimeout)
     child.addObserver((exit) => deadline.done(exit))
     if (deadline.settled) return
-    if (Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock) === liveClock) {
+    if (isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))) {
       deadline.handle = setTimeout(expire, Duration.toMillis(duration), deadline)
     } else {
       // another clock (TestClock): its sleep, in a fiber of its own
