@@ -20,6 +20,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as ChildProcess from "node:child_process"
 import { randomUUID } from "node:crypto"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import * as EtcdClient from "../src/EtcdClient.js"
@@ -34,6 +35,18 @@ const run = randomUUID().slice(0, 8)
 /** A safety net that turns a hang into a failure; never what a test waits for. */
 const within = (seconds: number, what: string) =>
   Effect.timeoutFail({ duration: Duration.seconds(seconds), onTimeout: () => new Error(`timed out: ${what}`) })
+
+/** A port nobody listens on: one bound, then closed. */
+const closedPort = Effect.promise(
+  () =>
+    new Promise<number>((resolve) => {
+      const server = Net.createServer()
+      server.listen(0, "127.0.0.1", () => {
+        const address = server.address()
+        server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
+      })
+    })
+)
 
 /** A client of its own, as an observer that shares nothing with the registrations. */
 const observer = Effect.flatMap(EtcdServer.EtcdServer, (server) => EtcdClient.make(server.clientOptions))
@@ -166,6 +179,38 @@ describe("Registrar against a real etcd", () => {
         const change = yield* nextChange(changes, "the delete")
         expect(change._tag).toBe("Delete")
         yield* Effect.log(`[measure] scope close -> delete seen by a watcher: ${change.at - closing} ms`)
+      })
+    )
+
+    it.scoped("a deregistration whose revoke goes first to a member that is down removes the key all the same", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const down = `http://127.0.0.1:${yield* closedPort}`
+        const client = yield* EtcdClient.make({
+          ...server.clientOptions,
+          endpoints: [...server.clientOptions.endpoints, down]
+        })
+        const other = yield* observer
+        const ttl = yield* TtlOption.make({ heartbeat: "1 second", ttl: "10 seconds" })
+        for (let i = 0; i < 3; i++) {
+          const key = `/registrar-${run}/revoke-down/${i}`
+          const scope = yield* Scope.make()
+          const registration = yield* Registrar.make({ key, value: "v", ttl }).pipe(
+            Effect.provideService(EtcdClient.EtcdClient, client),
+            Scope.extend(scope)
+          )
+          // the pool's shuffle of two members, with Math.random near 1, puts the second (the one down)
+          // first: the revoke is sent to it, fails, and goes again through the pool, which fails over
+          yield* Effect.acquireUseRelease(
+            Effect.sync(() => vi.spyOn(Math, "random").mockReturnValue(0.99)),
+            () => registration.deregister,
+            (spy) => Effect.sync(() => spy.mockRestore())
+          )
+          expect((yield* stateOf(registration))._tag).toBe("Deregistered")
+          // gone at once, not left to its 10 s TTL
+          expect(Option.isNone(yield* other.get(key))).toBe(true)
+          yield* Scope.close(scope, Exit.void)
+        }
       })
     )
 
