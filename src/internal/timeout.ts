@@ -10,9 +10,9 @@
  * timer, cleared when the effect ends; under any other clock (`TestClock`) it
  * is that clock's `sleep`, run in a fiber of its own so that the clock drives
  * it. (A sleeping fiber on the live clock too made a call to an endpoint that
- * answers after a promise twice as slow: 59-65 µs against 28-29.) As with `Effect.timeout`, the timeout (or the caller's
- * interruption) is over once the effect's interruption is: its finalizers have
- * run.
+ * answers after a promise twice as slow: 59-65 µs against 28-29.) As with
+ * `Effect.timeout`, the timeout (or the caller's interruption) is over once
+ * the effect's interruption is: its finalizers have run.
  *
  * @internal
  */
