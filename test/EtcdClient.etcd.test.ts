@@ -22,7 +22,7 @@ import * as EtcdServer from "../src/testing/EtcdServer.js"
 import * as EtcdTls from "../src/testing/EtcdTls.js"
 import { contract } from "./contract/EtcdClientContract.js"
 import { tcpProxy, within } from "./reliability/support.js"
-import { etcd3 } from "./testing-helpers.js"
+import { closedPort, etcd3 } from "./testing-helpers.js"
 
 contract("EtcdClient contract: real etcd", EtcdServer.layerClient.pipe(Layer.provide(EtcdServer.layer())), {
   advance: () => Effect.void,
@@ -41,18 +41,6 @@ const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
 const tempDir = Effect.acquireRelease(
   Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sd-etcd-tls-"))),
   (d) => Effect.promise(() => Fs.rm(d, { recursive: true, force: true }))
-)
-
-/** A port nobody listens on: one bound, then closed. */
-const closedPort = Effect.promise(
-  () =>
-    new Promise<number>((resolve) => {
-      const server = Net.createServer()
-      server.listen(0, "127.0.0.1", () => {
-        const address = server.address()
-        server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-      })
-    })
 )
 
 /** Why building a client with `options` (2 s to connect) fails. */

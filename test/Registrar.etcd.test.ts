@@ -20,13 +20,13 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as ChildProcess from "node:child_process"
 import { randomUUID } from "node:crypto"
-import * as Net from "node:net"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import * as EtcdClient from "../src/EtcdClient.js"
 import * as Registrar from "../src/Registrar.js"
 import { EtcdServer } from "../src/testing/index.js"
 import * as TtlOption from "../src/TtlOption.js"
+import { closedPort } from "./testing-helpers.js"
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
 const fixture = Path.join(here, "fixtures", "registrar-child.ts")
@@ -35,18 +35,6 @@ const run = randomUUID().slice(0, 8)
 /** A safety net that turns a hang into a failure; never what a test waits for. */
 const within = (seconds: number, what: string) =>
   Effect.timeoutFail({ duration: Duration.seconds(seconds), onTimeout: () => new Error(`timed out: ${what}`) })
-
-/** A port nobody listens on: one bound, then closed. */
-const closedPort = Effect.promise(
-  () =>
-    new Promise<number>((resolve) => {
-      const server = Net.createServer()
-      server.listen(0, "127.0.0.1", () => {
-        const address = server.address()
-        server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-      })
-    })
-)
 
 /** A client of its own, as an observer that shares nothing with the registrations. */
 const observer = Effect.flatMap(EtcdServer.EtcdServer, (server) => EtcdClient.make(server.clientOptions))

@@ -12,6 +12,7 @@ import * as TestServices from "effect/TestServices"
 import { Etcd3 } from "etcd3"
 import type { IOptions } from "etcd3"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as FsP from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -112,3 +113,15 @@ export const waitFor = <A>(subscribable: Subscribable.Subscribable<A>, predicate
         Effect.orDie
       )
   )
+
+/** A port nobody listens on: one bound, then closed. */
+export const closedPort = Effect.promise(
+  () =>
+    new Promise<number>((resolve) => {
+      const server = Net.createServer()
+      server.listen(0, "127.0.0.1", () => {
+        const address = server.address()
+        server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
+      })
+    })
+)
