@@ -3,12 +3,15 @@ import { vi } from "vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
+import * as Etcd3 from "etcd3"
+import { ConnectionPool } from "etcd3/lib/connection-pool.js"
 import * as Net from "node:net"
 import * as EtcdClient from "../src/EtcdClient.js"
 import { revokeNow } from "../src/internal/client.js"
 import { EtcdServer } from "../src/testing/index.js"
 import * as Registrar from "../src/Registrar.js"
 import * as TtlOption from "../src/TtlOption.js"
+import { closedPort } from "./testing-helpers.js"
 
 /** A TCP listener that accepts connections and never answers (a hung member). */
 const blackhole = Effect.acquireRelease(
@@ -47,6 +50,38 @@ const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     const exit = yield* Effect.exit(effect)
     return { exit, ms: Date.now() - start }
   })
+
+/** What the sends of a revoke are counted on: etcd3's Lease service client, one class for every client. */
+interface LeaseServiceClient {
+  readonly leaseRevoke: (...args: Array<unknown>) => unknown
+}
+
+/**
+ * Counts every revoke sent to a member, by any client of the process: a spy on
+ * the class of etcd3's gRPC Lease clients (reached through a client of its own,
+ * never connected), restored with the scope.
+ */
+const countedSends = Effect.acquireRelease(
+  Effect.sync(() => {
+    const probe = new Etcd3.Etcd3({ hosts: "http://127.0.0.1:1" })
+    // etcd3 keeps its pool protected; its hosts hand out the gRPC service clients
+    const pool = (
+      probe as unknown as {
+        readonly pool: { readonly hosts: ReadonlyArray<{ getServiceClient(name: string): unknown }> }
+      }
+    ).pool
+    const proto = Object.getPrototypeOf(pool.hosts[0]!.getServiceClient("Lease")) as LeaseServiceClient
+    probe.close()
+    return vi.spyOn(proto, "leaseRevoke")
+  }),
+  (spy) => Effect.sync(() => spy.mockRestore())
+)
+
+/** The pool's `exec` (its way for every unary call), spied on: which calls went through it. */
+const execCalls = Effect.acquireRelease(
+  Effect.sync(() => vi.spyOn(ConnectionPool.prototype, "exec")),
+  (spy) => Effect.sync(() => spy.mockRestore())
+)
 
 /**
  * A deregistration's revoke sent straight to a member (`revokeNow`, etcd3.ts's
@@ -145,17 +180,6 @@ describe("revokeNow against a real etcd", () => {
         })
     )
 
-    it.scoped("TLS: revokeNow revokes", () =>
-      Effect.gen(function* () {
-        const own = yield* EtcdServer.make({ tls: true })
-        const client = yield* EtcdClient.make(own.clientOptions)
-        const lease = yield* client.grant(30)
-        yield* client.put("/review/tls", "v", { lease })
-        yield* Effect.suspend(() => revokeNow(client, lease).answer)
-        expect((yield* client.get("/review/tls"))._tag).toBe("None")
-      })
-    )
-
     it.scoped("an unknown lease: LeaseNotFound through revokeNow as through the pool", () =>
       Effect.gen(function* () {
         const server = yield* EtcdServer.EtcdServer
@@ -178,6 +202,73 @@ describe("revokeNow against a real etcd", () => {
         const viaDirect = yield* Effect.flip(Effect.suspend(() => revokeNow(client, lease).answer))
         expect(viaDirect.reason).toBe(viaPool.reason)
         expect(viaDirect.detail).toBe(viaPool.detail)
+      })
+    )
+
+    it.scoped("the revoke is sent straight to a member, not through the pool, over plain http and over TLS", () =>
+      Effect.gen(function* () {
+        const server = yield* EtcdServer.EtcdServer
+        const tls = yield* EtcdServer.make({ tls: true })
+        for (const options of [server.clientOptions, tls.clientOptions]) {
+          const client = yield* EtcdClient.make(options)
+          const lease = yield* client.grant(30)
+          yield* client.put("/revoke-now/direct", "v", { lease })
+          const exec = yield* execCalls
+          yield* Effect.suspend(() => revokeNow(client, lease).answer)
+          expect(exec.mock.calls.filter((call) => call[1] === "leaseRevoke")).toEqual([])
+          expect((yield* client.get("/revoke-now/direct"))._tag).toBe("None")
+          exec.mockRestore()
+        }
+      })
+    )
+
+    it.scoped("every member down: no more sends than etcd3's own call through its pool", () =>
+      Effect.gen(function* () {
+        const own = yield* EtcdServer.make()
+        const dead = yield* closedPort
+        // [dead, live]: Math.random near 1 puts the live one first (creation, grants)
+        const options = {
+          ...own.clientOptions,
+          endpoints: [`http://127.0.0.1:${dead}`, ...own.clientOptions.endpoints]
+        }
+        const pooled = yield* withRandom(0.99, EtcdClient.make(options))
+        const direct = yield* withRandom(0.99, EtcdClient.make(options))
+        const l1 = yield* withRandom(0.99, pooled.grant(30))
+        const l2 = yield* withRandom(0.99, direct.grant(30))
+        yield* own.stop
+        const sends = yield* countedSends
+        expect(Exit.isFailure(yield* withRandom(0.99, Effect.exit(pooled.revoke(l1))))).toBe(true)
+        const viaPool = sends.mock.calls.length
+        sends.mockClear()
+        const viaDirect = yield* withRandom(0.99, Effect.exit(Effect.suspend(() => revokeNow(direct, l2).answer)))
+        expect(Exit.isFailure(viaDirect)).toBe(true)
+        expect(viaPool).toBeGreaterThan(1)
+        expect(sends.mock.calls.length).toBe(viaPool)
+      })
+    )
+
+    it.scoped("one member hung, the other down: it fails with the reason of etcd3's own call, as soon", () =>
+      Effect.gen(function* () {
+        const own = yield* EtcdServer.make()
+        const hole = yield* blackhole
+        // [hung, live]: Math.random near 1 puts the live one first for creation and grants
+        const options = {
+          ...own.clientOptions,
+          endpoints: [`http://127.0.0.1:${hole.port}`, ...own.clientOptions.endpoints],
+          headerTimeoutPerRequest: "300 millis" as const
+        }
+        const pooled = yield* withRandom(0.99, EtcdClient.make(options))
+        const direct = yield* withRandom(0.99, EtcdClient.make(options))
+        const l1 = yield* withRandom(0.99, pooled.grant(30))
+        const l2 = yield* withRandom(0.99, direct.grant(30))
+        yield* own.stop
+        // Math.random 0: the hung member first, then the one down
+        const viaPool = yield* withRandom(0, timed(Effect.flip(pooled.revoke(l1))))
+        const viaDirect = yield* withRandom(0, timed(Effect.flip(Effect.suspend(() => revokeNow(direct, l2).answer))))
+        const reason = (exit: typeof viaPool.exit) => (Exit.isSuccess(exit) ? exit.value.reason : "no error")
+        expect(reason(viaDirect.exit)).toBe(reason(viaPool.exit))
+        // one request timeout (300 ms) for the hung member in both; a second one would be 300 ms more
+        expect(viaDirect.ms).toBeLessThan(viaPool.ms + 200)
       })
     )
   })
