@@ -1465,7 +1465,7 @@ describe("Registrar on the in-memory etcd", () => {
       const again = yield* leaseOf(registration)
       expect(again).not.toBe(lease)
       expect((yield* stored("/svc/idem/1"))?.lease).toBe(again)
-      // and it heals as any registration does
+      // and it heals as every registration does
       yield* Effect.flatMap(MemoryEtcd, (etcd) => Effect.orDie(etcd.client.delete("/svc/idem/1")))
       yield* advanceUntil(Effect.map(stored("/svc/idem/1"), (kv) => kv !== undefined))
     }).pipe(Effect.provide(layerMemory))

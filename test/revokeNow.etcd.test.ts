@@ -44,6 +44,21 @@ const withRandom = <A, E, R>(value: number, effect: Effect.Effect<A, E, R>) =>
     (spy) => Effect.sync(() => spy.mockRestore())
   )
 
+/**
+ * Two clients of `options`, one to revoke through etcd3's pool and one through
+ * `revokeNow`, each with a lease of 30 s: made with `Math.random` at `random`,
+ * which decides the member each one tries first.
+ */
+const twoClients = (options: EtcdClient.EtcdClientOptions, random: number) =>
+  withRandom(
+    random,
+    Effect.gen(function* () {
+      const pooled = yield* EtcdClient.make(options)
+      const direct = yield* EtcdClient.make(options)
+      return { pooled, direct, l1: yield* pooled.grant(30), l2: yield* direct.grant(30) }
+    })
+  )
+
 const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function* () {
     const start = Date.now()
@@ -103,10 +118,7 @@ describe("revokeNow against a real etcd", () => {
           headerTimeoutPerRequest: "500 millis" as const
         }
         // Math.random 0: the live member first (creation, grant); 0.99: the hung one first
-        const pooled = yield* withRandom(0, EtcdClient.make(options))
-        const direct = yield* withRandom(0, EtcdClient.make(options))
-        const l1 = yield* withRandom(0, pooled.grant(30))
-        const l2 = yield* withRandom(0, direct.grant(30))
+        const { direct, l1, l2, pooled } = yield* twoClients(options, 0)
         const pool = yield* withRandom(0.99, timed(pooled.revoke(l1)))
         const fast = yield* withRandom(0.99, timed(Effect.suspend(() => revokeNow(direct, l2).answer)))
         expect(Exit.isSuccess(pool.exit)).toBe(true)
@@ -231,10 +243,7 @@ describe("revokeNow against a real etcd", () => {
           ...own.clientOptions,
           endpoints: [`http://127.0.0.1:${dead}`, ...own.clientOptions.endpoints]
         }
-        const pooled = yield* withRandom(0.99, EtcdClient.make(options))
-        const direct = yield* withRandom(0.99, EtcdClient.make(options))
-        const l1 = yield* withRandom(0.99, pooled.grant(30))
-        const l2 = yield* withRandom(0.99, direct.grant(30))
+        const { direct, l1, l2, pooled } = yield* twoClients(options, 0.99)
         yield* own.stop
         const sends = yield* countedSends
         expect(Exit.isFailure(yield* withRandom(0.99, Effect.exit(pooled.revoke(l1))))).toBe(true)
@@ -257,10 +266,7 @@ describe("revokeNow against a real etcd", () => {
           endpoints: [`http://127.0.0.1:${hole.port}`, ...own.clientOptions.endpoints],
           headerTimeoutPerRequest: "300 millis" as const
         }
-        const pooled = yield* withRandom(0.99, EtcdClient.make(options))
-        const direct = yield* withRandom(0.99, EtcdClient.make(options))
-        const l1 = yield* withRandom(0.99, pooled.grant(30))
-        const l2 = yield* withRandom(0.99, direct.grant(30))
+        const { direct, l1, l2, pooled } = yield* twoClients(options, 0.99)
         yield* own.stop
         // Math.random 0: the hung member first, then the one down
         const viaPool = yield* withRandom(0, timed(Effect.flip(pooled.revoke(l1))))
