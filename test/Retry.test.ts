@@ -1,4 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as v8 from "node:v8"
+import * as vm from "node:vm"
 import { vi } from "vitest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -578,6 +580,84 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
       expect(yield* fibersOfTimedCall).toBeGreaterThanOrEqual(2)
       // a clock made like the live one is still another clock: its sleep is what the call must wait on
       expect(yield* Effect.withClock(fibersOfTimedCall, Clock.make())).toBe(2)
+    })
+  )
+
+  /** A full collection now: `gc` made available at run time (the flag, then a fresh context's global). */
+  const collectGarbage = (): void => {
+    v8.setFlagsFromString("--expose-gc")
+    const gc = vm.runInNewContext("gc") as () => void
+    gc()
+  }
+
+  /** Keeps every observer ever added to a fiber started under it, as a fiber's observer array can. */
+  class KeepingObservers extends Supervisor.AbstractSupervisor<void> {
+    readonly kept: Array<unknown> = []
+    get value() {
+      return Effect.void
+    }
+    override onStart<A, E, R>(
+      _context: unknown,
+      _effect: Effect.Effect<A, E, R>,
+      _parent: Option.Option<Fiber.RuntimeFiber<unknown, unknown>>,
+      fiber: Fiber.RuntimeFiber<A, E>
+    ) {
+      const add = fiber.addObserver.bind(fiber)
+      fiber.addObserver = (observer) => {
+        this.kept.push(observer)
+        add(observer)
+      }
+    }
+  }
+
+  it.live("once a timed call is over, its attempt's fiber no longer holds the caller's fiber", () =>
+    Effect.gen(function* () {
+      // V8 soon allocates a fiber's observer array in the old generation (most fibers of an
+      // application live long), where the array keeps its observers through every young collection
+      // until a full one: the caller (a server's request, with all it holds) must not hang on them
+      const later: Endpoint<string, string> = (request) =>
+        Effect.async<string>((resume) => {
+          const handle = setImmediate(() => resume(Effect.succeed(`ok ${request}`)))
+          return Effect.sync(() => clearImmediate(handle))
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), { max: 3, timeout: "1 minute" })
+      const keeping = new KeepingObservers()
+      // the caller's fiber, held here only until the call is over
+      const held: { caller?: Fiber.RuntimeFiber<string, unknown> } = {
+        caller: Effect.runFork(Effect.supervised(call("x"), keeping))
+      }
+      const weak = new WeakRef(held.caller!)
+      expect(yield* Fiber.join(held.caller!)).toBe("ok x")
+      delete held.caller
+      // the attempt's fiber was observed by the call (and by Effect), and all of it is kept
+      expect(keeping.kept.length).toBeGreaterThan(0)
+      // a WeakRef's target stays until the end of the turn that made or read it
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      collectGarbage()
+      expect(weak.deref()).toBeUndefined()
+    })
+  )
+
+  it.live("a caller interrupted just as its attempt answers is interrupted, with nothing else in its exit", () =>
+    Effect.gen(function* () {
+      const answers: Array<(effect: Effect.Effect<string>) => void> = []
+      const asked = yield* Deferred.make<void>()
+      const later: Endpoint<string, string> = () =>
+        Effect.async<string>((resume) => {
+          answers.push(resume)
+          Deferred.unsafeDone(asked, Exit.void)
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), { max: 3, timeout: "1 minute" })
+      const caller = Effect.runFork(call("x"))
+      yield* Deferred.await(asked)
+      // in one go: the attempt answers, then the caller is interrupted; the caller sees its
+      // interruption first (both wait for a later turn), when the attempt is already over
+      const id = yield* Effect.fiberId
+      answers[0]!(Effect.succeed("late"))
+      caller.unsafeInterruptAsFork(id)
+      const exit = yield* Fiber.await(caller)
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)).toBe(true)
     })
   )
 

@@ -66,70 +66,101 @@ export const timeoutFailIn = <A, E, R, E2>(
   const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
   const done = child.unsafePoll()
   if (done !== null) return done
-  return Effect.async<A, E | E2>((resume) => {
-    const deadline = new Deadline(parent, child, resume, onTimeout)
-    child.addObserver((exit) => deadline.done(exit))
-    if (deadline.settled) return
-    if (isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))) {
-      deadline.handle = setTimeout(expire, Duration.toMillis(duration), deadline)
-    } else {
-      // another clock (TestClock): its sleep, in a fiber of its own
-      const timer = Runtime.runFork(runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
-      deadline.timer = timer
-      timer.addObserver((exit) => {
-        if (Exit.isSuccess(exit)) deadline.expire()
-      })
-    }
-    // the caller was interrupted: stop both; its interruption waits for the effect's
-    return Effect.suspend(() => deadline.interrupted())
-  })
+  const deadline = new Deadline(parent, child, runtime, duration, onTimeout)
+  return Effect.async<A, E | E2>((resume) => deadline.start(resume))
 }
 
 /**
  * One call's race between its effect (the child fiber) and its timer: a Node.js
  * timer when the caller's clock is the live one, else a fiber sleeping on that
- * clock. A class and no closures of its own: a named closure made per call
- * costs a `__name` call under keep-names transpilers (tsx), and a timer fiber
- * per call cost about half of a call's time to an endpoint that answers after
- * a promise (a fiber forked, started, interrupted and its interruption run).
+ * clock. A class, and no named closures made per call: each costs a `__name`
+ * call under keep-names transpilers (tsx). A timer fiber per call cost about
+ * half of a call's time to an endpoint that answers after a promise (a fiber
+ * forked, started, interrupted and its interruption run).
+ *
+ * Once the effect is over, the deadline lets go of all it held: the caller's
+ * fiber, the child's runtime, the caller's resumption and the timeout's error.
+ * Effect keeps a fiber's observers in an array that V8 soon allocates straight
+ * in the old generation (most fibers of a running application live long), and
+ * such an array keeps what it points to through every young collection until
+ * the next full one, our observer (this deadline) included. Holding the call
+ * past its end made young collections copy and promote megabytes: a retried
+ * call to an endpoint answering after a promise cost 25-26 µs over the call,
+ * 16 once the deadline let go (two alternating `BENCH_ONLY=6` pairs).
  */
-class Deadline<A, E, E2> {
+class Deadline<A, E, R, E2> {
   settled = false
-  handle: ReturnType<typeof setTimeout> | undefined = undefined
-  timer: Fiber.RuntimeFiber<void> | undefined = undefined
+  private handle: ReturnType<typeof setTimeout> | undefined = undefined
+  private timer: Fiber.RuntimeFiber<void> | undefined = undefined
+  private resume: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
 
   constructor(
-    private readonly parent: Fiber.RuntimeFiber<unknown, unknown>,
-    private readonly child: Fiber.RuntimeFiber<A, E>,
-    private readonly resume: (effect: Effect.Effect<A, E | E2>) => void,
-    private readonly onTimeout: () => E2
+    private parent: Fiber.RuntimeFiber<unknown, unknown> | undefined,
+    private child: Fiber.RuntimeFiber<A, E> | undefined,
+    private runtime: Runtime.Runtime<R> | undefined,
+    private readonly duration: Duration.Duration,
+    private onTimeout: (() => E2) | undefined
   ) {}
 
-  /** The effect is over: its exit is the call's. */
+  /** The caller waits: the race starts; its canceler is for the caller's interruption. */
+  start(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
+    this.resume = resume
+    this.child!.addObserver((exit) => this.done(exit))
+    if (this.settled) return undefined
+    if (isLive(Context.get(this.parent!.getFiberRef(DefaultServices.currentServices), Clock.Clock))) {
+      this.handle = setTimeout(expire, Duration.toMillis(this.duration), this)
+    } else {
+      // another clock (TestClock): its sleep, in a fiber of its own
+      const timer = Runtime.runFork(this.runtime as Runtime.Runtime<never>, Effect.sleep(this.duration), immediately)
+      this.timer = timer
+      timer.addObserver((exit) => {
+        if (Exit.isSuccess(exit)) this.expire()
+      })
+    }
+    // the caller was interrupted: stop both; its interruption waits for the effect's
+    return Effect.suspend(() => this.interrupted())
+  }
+
+  /**
+   * The effect is over: its exit is the call's unless the timeout or the
+   * caller's interruption came first. Either way the deadline holds nothing more.
+   */
   done(exit: Exit.Exit<A, E>): void {
-    if (this.settled) return
+    const first = !this.settled
     this.settled = true
     this.stopTimer()
-    this.resume(exit)
+    const resume = this.resume
+    this.parent = this.child = this.runtime = this.onTimeout = this.resume = this.timer = undefined
+    if (first) resume!(exit)
   }
 
   /** The time is up: the call fails once the effect's finalizers have run. */
   expire(): void {
     if (this.settled) return
     this.settled = true
-    this.resume(Effect.zipRight(Fiber.interruptAs(this.child, this.parent.id()), Effect.fail(this.onTimeout())))
+    const child = this.child!
+    const parent = this.parent!
+    this.resume!(Effect.zipRight(Fiber.interruptAs(child, parent.id()), Effect.fail(this.onTimeout!())))
   }
 
-  /** The caller was interrupted: the effect is too, and the caller's interruption waits for it. */
+  /**
+   * The caller was interrupted: the effect is too, and the caller's interruption
+   * waits for it. The effect may have ended just before (its exit and the
+   * interruption crossed): nothing is left to stop.
+   */
   interrupted(): Effect.Effect<void> {
     this.settled = true
     this.stopTimer()
-    return Effect.asVoid(Fiber.interruptAs(this.child, this.parent.id()))
+    const child = this.child
+    const parent = this.parent
+    if (child === undefined || parent === undefined) return Effect.void
+    return Effect.asVoid(Fiber.interruptAs(child, parent.id()))
   }
 
   private stopTimer(): void {
     if (this.handle !== undefined) clearTimeout(this.handle)
-    this.timer?.unsafeInterruptAsFork(this.parent.id())
+    this.handle = undefined
+    if (this.timer !== undefined && this.parent !== undefined) this.timer.unsafeInterruptAsFork(this.parent.id())
   }
 }
 
