@@ -13,7 +13,8 @@
  * BENCH_CPU_PROF (worker names such as `sub-ours,reg-ours`, or `all`: run them
  * with `--cpu-prof`, profiles in bench/results/profiles/), BENCH_CPU_PROF_WINDOWS
  * (a directory: each churn window of each subscriber profiled alone),
- * BENCH_HEAP_PROF_WINDOWS (a directory: each such window's allocations, sampled),
+ * BENCH_HEAP_PROF_WINDOWS (a directory: each such window's allocations, sampled;
+ * with BENCH_HEAP_PROF_SURVIVORS=1, only what young collections did not free),
  * BENCH_SUB_V8_FLAGS (V8 flags for the subscriber workers, e.g. `--trace-gc-nvp`:
  * each garbage collection's phases, what it copied and promoted, on stdout).
  */

@@ -44,7 +44,10 @@ const registered: Array<string> = []
  * initial sync). BENCH_HEAP_PROF_WINDOWS (a directory): the same windows'
  * allocations instead, sampled every 256 bytes by V8's sampling heap profiler
  * with the objects that garbage collections took included, one `.heapprofile`
- * per window (what a window allocates, by call stack, collected or not).
+ * per window (what a window allocates, by call stack, collected or not). With
+ * BENCH_HEAP_PROF_SURVIVORS=1 as well, only what young collections left over
+ * (promoted or still alive at the window's end): the objects that make
+ * scavenges slow.
  */
 const cpuWindowDir = process.env["BENCH_CPU_PROF_WINDOWS"]
 const heapWindowDir = process.env["BENCH_HEAP_PROF_WINDOWS"]
@@ -74,7 +77,7 @@ const startWindow = async (): Promise<void> => {
     await post("HeapProfiler.startSampling", {
       samplingInterval: 256,
       includeObjectsCollectedByMajorGC: true,
-      includeObjectsCollectedByMinorGC: true
+      includeObjectsCollectedByMinorGC: process.env["BENCH_HEAP_PROF_SURVIVORS"] !== "1"
     })
   }
 }
