@@ -8,12 +8,14 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
+import * as Scheduler from "effect/Scheduler"
 import * as Stream from "effect/Stream"
 import * as Supervisor from "effect/Supervisor"
 import * as TestClock from "effect/TestClock"
@@ -610,31 +612,59 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
     }
   }
 
-  it.live("once a timed call is over, its attempt's fiber no longer holds the caller's fiber", () =>
+  /**
+   * One timed call to `endpoint` (interrupted once `interruptWhen` is done, if given): its exit, and
+   * whether its caller's fiber could be collected once it was over while every observer ever added
+   * to its attempt's fiber was kept. V8 soon allocates a fiber's observer array in the old
+   * generation (most fibers of an application live long), where the array keeps its observers
+   * through every young collection until a full one: the caller (a server's request, with all it
+   * holds) must not hang on them.
+   */
+  const callerCollected = (
+    endpoint: Endpoint<string, string>,
+    timeout: Duration.DurationInput,
+    interruptWhen?: Deferred.Deferred<void>
+  ) =>
     Effect.gen(function* () {
-      // V8 soon allocates a fiber's observer array in the old generation (most fibers of an
-      // application live long), where the array keeps its observers through every young collection
-      // until a full one: the caller (a server's request, with all it holds) must not hang on them
-      const later: Endpoint<string, string> = (request) =>
-        Effect.async<string>((resume) => {
-          const handle = setImmediate(() => resume(Effect.succeed(`ok ${request}`)))
-          return Effect.sync(() => clearImmediate(handle))
-        })
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), { max: 3, timeout: "1 minute" })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 3, timeout })
       const keeping = new KeepingObservers()
       // the caller's fiber, held here only until the call is over
       const held: { caller?: Fiber.RuntimeFiber<string, unknown> } = {
         caller: Effect.runFork(Effect.supervised(call("x"), keeping))
       }
       const weak = new WeakRef(held.caller!)
-      expect(yield* Fiber.join(held.caller!)).toBe("ok x")
+      if (interruptWhen !== undefined) {
+        yield* Deferred.await(interruptWhen)
+        yield* Fiber.interrupt(held.caller!)
+      }
+      const exit = yield* Fiber.await(held.caller!)
       delete held.caller
-      // the attempt's fiber was observed by the call (and by Effect), and all of it is kept
-      expect(keeping.kept.length).toBeGreaterThan(0)
       // a WeakRef's target stays until the end of the turn that made or read it
       yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
       collectGarbage()
-      expect(weak.deref()).toBeUndefined()
+      return { exit, collected: weak.deref() === undefined }
+    })
+
+  it.live("once a timed call is over (answered, timed out, interrupted), nothing of its attempt holds the caller", () =>
+    Effect.gen(function* () {
+      const later: Endpoint<string, string> = (request) =>
+        Effect.async<string>((resume) => {
+          const handle = setImmediate(() => resume(Effect.succeed(`ok ${request}`)))
+          return Effect.sync(() => clearImmediate(handle))
+        })
+      const answered = yield* callerCollected(later, "1 minute")
+      expect(answered.exit).toEqual(Exit.succeed("ok x"))
+      expect(answered.collected).toBe(true)
+
+      const timedOut = yield* callerCollected(() => Effect.never, "20 millis")
+      expect(Exit.isFailure(timedOut.exit) && Cause.squash(timedOut.exit.cause)).toMatchObject({ timedOut: true })
+      expect(timedOut.collected).toBe(true)
+
+      const asked = yield* Deferred.make<void>()
+      const hung: Endpoint<string, string> = () => Effect.zipRight(Deferred.succeed(asked, undefined), Effect.never)
+      const interrupted = yield* callerCollected(hung, "1 minute", asked)
+      expect(Exit.isInterrupted(interrupted.exit)).toBe(true)
+      expect(interrupted.collected).toBe(true)
     })
   )
 
@@ -658,6 +688,55 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
       const exit = yield* Fiber.await(caller)
       expect(Exit.isInterrupted(exit)).toBe(true)
       expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)).toBe(true)
+    })
+  )
+
+  /** Delegates to the default scheduler, but makes one fiber yield where `yieldHere` says so. */
+  class YieldingOnce implements Scheduler.Scheduler {
+    yieldHere: ((fiber: Fiber.RuntimeFiber<unknown, unknown>) => boolean) | undefined = undefined
+    shouldYield(fiber: Fiber.RuntimeFiber<unknown, unknown>): number | false {
+      if (this.yieldHere?.(fiber) === true) {
+        this.yieldHere = undefined
+        return 0
+      }
+      return Scheduler.defaultScheduler.shouldYield(fiber)
+    }
+    scheduleTask(task: Scheduler.Task, priority: number, fiber?: Fiber.RuntimeFiber<unknown, unknown>) {
+      Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
+    }
+  }
+
+  it.live("a caller interrupted after its attempt started but before it waits: the attempt ends at the deadline", () =>
+    Effect.gen(function* () {
+      // a caller yields to other fibers every so many steps (Effect's cooperative yielding); here it
+      // yields right after starting its attempt, before waiting for it, and is interrupted then
+      let attempt: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
+      const asked = yield* Deferred.make<void>()
+      const stopped = yield* Deferred.make<void>()
+      const hung: Endpoint<string, string> = () =>
+        Effect.withFiberRuntime((fiber) => {
+          attempt = fiber
+          return Effect.async<string>(() => {
+            Deferred.unsafeDone(asked, Exit.void)
+            return Deferred.succeed(stopped, undefined)
+          })
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([hung])), { max: 3, timeout: "200 millis" })
+      const scheduler = new YieldingOnce()
+      let yielded = false
+      scheduler.yieldHere = (fiber) => {
+        if (attempt === undefined || fiber === attempt) return false
+        yielded = true
+        return true
+      }
+      const caller = yield* Effect.fork(Effect.withScheduler(call("x"), scheduler))
+      yield* Deferred.await(asked)
+      expect(yielded).toBe(true)
+      yield* Fiber.interrupt(caller)
+      // nobody waits for the attempt any more; its deadline still stops it
+      expect(yield* Effect.either(Effect.timeout(Deferred.await(stopped), "10 seconds"))).toEqual(
+        Either.right(undefined)
+      )
     })
   )
 

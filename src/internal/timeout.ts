@@ -50,7 +50,10 @@ export const timeoutFail = <A, E, R, E2>(
 
 /**
  * {@link timeoutFail} for a caller already in `Effect.withFiberRuntime`: the
- * effect to run in the caller's fiber `parent` in place of `self`.
+ * effect to run in the caller's fiber `parent` in place of `self`. The effect
+ * is started, and its timer armed, before this returns: a caller interrupted
+ * before it waits for the effect (while it yields to other fibers) leaves the
+ * effect to be interrupted at the deadline, not running on unwatched.
  */
 export const timeoutFailIn = <A, E, R, E2>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
@@ -66,8 +69,9 @@ export const timeoutFailIn = <A, E, R, E2>(
   const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
   const done = child.unsafePoll()
   if (done !== null) return done
-  const deadline = new Deadline(parent, child, runtime, duration, onTimeout)
-  return Effect.async<A, E | E2>((resume) => deadline.start(resume))
+  const deadline = new Deadline(parent, child, runtime, onTimeout)
+  deadline.arm(duration)
+  return Effect.async<A, E | E2>((resume) => deadline.wait(resume))
 }
 
 /**
@@ -78,83 +82,105 @@ export const timeoutFailIn = <A, E, R, E2>(
  * half of a call's time to an endpoint that answers after a promise (a fiber
  * forked, started, interrupted and its interruption run).
  *
- * Once the effect is over, the deadline lets go of all it held: the caller's
- * fiber, the child's runtime, the caller's resumption and the timeout's error.
- * Effect keeps a fiber's observers in an array that V8 soon allocates straight
- * in the old generation (most fibers of a running application live long), and
- * such an array keeps what it points to through every young collection until
- * the next full one, our observer (this deadline) included. Holding the call
- * past its end made young collections copy and promote megabytes: a retried
- * call to an endpoint answering after a promise cost 25-26 µs over the call,
- * 16 once the deadline let go (two alternating `BENCH_ONLY=6` pairs).
+ * The call is over when the child is: with the child's exit, or, when the
+ * timer fired first (the child interrupted then), with the timeout's error;
+ * either way only once the child's finalizers have run. The caller's
+ * interruption interrupts the child and waits for it the same way. The child
+ * is watched through its own observer, never through `Fiber.await`, whose
+ * observer would hold the caller.
+ *
+ * Once the child is over, the deadline lets go of all it held: the caller's
+ * fiber, the child, its runtime, the timeout's error maker and the caller's
+ * resumption. Effect keeps a fiber's observers in an array that V8 soon
+ * allocates straight in the old generation (most fibers of a running
+ * application live long), and such an array keeps what it points to through
+ * every young collection until the next full one, our observer (this
+ * deadline) included. Holding the call past its end made young collections
+ * copy and promote megabytes: a retried call to an endpoint answering after a
+ * promise cost 25-26 µs over the call, 16 once the deadline let go (two
+ * alternating `BENCH_ONLY=6` pairs).
  */
 class Deadline<A, E, R, E2> {
-  settled = false
   private handle: ReturnType<typeof setTimeout> | undefined = undefined
   private timer: Fiber.RuntimeFiber<void> | undefined = undefined
-  private resume: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
+  /** The timeout's error, made when the timer fired (what the call had done by then). */
+  private timedOut: { readonly error: E2 } | undefined = undefined
+  /** The call's outcome, once the child is over (kept: the effect may be run again). */
+  private outcome: Effect.Effect<A, E | E2> | undefined = undefined
+  /** The caller, waiting for the outcome. */
+  private waiter: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
+  /** The caller's interruption, waiting for the child to be over. */
+  private stopped: (() => void) | undefined = undefined
 
   constructor(
     private parent: Fiber.RuntimeFiber<unknown, unknown> | undefined,
     private child: Fiber.RuntimeFiber<A, E> | undefined,
     private runtime: Runtime.Runtime<R> | undefined,
-    private readonly duration: Duration.Duration,
     private onTimeout: (() => E2) | undefined
   ) {}
 
-  /** The caller waits: the race starts; its canceler is for the caller's interruption. */
-  start(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
-    this.resume = resume
+  /** Watches the child and starts the timer. */
+  arm(duration: Duration.Duration): void {
     this.child!.addObserver((exit) => this.done(exit))
-    if (this.settled) return undefined
+    if (this.outcome !== undefined) return
     if (isLive(Context.get(this.parent!.getFiberRef(DefaultServices.currentServices), Clock.Clock))) {
-      this.handle = setTimeout(expire, Duration.toMillis(this.duration), this)
+      this.handle = setTimeout(expire, Duration.toMillis(duration), this)
     } else {
       // another clock (TestClock): its sleep, in a fiber of its own
-      const timer = Runtime.runFork(this.runtime as Runtime.Runtime<never>, Effect.sleep(this.duration), immediately)
+      const timer = Runtime.runFork(this.runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
       this.timer = timer
       timer.addObserver((exit) => {
         if (Exit.isSuccess(exit)) this.expire()
       })
     }
-    // the caller was interrupted: stop both; its interruption waits for the effect's
+  }
+
+  /** The caller waits for the outcome; the canceler is for its interruption meanwhile. */
+  wait(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
+    if (this.outcome !== undefined) {
+      resume(this.outcome)
+      return undefined
+    }
+    this.waiter = resume
     return Effect.suspend(() => this.interrupted())
   }
 
-  /**
-   * The effect is over: its exit is the call's unless the timeout or the
-   * caller's interruption came first. Either way the deadline holds nothing more.
-   */
+  /** The child is over: the call's outcome is known, and the deadline holds nothing more. */
   done(exit: Exit.Exit<A, E>): void {
-    const first = !this.settled
-    this.settled = true
     this.stopTimer()
-    const resume = this.resume
-    this.parent = this.child = this.runtime = this.onTimeout = this.resume = this.timer = undefined
-    if (first) resume!(exit)
+    const outcome = this.timedOut === undefined ? exit : Effect.fail(this.timedOut.error)
+    this.outcome = outcome
+    const waiter = this.waiter
+    const stopped = this.stopped
+    this.parent = this.child = this.runtime = this.onTimeout = this.timer = undefined
+    this.waiter = this.stopped = this.timedOut = undefined
+    if (stopped !== undefined) stopped()
+    else if (waiter !== undefined) waiter(outcome)
   }
 
-  /** The time is up: the call fails once the effect's finalizers have run. */
+  /** The time is up: the child is interrupted; the call fails once it is over. */
   expire(): void {
-    if (this.settled) return
-    this.settled = true
-    const child = this.child!
-    const parent = this.parent!
-    this.resume!(Effect.zipRight(Fiber.interruptAs(child, parent.id()), Effect.fail(this.onTimeout!())))
+    if (this.outcome !== undefined || this.timedOut !== undefined || this.stopped !== undefined) return
+    this.timedOut = { error: this.onTimeout!() }
+    this.child!.unsafeInterruptAsFork(this.parent!.id())
   }
 
   /**
-   * The caller was interrupted: the effect is too, and the caller's interruption
-   * waits for it. The effect may have ended just before (its exit and the
-   * interruption crossed): nothing is left to stop.
+   * The caller was interrupted while it waited: the child is too, and the
+   * caller's interruption waits for it to be over. The child may have ended just
+   * before (its exit and the interruption crossed): nothing is left to stop.
    */
   interrupted(): Effect.Effect<void> {
-    this.settled = true
+    this.waiter = undefined
+    if (this.outcome !== undefined) return Effect.void
     this.stopTimer()
-    const child = this.child
-    const parent = this.parent
-    if (child === undefined || parent === undefined) return Effect.void
-    return Effect.asVoid(Fiber.interruptAs(child, parent.id()))
+    const child = this.child!
+    const id = this.parent!.id()
+    return Effect.async<void>((resume) => {
+      if (this.outcome !== undefined) return resume(Effect.void)
+      this.stopped = () => resume(Effect.void)
+      child.unsafeInterruptAsFork(id)
+    })
   }
 
   private stopTimer(): void {
