@@ -706,37 +706,65 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
     }
   }
 
-  it.live("a caller interrupted after its attempt started but before it waits: the attempt ends at the deadline", () =>
+  /**
+   * A call whose caller yields to other fibers right after starting its attempt, before waiting for
+   * it (Effect's cooperative yielding falls there every so often), and is interrupted then. Answers
+   * the attempt's fiber, whether its interruption is over, and a weak reference to the caller.
+   */
+  const interruptedBeforeWaiting = (timeout: Duration.DurationInput) =>
     Effect.gen(function* () {
-      // a caller yields to other fibers every so many steps (Effect's cooperative yielding); here it
-      // yields right after starting its attempt, before waiting for it, and is interrupted then
-      let attempt: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
+      const attempt: { fiber?: Fiber.RuntimeFiber<unknown, unknown> } = {}
       const asked = yield* Deferred.make<void>()
       const stopped = yield* Deferred.make<void>()
       const hung: Endpoint<string, string> = () =>
         Effect.withFiberRuntime((fiber) => {
-          attempt = fiber
+          attempt.fiber = fiber
           return Effect.async<string>(() => {
             Deferred.unsafeDone(asked, Exit.void)
             return Deferred.succeed(stopped, undefined)
           })
         })
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([hung])), { max: 3, timeout: "200 millis" })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([hung])), { max: 3, timeout })
       const scheduler = new YieldingOnce()
       let yielded = false
       scheduler.yieldHere = (fiber) => {
-        if (attempt === undefined || fiber === attempt) return false
+        if (attempt.fiber === undefined || fiber === attempt.fiber) return false
         yielded = true
         return true
       }
-      const caller = yield* Effect.fork(Effect.withScheduler(call("x"), scheduler))
+      // the caller's fiber, held here only until it is over
+      const held: { caller?: Fiber.RuntimeFiber<string, unknown> } = {
+        caller: Effect.runFork(Effect.withScheduler(call("x"), scheduler))
+      }
+      const caller = new WeakRef(held.caller!)
       yield* Deferred.await(asked)
       expect(yielded).toBe(true)
-      yield* Fiber.interrupt(caller)
+      expect(Exit.isInterrupted(yield* Fiber.interrupt(held.caller!))).toBe(true)
+      delete held.caller
+      return { attempt: attempt.fiber!, stopped, caller }
+    })
+
+  it.live("a caller interrupted after its attempt started but before it waits: the attempt ends at the deadline", () =>
+    Effect.gen(function* () {
+      const { stopped } = yield* interruptedBeforeWaiting("200 millis")
       // nobody waits for the attempt any more; its deadline still stops it
       expect(yield* Effect.either(Effect.timeout(Deferred.await(stopped), "10 seconds"))).toEqual(
         Either.right(undefined)
       )
+    })
+  )
+
+  it.live("a caller interrupted before it waits is not held while its attempt runs on to the deadline", () =>
+    Effect.gen(function* () {
+      const { attempt, caller, stopped } = yield* interruptedBeforeWaiting("1 minute")
+      // a WeakRef's target stays until the end of the turn that made or read it
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      collectGarbage()
+      const collected = caller.deref() === undefined
+      // the attempt, still running, is stopped here rather than in a minute (and its timer cleared)
+      attempt.unsafeInterruptAsFork(attempt.id())
+      yield* Deferred.await(stopped)
+      expect(collected).toBe(true)
     })
   )
 

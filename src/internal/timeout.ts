@@ -22,7 +22,8 @@ import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
+import type * as Fiber from "effect/Fiber"
+import type * as FiberId from "effect/FiberId"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 
@@ -69,8 +70,8 @@ export const timeoutFailIn = <A, E, R, E2>(
   const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
   const done = child.unsafePoll()
   if (done !== null) return done
-  const deadline = new Deadline(parent, child, runtime, onTimeout)
-  deadline.arm(duration)
+  const deadline = new Deadline(parent.id(), child, runtime, onTimeout)
+  deadline.arm(duration, isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock)))
   return Effect.async<A, E | E2>((resume) => deadline.wait(resume))
 }
 
@@ -89,8 +90,10 @@ export const timeoutFailIn = <A, E, R, E2>(
  * is watched through its own observer, never through `Fiber.await`, whose
  * observer would hold the caller.
  *
- * Once the child is over, the deadline lets go of all it held: the caller's
- * fiber, the child, its runtime, the timeout's error maker and the caller's
+ * The deadline never holds the caller's fiber, only its id: a caller
+ * interrupted before it waits is gone at once, even while its attempt runs on
+ * to the deadline. Once the child is over, the deadline lets go of all it
+ * held: the child, its runtime, the timeout's error maker and the caller's
  * resumption. Effect keeps a fiber's observers in an array that V8 soon
  * allocates straight in the old generation (most fibers of a running
  * application live long), and such an array keeps what it points to through
@@ -105,7 +108,7 @@ class Deadline<A, E, R, E2> {
   private timer: Fiber.RuntimeFiber<void> | undefined = undefined
   /** The timeout's error, made when the timer fired (what the call had done by then). */
   private timedOut: { readonly error: E2 } | undefined = undefined
-  /** The call's outcome, once the child is over (kept: the effect may be run again). */
+  /** The call's outcome, once the child is over (kept: the effect, run again after it, answers it again). */
   private outcome: Effect.Effect<A, E | E2> | undefined = undefined
   /** The caller, waiting for the outcome. */
   private waiter: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
@@ -113,17 +116,18 @@ class Deadline<A, E, R, E2> {
   private stopped: (() => void) | undefined = undefined
 
   constructor(
-    private parent: Fiber.RuntimeFiber<unknown, unknown> | undefined,
+    /** The caller's id: the interruptions it makes are the caller's. */
+    private readonly callerId: FiberId.FiberId,
     private child: Fiber.RuntimeFiber<A, E> | undefined,
     private runtime: Runtime.Runtime<R> | undefined,
     private onTimeout: (() => E2) | undefined
   ) {}
 
-  /** Watches the child and starts the timer. */
-  arm(duration: Duration.Duration): void {
+  /** Watches the child and starts the timer (`live`: a Node.js timer, on the caller's live clock). */
+  arm(duration: Duration.Duration, live: boolean): void {
     this.child!.addObserver((exit) => this.done(exit))
     if (this.outcome !== undefined) return
-    if (isLive(Context.get(this.parent!.getFiberRef(DefaultServices.currentServices), Clock.Clock))) {
+    if (live) {
       this.handle = setTimeout(expire, Duration.toMillis(duration), this)
     } else {
       // another clock (TestClock): its sleep, in a fiber of its own
@@ -152,7 +156,7 @@ class Deadline<A, E, R, E2> {
     this.outcome = outcome
     const waiter = this.waiter
     const stopped = this.stopped
-    this.parent = this.child = this.runtime = this.onTimeout = this.timer = undefined
+    this.child = this.runtime = this.onTimeout = this.timer = undefined
     this.waiter = this.stopped = this.timedOut = undefined
     if (stopped !== undefined) stopped()
     else if (waiter !== undefined) waiter(outcome)
@@ -162,7 +166,7 @@ class Deadline<A, E, R, E2> {
   expire(): void {
     if (this.outcome !== undefined || this.timedOut !== undefined || this.stopped !== undefined) return
     this.timedOut = { error: this.onTimeout!() }
-    this.child!.unsafeInterruptAsFork(this.parent!.id())
+    this.child!.unsafeInterruptAsFork(this.callerId)
   }
 
   /**
@@ -175,18 +179,17 @@ class Deadline<A, E, R, E2> {
     if (this.outcome !== undefined) return Effect.void
     this.stopTimer()
     const child = this.child!
-    const id = this.parent!.id()
     return Effect.async<void>((resume) => {
       if (this.outcome !== undefined) return resume(Effect.void)
       this.stopped = () => resume(Effect.void)
-      child.unsafeInterruptAsFork(id)
+      child.unsafeInterruptAsFork(this.callerId)
     })
   }
 
   private stopTimer(): void {
     if (this.handle !== undefined) clearTimeout(this.handle)
     this.handle = undefined
-    if (this.timer !== undefined && this.parent !== undefined) this.timer.unsafeInterruptAsFork(this.parent.id())
+    this.timer?.unsafeInterruptAsFork(this.callerId)
   }
 }
 
