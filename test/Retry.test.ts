@@ -469,9 +469,7 @@ describe("RetryError.message", () => {
   )
 })
 
-describe("Retry whose attempts fail at once (no endpoint yet), without a backoff", () => {
-  const empty = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
-
+describe("Retry's timed calls whose attempts suspend: the timer, the attempt's fiber, interruptions", () => {
   it.live(
     "on the live clock: a hung attempt is interrupted at the deadline, and a call that ends (answered or interrupted) leaves no timer behind",
     () =>
@@ -767,6 +765,10 @@ describe("Retry whose attempts fail at once (no endpoint yet), without a backoff
       expect(collected).toBe(true)
     })
   )
+})
+
+describe("Retry whose attempts fail at once (no endpoint yet), without a backoff", () => {
+  const empty = Balancer.roundRobin(Effect.succeed<ReadonlyArray<Endpoint<string, string>>>([]))
 
   it.live("a call with a 1 ms backoff does not wait in line behind 300 calls spinning at once", () =>
     Effect.gen(function* () {
