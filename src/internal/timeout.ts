@@ -42,16 +42,9 @@ const isLive = (clock: Clock.Clock): boolean => clock === (liveClock ??= Effect.
 /** Start the child at once, in the caller's turn. */
 const immediately: Runtime.RunForkOptions = { immediate: true }
 
-export const timeoutFail = <A, E, R, E2>(
-  self: Effect.Effect<A, E, R>,
-  duration: Duration.Duration,
-  onTimeout: () => E2
-): Effect.Effect<A, E | E2, R> =>
-  Effect.withFiberRuntime<A, E | E2, R>((parent) => timeoutFailIn(parent, self, duration, onTimeout))
-
 /**
- * {@link timeoutFail} for a caller already in `Effect.withFiberRuntime`: the
- * effect to run in the caller's fiber `parent` in place of `self`. The effect
+ * `self` under a timeout, for a caller already in `Effect.withFiberRuntime`:
+ * the effect to run in the caller's fiber `parent` in place of `self`. The effect
  * is started, and its timer armed, before this returns: a caller interrupted
  * before it waits for the effect (while it yields to other fibers) leaves the
  * effect to be interrupted at the deadline, not running on unwatched.
@@ -70,8 +63,9 @@ export const timeoutFailIn = <A, E, R, E2>(
   const child: Fiber.RuntimeFiber<A, E> = Runtime.runFork(runtime, self, immediately)
   const done = child.unsafePoll()
   if (done !== null) return done
-  const deadline = new Deadline(parent.id(), child, runtime, onTimeout)
-  deadline.arm(duration, isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock)))
+  const deadline = new Deadline(parent.id(), child, onTimeout)
+  const live = isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))
+  deadline.arm(duration, live ? undefined : (runtime as Runtime.Runtime<never>))
   return Effect.async<A, E | E2>((resume) => deadline.wait(resume))
 }
 
@@ -93,8 +87,7 @@ export const timeoutFailIn = <A, E, R, E2>(
  * The deadline never holds the caller's fiber, only its id: a caller
  * interrupted before it waits is gone at once, even while its attempt runs on
  * to the deadline. Once the child is over, the deadline lets go of all it
- * held: the child, its runtime, the timeout's error maker and the caller's
- * resumption. Effect keeps a fiber's observers in an array that V8 soon
+ * held: the child, the timeout's error maker and the caller's resumption. Effect keeps a fiber's observers in an array that V8 soon
  * allocates straight in the old generation (most fibers of a running
  * application live long), and such an array keeps what it points to through
  * every young collection until the next full one, our observer (this
@@ -103,7 +96,7 @@ export const timeoutFailIn = <A, E, R, E2>(
  * promise cost 25-26 µs over the call, 16 once the deadline let go (two
  * alternating `BENCH_ONLY=6` pairs).
  */
-class Deadline<A, E, R, E2> {
+class Deadline<A, E, E2> {
   private handle: ReturnType<typeof setTimeout> | undefined = undefined
   private timer: Fiber.RuntimeFiber<void> | undefined = undefined
   /** The timeout's error, made when the timer fired (what the call had done by then). */
@@ -119,19 +112,21 @@ class Deadline<A, E, R, E2> {
     /** The caller's id: the interruptions it makes are the caller's. */
     private readonly callerId: FiberId.FiberId,
     private child: Fiber.RuntimeFiber<A, E> | undefined,
-    private runtime: Runtime.Runtime<R> | undefined,
     private onTimeout: (() => E2) | undefined
   ) {}
 
-  /** Watches the child and starts the timer (`live`: a Node.js timer, on the caller's live clock). */
-  arm(duration: Duration.Duration, live: boolean): void {
+  /**
+   * Watches the child and starts the timer: a Node.js timer on the caller's live
+   * clock, else a fiber of `sleeper` (the child's runtime) sleeping on its clock.
+   */
+  arm(duration: Duration.Duration, sleeper: Runtime.Runtime<never> | undefined): void {
     this.child!.addObserver((exit) => this.done(exit))
     if (this.outcome !== undefined) return
-    if (live) {
+    if (sleeper === undefined) {
       this.handle = setTimeout(expire, Duration.toMillis(duration), this)
     } else {
       // another clock (TestClock): its sleep, in a fiber of its own
-      const timer = Runtime.runFork(this.runtime as Runtime.Runtime<never>, Effect.sleep(duration), immediately)
+      const timer = Runtime.runFork(sleeper, Effect.sleep(duration), immediately)
       this.timer = timer
       timer.addObserver((exit) => {
         if (Exit.isSuccess(exit)) this.expire()
@@ -156,7 +151,7 @@ class Deadline<A, E, R, E2> {
     this.outcome = outcome
     const waiter = this.waiter
     const stopped = this.stopped
-    this.child = this.runtime = this.onTimeout = this.timer = undefined
+    this.child = this.onTimeout = this.timer = undefined
     this.waiter = this.stopped = this.timedOut = undefined
     if (stopped !== undefined) stopped()
     else if (waiter !== undefined) waiter(outcome)
