@@ -10,7 +10,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
+import * as Context from "effect/Context"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
@@ -583,12 +586,91 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
     })
   )
 
+  class Region extends Context.Tag("Region")<Region, string>() {}
+
+  /**
+   * What an attempt sees of its caller: a ref whose fork differs from its value (an attempt sees it
+   * forked, as any forked fiber does), the log annotations and a service, read once the attempt has
+   * started, and again after it suspended when `suspend` is given.
+   */
+  const seenBy = (depth: FiberRef.FiberRef<number>, suspend: boolean): Endpoint<string, string> => {
+    const read = Effect.gen(function* () {
+      const annotations = yield* FiberRef.get(FiberRef.currentLogAnnotations)
+      const region = yield* Effect.serviceOption(Region)
+      const user = Option.getOrElse(HashMap.get(annotations, "user"), () => "-")
+      return `${yield* FiberRef.get(depth)} ${String(user)} ${Option.getOrElse(region, () => "-")}`
+    })
+    return (request) =>
+      Effect.gen(function* () {
+        const first = yield* read
+        if (!suspend) return `${request}: ${first}`
+        yield* Effect.async<void>((resume) => {
+          const handle = setImmediate(() => resume(Effect.void))
+          return Effect.sync(() => clearImmediate(handle))
+        })
+        return `${request}: ${first} / ${yield* read}`
+      })
+  }
+
+  it.live("an attempt runs with its caller's fiber refs and services as they are at each call", () =>
+    Effect.gen(function* () {
+      const depth = yield* FiberRef.make(0, { fork: (n) => n + 100 })
+      for (const suspend of [false, true]) {
+        // (the fibers of `Effect.all` below hand their refs back to this one when they are joined)
+        yield* FiberRef.set(depth, 0)
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([seenBy(depth, suspend)])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        const twice = (seen: string) => (suspend ? `${seen} / ${seen}` : seen)
+        // one fiber whose refs change from call to call
+        expect(yield* call("a")).toBe(`a: ${twice("100 - -")}`)
+        expect(yield* Effect.locally(call("b"), depth, 1)).toBe(`b: ${twice("101 - -")}`)
+        yield* FiberRef.set(depth, 2)
+        expect(yield* call("c")).toBe(`c: ${twice("102 - -")}`)
+        expect(yield* Effect.annotateLogs(call("d"), "user", "ann")).toBe(`d: ${twice("102 ann -")}`)
+        expect(yield* Effect.provideService(call("e"), Region, "eu")).toBe(`e: ${twice("102 - eu")}`)
+        expect(yield* call("f")).toBe(`f: ${twice("102 - -")}`)
+        // two fibers calling in turn, each with refs of its own
+        const caller = (n: number, region: string) =>
+          Effect.gen(function* () {
+            const answers: Array<string> = []
+            for (let i = 0; i < 5; i++) {
+              answers.push(yield* call(`${i}`))
+              yield* Effect.yieldNow()
+            }
+            return answers
+          }).pipe(Effect.locally(depth, n), Effect.annotateLogs("user", `u${n}`), Effect.provideService(Region, region))
+        const [one, two] = yield* Effect.all([caller(1, "eu"), caller(2, "us")], { concurrency: 2 })
+        expect(one).toEqual([0, 1, 2, 3, 4].map((i) => `${i}: ${twice("101 u1 eu")}`))
+        expect(two).toEqual([0, 1, 2, 3, 4].map((i) => `${i}: ${twice("102 u2 us")}`))
+      }
+    }).pipe(Effect.scoped)
+  )
+
   /** A full collection now: `gc` made available at run time (the flag, then a fresh context's global). */
   const collectGarbage = (): void => {
     v8.setFlagsFromString("--expose-gc")
     const gc = vm.runInNewContext("gc") as () => void
     gc()
   }
+
+  class Session extends Context.Tag("Session")<Session, { readonly id: string }>() {}
+
+  it.live("a timed call keeps nothing of its caller's services past the event loop's turn", () =>
+    Effect.gen(function* () {
+      // answered with an effect that is not complete yet: the call runs its attempt in a fiber
+      const echo: Endpoint<string, string> = (request) => Effect.sync(() => request)
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([echo])), { max: 3, timeout: "1 minute" })
+      const held: { session?: { readonly id: string } } = { session: { id: "s1" } }
+      const weak = new WeakRef(held.session!)
+      expect(yield* Effect.provideService(call("x"), Session, held.session!)).toBe("x")
+      delete held.session
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      collectGarbage()
+      expect(weak.deref()).toBeUndefined()
+    })
+  )
 
   /** Keeps every observer ever added to a fiber started under it, as a fiber's observer array can. */
   class KeepingObservers extends Supervisor.AbstractSupervisor<void> {
