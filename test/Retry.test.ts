@@ -655,6 +655,44 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
     gc()
   }
 
+  it.live("each attempt's fiber gets its own fork of a ref whose fork makes a new value", () =>
+    Effect.gen(function* () {
+      let forks = 0
+      // a buffer each fiber gets afresh, and a number per fiber
+      const buffer = yield* FiberRef.make<Array<string>>([], { fork: () => [] })
+      const forked = yield* FiberRef.make(0, { fork: () => ++forks })
+      const endpoint: Endpoint<string, string> = (request) =>
+        Effect.gen(function* () {
+          const own = yield* FiberRef.get(buffer)
+          own.push(request)
+          return `${own.join(",")} #${yield* FiberRef.get(forked)}`
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 3, timeout: "1 minute" })
+      expect([yield* call("a"), yield* call("b"), yield* call("c")]).toEqual(["a #1", "b #2", "c #3"])
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("fibers joined inside an attempt, and fibers an attempt started, hand back the refs they set", () =>
+    Effect.gen(function* () {
+      const depth = yield* FiberRef.make(0, { fork: (n) => n + 100 })
+      yield* FiberRef.set(depth, 5)
+      // a fiber of the caller's, joined by the attempt: it set the ref back to its initial value
+      const joining: Endpoint<Fiber.Fiber<void>, number> = (fiber) =>
+        Effect.zipRight(Fiber.join(fiber), FiberRef.get(depth))
+      const join = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([joining])), { max: 3, timeout: "1 minute" })
+      const reset = yield* Effect.fork(FiberRef.set(depth, 0))
+      yield* Fiber.await(reset)
+      expect(yield* join(reset)).toBe(0)
+      // a fiber the attempt started, joined by the caller
+      const starting: Endpoint<number, Fiber.RuntimeFiber<void>> = (value) =>
+        Effect.tap(Effect.forkDaemon(FiberRef.set(depth, value)), Fiber.await)
+      const start = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([starting])), { max: 3, timeout: "1 minute" })
+      yield* FiberRef.set(depth, 5)
+      yield* Fiber.join(yield* start(0))
+      expect(yield* FiberRef.get(depth)).toBe(0)
+    }).pipe(Effect.scoped)
+  )
+
   class Session extends Context.Tag("Session")<Session, { readonly id: string }>() {}
 
   it.live("a timed call keeps nothing of its caller's services past the event loop's turn", () =>

@@ -23,7 +23,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
-import * as FiberId from "effect/FiberId"
+import type * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
@@ -46,24 +47,32 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
 
 /**
  * The child's fiber refs: the caller's, forked as `Runtime.runFork` forks a
- * runtime's refs (`FiberRefs.forkAs`: a ref with a fork of its own, such as the
- * interruption a fiber has seen, starts afresh), made once for each set of the
- * caller's refs and shared by the children started from it. Fiber refs are
- * immutable (setting one makes a new set), so the caller's set is read as it is,
- * without the copy `getFiberRefs()` makes (the same set each time while the
- * caller sets no ref), where the fiber keeps it in `_fiberRefs`, as Effect 3's
- * `FiberRuntime` does; elsewhere through `getFiberRefs()`, a new set each call.
- * Forking the caller's refs for each child, inside `Runtime.runFork` and behind
- * a `Runtime` made per call, was most of a fiber's cost: a child that finishes
- * at once took 5.0-5.3 µs, 1.6-1.7 µs this way (a plain-node probe, 200,000
- * calls, median of 7).
+ * runtime's refs (`FiberRefs.forkAs`, as the child's own id), without making a
+ * `Runtime` from them per call. Forking every ref per call, inside
+ * `Runtime.runFork` and behind a `Runtime` made per call, was most of a fiber's
+ * cost: a child that finishes at once took 5.0-5.3 µs, 1.6-1.7 µs without it (a
+ * plain-node probe, 200,000 calls, median of 7).
  *
- * The one set kept is the last caller's, and its runtime (the caller's context,
- * for a supervisor's `onStart`) likewise, until the event loop's next turn: what
- * a caller's refs hold (its services, its span) is not kept past it.
+ * Fiber refs are immutable (setting one makes a new set), so the caller's set is
+ * read as it is, where the fiber keeps it in `_fiberRefs` as Effect 3's
+ * `FiberRuntime` does (elsewhere through `getFiberRefs()`, which copies it: a new
+ * set each call). The first child started from a set is forked from it; when
+ * forking changed none of its refs (no ref of the set has a fork of its own that
+ * changes its value: Effect's own refs in a running fiber, and any made without
+ * `fork`), the next children from that set get the set itself, as forking would
+ * give them, without calling the forks again (a fork is taken to be a function of
+ * the value). Otherwise each child is forked from it as its own id, as before. A
+ * set that lacks this copy of Effect's context ref (the caller runs on an Effect
+ * whose refs are not this one's) goes through `Runtime.make` with the caller's
+ * context, as before.
+ *
+ * The set kept is the last caller's, and its runtime (the caller's context, for
+ * a supervisor's `onStart`) likewise, until the event loop's next turn: what a
+ * caller's refs hold (its services, its span) is not kept past it.
  */
 let callerRefs: FiberRefs.FiberRefs | undefined = undefined
-let childRefs: FiberRefs.FiberRefs = FiberRefs.empty()
+/** How children get `callerRefs`: not known before the first child, the set itself, each forked, or not at all. */
+let refsMode: "first" | "shared" | "forked" | "foreign" = "first"
 let callerContext: Context.Context<never> | undefined = undefined
 let childRuntime: Runtime.Runtime<never> | undefined = undefined
 let forgetting = false
@@ -71,7 +80,7 @@ let forgetting = false
 const forget = (): void => {
   forgetting = false
   callerRefs = callerContext = childRuntime = undefined
-  childRefs = FiberRefs.empty()
+  refsMode = "first"
 }
 
 /** The fiber's refs as they are: immutable, so their identity says when they changed. */
@@ -80,8 +89,22 @@ const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRef
   return typeof own === "object" && own !== null && own.locals instanceof Map ? own : fiber.getFiberRefs()
 }
 
-/** The child's refs, handed to `Runtime.runFork` in place of the (empty) runtime's. */
-const forkWithChildRefs: Runtime.RunForkOptions = { immediate: true, updateRefs: () => childRefs }
+/** Whether `forked` holds every ref of `refs` as it was: no fork changed a value. */
+const unchanged = (forked: FiberRefs.FiberRefs, refs: FiberRefs.FiberRefs): boolean => {
+  for (const [ref, stack] of forked.locals) if (refs.locals.get(ref) !== stack) return false
+  return true
+}
+
+/** The child's refs (given its id), in place of those `Runtime.runFork` made from the (empty) runtime's. */
+const childRefs = (_: FiberRefs.FiberRefs, childId: FiberId.Runtime): FiberRefs.FiberRefs => {
+  const refs = callerRefs!
+  if (refsMode === "shared") return refs
+  const forked = FiberRefs.forkAs(refs, childId)
+  if (refsMode === "first") refsMode = unchanged(forked, refs) ? "shared" : "forked"
+  return forked
+}
+
+const forkWithCallerRefs: Runtime.RunForkOptions = { immediate: true, updateRefs: childRefs }
 
 /** `self` started at once in a child fiber of the caller `parent`, with the caller's refs and context. */
 const forkChild = <A, E, R>(
@@ -91,18 +114,24 @@ const forkChild = <A, E, R>(
   const refs = refsOf(parent)
   const context = parent.currentContext
   if (refs !== callerRefs || context !== callerContext || childRuntime === undefined) {
-    if (refs !== callerRefs) childRefs = FiberRefs.forkAs(refs, FiberId.none)
+    if (refs !== callerRefs) {
+      callerRefs = refs
+      refsMode = refs.locals.has(FiberRef.currentContext) ? "first" : "foreign"
+    }
     if (context !== callerContext || childRuntime === undefined) {
       childRuntime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() })
+      callerContext = context
     }
-    callerRefs = refs
-    callerContext = context
     if (!forgetting) {
       forgetting = true
       inNextTurn(forget)
     }
   }
-  return Runtime.runFork(childRuntime as Runtime.Runtime<R>, self, forkWithChildRefs)
+  if (refsMode === "foreign") {
+    const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: parent.getFiberRefs() })
+    return Runtime.runFork(runtime as Runtime.Runtime<R>, self, immediately)
+  }
+  return Runtime.runFork(childRuntime as Runtime.Runtime<R>, self, forkWithCallerRefs)
 }
 
 /**
