@@ -394,11 +394,11 @@ const make = <Req, Res, E, BE, E2>(
   const duration = timeout.value
   const timeoutMessage = `retry timed out after ${Duration.format(duration)}`
   return (request) =>
-    Effect.withFiberRuntime((parent) => {
+    Effect.withFiberRuntime((parent, status) => {
       const attempt = firstAttempt(request)
       if (isDone(attempt)) return attempt
       const attempts = new Attempts<E | BE>()
-      return timeoutFailIn(parent, orRetry(attempt, request, attempts), duration, () =>
+      return timeoutFailIn(parent, status, orRetry(attempt, request, attempts), duration, () =>
         failure(attempts, new Cause.TimeoutException(timeoutMessage), true)
       )
     })

@@ -17,6 +17,8 @@ import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
+import * as RuntimeFlags from "effect/RuntimeFlags"
+import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
 import * as Schedule from "effect/Schedule"
 import * as Scheduler from "effect/Scheduler"
 import * as Stream from "effect/Stream"
@@ -691,6 +693,43 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
       yield* Fiber.join(yield* start(0))
       expect(yield* FiberRef.get(depth)).toBe(0)
     }).pipe(Effect.scoped)
+  )
+
+  it.live("a ref whose fork reads the world outside is forked for every attempt, as for any fiber", () =>
+    Effect.gen(function* () {
+      let version = 1
+      let forks = 0
+      // a ref that picks up the latest version whenever a fiber is forked (the first fork changes nothing)
+      const config = yield* FiberRef.make(1, {
+        fork: () => {
+          forks++
+          return version
+        }
+      })
+      const endpoint: Endpoint<string, string> = (request) =>
+        Effect.map(FiberRef.get(config), (v) => `${request} v${v}`)
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 3, timeout: "1 minute" })
+      const before = [yield* call("a"), yield* call("b")]
+      version = 2
+      expect([...before, yield* call("c"), yield* call("d")]).toEqual(["a v1", "b v1", "c v2", "d v2"])
+      expect(forks).toBe(4)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("a caller that joins a fiber its attempt started keeps the runtime flags it has", () =>
+    Effect.gen(function* () {
+      const noYielding = RuntimeFlagsPatch.disable(RuntimeFlags.CooperativeYielding)
+      const starting: Endpoint<string, Fiber.RuntimeFiber<void>> = () => Effect.forkDaemon(Effect.void)
+      const start = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([starting])), { max: 3, timeout: "1 minute" })
+      // the caller's refs record its flags (as a fork does) while it does not yield, then it calls with the flags it has
+      yield* Effect.withRuntimeFlagsPatch(Effect.fork(Effect.void), noYielding)
+      const started = yield* start("x")
+      const after = yield* Effect.withRuntimeFlagsPatch(
+        Effect.zipRight(Fiber.join(started), Effect.getRuntimeFlags),
+        noYielding
+      )
+      expect(RuntimeFlags.cooperativeYielding(after)).toBe(false)
+    })
   )
 
   class Session extends Context.Tag("Session")<Session, { readonly id: string }>() {}

@@ -26,6 +26,8 @@ import type * as Fiber from "effect/Fiber"
 import type * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
+import type * as FiberStatus from "effect/FiberStatus"
+import { identity } from "effect/Function"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import { inNextTurn } from "./nextTurn.js"
@@ -56,13 +58,19 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
  * Fiber refs are immutable (setting one makes a new set), so the caller's set is
  * read as it is, where the fiber keeps it in `_fiberRefs` as Effect 3's
  * `FiberRuntime` does (elsewhere through `getFiberRefs()`, which copies it: a new
- * set each call). The first child started from a set is forked from it; when
- * forking changed none of its refs (no ref of the set has a fork of its own that
- * changes its value: Effect's own refs in a running fiber, and any made without
- * `fork`), the next children from that set get the set itself, as forking would
- * give them, without calling the forks again (a fork is taken to be a function of
- * the value). Otherwise each child is forked from it as its own id, as before. A
- * set that lacks this copy of Effect's context ref (the caller runs on an Effect
+ * set each call), and synced first, as `getFiberRefs()` does, when the runtime
+ * flags it holds are not the caller's.
+ *
+ * Each child's refs are the set forked as its own id, as before, unless every ref
+ * of the set forks without effects, as a function of its value: a ref made without
+ * a `fork` (its fork is `identity`), one whose fork is a differ's patch (the
+ * context, the runtime flags, the supervisor, ...), or the interruption a fiber
+ * has seen (its fork is the empty cause). The first child from such a set is
+ * forked from it; when that changed nothing, the next children get the set itself,
+ * which is what forking would give them. A ref with a fork of its own (a user's,
+ * which may make a new value or read the time) is forked for every child.
+ *
+ * A set that lacks this copy of Effect's context ref (the caller runs on an Effect
  * whose refs are not this one's) goes through `Runtime.make` with the caller's
  * context, as before.
  *
@@ -71,7 +79,12 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
  * caller's refs hold (its services, its span) is not kept past it.
  */
 let callerRefs: FiberRefs.FiberRefs | undefined = undefined
-/** How children get `callerRefs`: not known before the first child, the set itself, each forked, or not at all. */
+/** The runtime flags `callerRefs` holds (the caller's, when it was read). */
+let callerFlags: RuntimeFlags.RuntimeFlags | undefined = undefined
+/**
+ * How children get `callerRefs`: not known before the first child (every ref forks as a
+ * function of its value), the set itself, each a fork of it, or through `Runtime.make`.
+ */
 let refsMode: "first" | "shared" | "forked" | "foreign" = "first"
 let callerContext: Context.Context<never> | undefined = undefined
 let childRuntime: Runtime.Runtime<never> | undefined = undefined
@@ -79,7 +92,7 @@ let forgetting = false
 
 const forget = (): void => {
   forgetting = false
-  callerRefs = callerContext = childRuntime = undefined
+  callerRefs = callerFlags = callerContext = childRuntime = undefined
   refsMode = "first"
 }
 
@@ -87,6 +100,23 @@ const forget = (): void => {
 const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRefs => {
   const own = (fiber as unknown as { readonly _fiberRefs?: FiberRefs.FiberRefs | undefined })._fiberRefs
   return typeof own === "object" && own !== null && own.locals instanceof Map ? own : fiber.getFiberRefs()
+}
+
+/** The runtime flags a set of refs holds, if any. */
+const flagsIn = (refs: FiberRefs.FiberRefs): RuntimeFlags.RuntimeFlags | undefined =>
+  refs.locals.get(FiberRef.currentRuntimeFlags)?.[0][1]
+
+/** Whether forking `ref` is a function of its value without effects (see above). */
+const forksPurely = (ref: FiberRef.FiberRef<unknown>): boolean => {
+  // (a FiberRef's fork is not part of its public interface)
+  const fork = (ref as unknown as { readonly fork?: unknown }).fork
+  return fork === identity || ref === FiberRef.interruptedCause || (fork !== undefined && typeof fork !== "function")
+}
+
+const modeOf = (refs: FiberRefs.FiberRefs): typeof refsMode => {
+  if (!refs.locals.has(FiberRef.currentContext)) return "foreign"
+  for (const ref of refs.locals.keys()) if (!forksPurely(ref)) return "forked"
+  return "first"
 }
 
 /** Whether `forked` holds every ref of `refs` as it was: no fork changed a value. */
@@ -106,17 +136,24 @@ const childRefs = (_: FiberRefs.FiberRefs, childId: FiberId.Runtime): FiberRefs.
 
 const forkWithCallerRefs: Runtime.RunForkOptions = { immediate: true, updateRefs: childRefs }
 
-/** `self` started at once in a child fiber of the caller `parent`, with the caller's refs and context. */
+/**
+ * `self` started at once in a child fiber of the caller `parent` (whose runtime flags
+ * are `flags`), with the caller's refs and context.
+ */
 const forkChild = <A, E, R>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
+  flags: RuntimeFlags.RuntimeFlags,
   self: Effect.Effect<A, E, R>
 ): Fiber.RuntimeFiber<A, E> => {
-  const refs = refsOf(parent)
   const context = parent.currentContext
-  if (refs !== callerRefs || context !== callerContext || childRuntime === undefined) {
-    if (refs !== callerRefs) {
+  let refs = refsOf(parent)
+  if (refs !== callerRefs || flags !== callerFlags || context !== callerContext || childRuntime === undefined) {
+    if (refs !== callerRefs || flags !== callerFlags) {
+      // the caller's flags, as `getFiberRefs()` records them (a fiber the child starts hands them back on join)
+      if (flagsIn(refs) !== flags) refs = parent.getFiberRefs()
       callerRefs = refs
-      refsMode = refs.locals.has(FiberRef.currentContext) ? "first" : "foreign"
+      callerFlags = flagsIn(refs)
+      refsMode = modeOf(refs)
     }
     if (context !== callerContext || childRuntime === undefined) {
       childRuntime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() })
@@ -128,7 +165,7 @@ const forkChild = <A, E, R>(
     }
   }
   if (refsMode === "foreign") {
-    const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: parent.getFiberRefs() })
+    const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: refs })
     return Runtime.runFork(runtime as Runtime.Runtime<R>, self, immediately)
   }
   return Runtime.runFork(childRuntime as Runtime.Runtime<R>, self, forkWithCallerRefs)
@@ -136,18 +173,19 @@ const forkChild = <A, E, R>(
 
 /**
  * `self` under a timeout, for a caller already in `Effect.withFiberRuntime`:
- * the effect to run in the caller's fiber `parent` in place of `self`. The effect
+ * the effect to run in the caller's fiber `parent` (its `status`) in place of `self`. The effect
  * is started, and its timer armed, before this returns: a caller interrupted
  * before it waits for the effect (while it yields to other fibers) leaves the
  * effect to be interrupted at the deadline, not running on unwatched.
  */
 export const timeoutFailIn = <A, E, R, E2>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
+  status: FiberStatus.Running,
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
   onTimeout: () => E2
 ): Effect.Effect<A, E | E2> => {
-  const child = forkChild(parent, self)
+  const child = forkChild(parent, status.runtimeFlags, self)
   const done = child.unsafePoll()
   if (done !== null) return done
   const deadline = new Deadline(parent.id(), child, onTimeout)
