@@ -393,14 +393,13 @@ const make = <Req, Res, E, BE, E2>(
   }
   const duration = timeout.value
   const timeoutMessage = `retry timed out after ${Duration.format(duration)}`
+  const timedOut = (attempts: Attempts<E | BE>) => failure(attempts, new Cause.TimeoutException(timeoutMessage), true)
   return (request) =>
     Effect.withFiberRuntime((parent, status) => {
       const attempt = firstAttempt(request)
       if (isDone(attempt)) return attempt
       const attempts = new Attempts<E | BE>()
-      return timeoutFailIn(parent, status, orRetry(attempt, request, attempts), duration, () =>
-        failure(attempts, new Cause.TimeoutException(timeoutMessage), true)
-      )
+      return timeoutFailIn(parent, status, orRetry(attempt, request, attempts), duration, timedOut, attempts)
     })
 }
 

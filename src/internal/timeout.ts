@@ -178,17 +178,18 @@ const forkChild = <A, E, R>(
  * before it waits for the effect (while it yields to other fibers) leaves the
  * effect to be interrupted at the deadline, not running on unwatched.
  */
-export const timeoutFailIn = <A, E, R, E2>(
+export const timeoutFailIn = <A, E, R, E2, C>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
   status: FiberStatus.Running,
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
-  onTimeout: () => E2
+  onTimeout: (context: C) => E2,
+  context: C
 ): Effect.Effect<A, E | E2> => {
   const child = forkChild(parent, status.runtimeFlags, self)
   const done = child.unsafePoll()
   if (done !== null) return done
-  const deadline = new Deadline(parent.id(), child, onTimeout)
+  const deadline = new Deadline(parent.id(), child, () => onTimeout(context))
   const live = isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))
   deadline.arm(
     duration,
