@@ -6,6 +6,7 @@ import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
+import * as Differ from "effect/Differ"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -13,6 +14,7 @@ import * as Exit from "effect/Exit"
 import * as Context from "effect/Context"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import { identity } from "effect/Function"
 import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
@@ -713,6 +715,49 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
       version = 2
       expect([...before, yield* call("c"), yield* call("d")]).toEqual(["a v1", "b v1", "c v2", "d v2"])
       expect(forks).toBe(4)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("a ref whose fork goes through a differ of its own is forked for every attempt, as for any fiber", () =>
+    Effect.gen(function* () {
+      let version = 1
+      // a fork patch that picks up the latest version
+      type Patch =
+        { readonly _tag: "Keep" } | { readonly _tag: "Refresh" } | { readonly _tag: "Set"; readonly value: number }
+      const keep: Patch = { _tag: "Keep" }
+      const refreshing = Differ.make<number, Patch>({
+        empty: keep,
+        diff: (old, next) => (old === next ? keep : { _tag: "Set", value: next }),
+        combine: (first, second) => (second._tag === "Keep" ? first : second),
+        patch: (patch, old) => (patch._tag === "Keep" ? old : patch._tag === "Set" ? patch.value : version)
+      })
+      // a fork that is `identity`, under a differ whose patch reads the version
+      const atLeastVersion = Differ.make<number, (n: number) => number>({
+        empty: identity,
+        diff: (_, next) => () => next,
+        combine: (first, second) => (n) => second(first(n)),
+        patch: (f, old) => Math.max(f(old), version)
+      })
+      const refs = [
+        FiberRef.unsafeMakePatch(1, { differ: refreshing, fork: { _tag: "Refresh" } as Patch }),
+        FiberRef.unsafeMakePatch(1, { differ: atLeastVersion, fork: identity })
+      ]
+      for (const config of refs) {
+        version = 1
+        yield* FiberRef.set(config, 1)
+        const endpoint: Endpoint<string, string> = (request) =>
+          Effect.map(FiberRef.get(config), (v) => `${request} v${v}`)
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        const before = [yield* call("a"), yield* call("b")]
+        version = 2
+        const after = [yield* call("c"), yield* call("d")]
+        expect([...before, ...after]).toEqual(["a v1", "b v1", "c v2", "d v2"])
+        // as any fiber forked now
+        expect(yield* Effect.flatMap(Effect.fork(FiberRef.get(config)), Fiber.join)).toBe(2)
+      }
     }).pipe(Effect.scoped)
   )
 

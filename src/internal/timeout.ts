@@ -27,7 +27,6 @@ import type * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import type * as FiberStatus from "effect/FiberStatus"
-import { identity } from "effect/Function"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import { inNextTurn } from "./nextTurn.js"
@@ -62,13 +61,12 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
  * flags it holds are not the caller's.
  *
  * Each child's refs are the set forked as its own id, as before, unless every ref
- * of the set forks without effects, as a function of its value: a ref made without
- * a `fork` (its fork is `identity`), one whose fork is a differ's patch (the
- * context, the runtime flags, the supervisor, ...), or the interruption a fiber
- * has seen (its fork is the empty cause). The first child from such a set is
- * forked from it; when that changed nothing, the next children get the set itself,
- * which is what forking would give them. A ref with a fork of its own (a user's,
- * which may make a new value or read the time) is forked for every child.
+ * of the set is one of Effect's own, whose forks are functions of their values
+ * without effects ({@link forksPurely}). The first child from such a set is forked
+ * from it; when that changed nothing, the next children get the set itself, which
+ * is what forking would give them. A set with any other ref (a user's, whose fork
+ * or differ may make a new value, read the time or count) is forked for every
+ * child.
  *
  * A set that lacks this copy of Effect's context ref (the caller runs on an Effect
  * whose refs are not this one's) goes through `Runtime.make` with the caller's
@@ -106,16 +104,42 @@ const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRef
 const flagsIn = (refs: FiberRefs.FiberRefs): RuntimeFlags.RuntimeFlags | undefined =>
   refs.locals.get(FiberRef.currentRuntimeFlags)?.[0][1]
 
-/** Whether forking `ref` is a function of its value without effects (see above). */
-const forksPurely = (ref: FiberRef.FiberRef<unknown>): boolean => {
-  // (a FiberRef's fork is not part of its public interface)
-  const fork = (ref as unknown as { readonly fork?: unknown }).fork
-  return fork === identity || ref === FiberRef.interruptedCause || (fork !== undefined && typeof fork !== "function")
-}
+/**
+ * Effect's own refs, whose forks are functions of their values without effects:
+ * `identity` through the update differ, a differ's empty patch (the context, the
+ * runtime flags, the supervisor, the loggers), the empty cause. Any other ref may
+ * fork through user code: a `fork` of its own, or a custom differ's `patch`.
+ */
+const forksPurely: ReadonlySet<unknown> = new Set<unknown>([
+  FiberRef.currentContext,
+  FiberRef.currentRuntimeFlags,
+  FiberRef.currentSupervisor,
+  FiberRef.currentScheduler,
+  FiberRef.currentLoggers,
+  FiberRef.currentLogAnnotations,
+  FiberRef.currentLogLevel,
+  FiberRef.currentMinimumLogLevel,
+  FiberRef.currentLogSpan,
+  FiberRef.currentConcurrency,
+  FiberRef.currentMaxOpsBeforeYield,
+  FiberRef.currentSchedulingPriority,
+  FiberRef.currentRequestBatchingEnabled,
+  FiberRef.currentRequestCache,
+  FiberRef.currentRequestCacheEnabled,
+  FiberRef.currentMetricLabels,
+  FiberRef.currentTracerEnabled,
+  FiberRef.currentTracerTimingEnabled,
+  FiberRef.currentTracerSpanAnnotations,
+  FiberRef.currentTracerSpanLinks,
+  FiberRef.unhandledErrorLogLevel,
+  FiberRef.versionMismatchErrorLogLevel,
+  FiberRef.interruptedCause,
+  DefaultServices.currentServices
+])
 
 const modeOf = (refs: FiberRefs.FiberRefs): typeof refsMode => {
   if (!refs.locals.has(FiberRef.currentContext)) return "foreign"
-  for (const ref of refs.locals.keys()) if (!forksPurely(ref)) return "forked"
+  for (const ref of refs.locals.keys()) if (!forksPurely.has(ref)) return "forked"
   return "first"
 }
 
