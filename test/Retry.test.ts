@@ -33,6 +33,7 @@ import * as EtcdClient from "../src/EtcdClient.js"
 import type { EtcdError } from "../src/EtcdError.js"
 import * as Retry from "../src/Retry.js"
 import * as Subscriber from "../src/Subscriber.js"
+import { forksPurely } from "../src/internal/timeout.js"
 
 class Boom {
   readonly _tag = "Boom"
@@ -774,6 +775,23 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
         noYielding
       )
       expect(RuntimeFlags.cooperativeYielding(after)).toBe(false)
+    })
+  )
+
+  it.effect("the refs whose fork an attempt may share are forked to the same value by Effect itself", () =>
+    Effect.gen(function* () {
+      // (an Effect upgrade that gave one of them a fork that changes its value would fail here)
+      const refs = [...forksPurely] as Array<FiberRef.FiberRef<unknown>>
+      expect(refs.length).toBeGreaterThan(20)
+      // (the runtime flags' ref reads a fiber's own flags, which a forked fiber sets for itself)
+      for (const ref of refs.filter((ref) => ref !== FiberRef.currentRuntimeFlags)) {
+        // held by this fiber, as a caller's refs hold what it set
+        yield* FiberRef.set(ref, yield* FiberRef.get(ref))
+        const mine = yield* FiberRef.get(ref)
+        const forked = yield* Effect.flatMap(Effect.fork(FiberRef.get(ref)), Fiber.join)
+        if (ref === FiberRef.interruptedCause) expect(Cause.isEmpty(forked as Cause.Cause<never>)).toBe(true)
+        else expect(forked).toBe(mine)
+      }
     })
   )
 

@@ -110,7 +110,7 @@ const flagsIn = (refs: FiberRefs.FiberRefs): RuntimeFlags.RuntimeFlags | undefin
  * runtime flags, the supervisor, the loggers), the empty cause. Any other ref may
  * fork through user code: a `fork` of its own, or a custom differ's `patch`.
  */
-const forksPurely: ReadonlySet<unknown> = new Set<unknown>([
+export const forksPurely: ReadonlySet<unknown> = new Set<unknown>([
   FiberRef.currentContext,
   FiberRef.currentRuntimeFlags,
   FiberRef.currentSupervisor,
