@@ -171,7 +171,8 @@ const forkChild = <A, E, R>(
 ): Fiber.RuntimeFiber<A, E> => {
   const context = parent.currentContext
   let refs = refsOf(parent)
-  if (refs !== callerRefs || flags !== callerFlags || context !== callerContext || childRuntime === undefined) {
+  // (the runtime is made and forgotten with the context it was made for)
+  if (refs !== callerRefs || flags !== callerFlags || context !== callerContext) {
     if (refs !== callerRefs || flags !== callerFlags) {
       // the caller's flags, as `getFiberRefs()` records them (a fiber the child starts hands them back on join)
       if (flagsIn(refs) !== flags) refs = parent.getFiberRefs()
@@ -179,7 +180,7 @@ const forkChild = <A, E, R>(
       callerFlags = flagsIn(refs)
       refsMode = modeOf(refs)
     }
-    if (context !== callerContext || childRuntime === undefined) {
+    if (context !== callerContext) {
       childRuntime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() })
       callerContext = context
     }
@@ -192,7 +193,7 @@ const forkChild = <A, E, R>(
     const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: refs })
     return Runtime.runFork(runtime as Runtime.Runtime<R>, self, immediately)
   }
-  return Runtime.runFork(childRuntime as Runtime.Runtime<R>, self, forkWithCallerRefs)
+  return Runtime.runFork(childRuntime! as Runtime.Runtime<R>, self, forkWithCallerRefs)
 }
 
 /**
