@@ -33,7 +33,7 @@ import * as EtcdClient from "../src/EtcdClient.js"
 import type { EtcdError } from "../src/EtcdError.js"
 import * as Retry from "../src/Retry.js"
 import * as Subscriber from "../src/Subscriber.js"
-import { forksPurely } from "../src/internal/timeout.js"
+import { fiberClassOf, forksPurely } from "../src/internal/timeout.js"
 
 class Boom {
   readonly _tag = "Boom"
@@ -792,6 +792,68 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
         if (ref === FiberRef.interruptedCause) expect(Cause.isEmpty(forked as Cause.Cause<never>)).toBe(true)
         else expect(forked).toBe(mine)
       }
+    })
+  )
+
+  it.effect(
+    "an attempt's fiber is made by its caller's own fiber class, which makes and starts fibers as Effect 3's does",
+    () =>
+      Effect.withFiberRuntime((caller) => {
+        expect(fiberClassOf(caller)).toBe(caller.constructor)
+        return Effect.void
+      })
+  )
+
+  it.live(
+    "a fiber class of another shape is not used (the attempt starts through Runtime.runFork), and calls go on",
+    () =>
+      Effect.gen(function* () {
+        // what a later Effect's fiber class might be: other parameters, no start, a start that runs
+        // nothing, a constructor that throws
+        class TwoParameters {
+          constructor(_id: unknown, _refs: unknown) {}
+          start() {}
+        }
+        class NoStart {
+          constructor(_id: unknown, _refs: unknown, _flags: unknown) {}
+        }
+        class StartsNothing {
+          constructor(_id: unknown, _refs: unknown, _flags: unknown) {}
+          start() {}
+          unsafePoll() {
+            return null
+          }
+        }
+        class Throws {
+          constructor(_id: unknown, _refs: unknown, _flags: unknown) {
+            throw new Error("not this way")
+          }
+          start() {}
+        }
+        for (const Class of [TwoParameters, NoStart, StartsNothing, Throws]) {
+          const caller = { constructor: Class } as unknown as Fiber.RuntimeFiber<unknown, unknown>
+          expect(fiberClassOf(caller)).toBeUndefined()
+          // asked again, the answer is remembered
+          expect(fiberClassOf(caller)).toBeUndefined()
+        }
+        const echo: Endpoint<string, string> = (request) => Effect.sync(() => request)
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([echo])), { max: 3, timeout: "1 minute" })
+        expect(yield* call("x")).toBe("x")
+      })
+  )
+
+  it.live("an attempt's fiber is its caller's: Fiber.roots does not list it, as it lists no fiber of Effect.fork", () =>
+    Effect.gen(function* () {
+      // an endpoint that runs (not an already-complete effect), so the attempt has a fiber of its own
+      const listed: Endpoint<string, boolean> = () =>
+        Effect.withFiberRuntime((attempt) => Effect.map(Fiber.roots, (roots) => roots.includes(attempt)))
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([listed])), { max: 3, timeout: "1 minute" })
+      expect(yield* call("x")).toBe(false)
+      // (a fiber started by Effect.runFork is a root)
+      const root = Effect.runFork(
+        Effect.withFiberRuntime((fiber) => Effect.map(Fiber.roots, (roots) => roots.includes(fiber)))
+      )
+      expect(yield* Fiber.join(root)).toBe(true)
     })
   )
 
