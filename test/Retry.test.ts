@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import { createRequire } from "node:module"
 import * as v8 from "node:v8"
 import * as vm from "node:vm"
 import { vi } from "vitest"
@@ -33,7 +34,7 @@ import * as EtcdClient from "../src/EtcdClient.js"
 import type { EtcdError } from "../src/EtcdError.js"
 import * as Retry from "../src/Retry.js"
 import * as Subscriber from "../src/Subscriber.js"
-import { fiberClassOf, forksPurely } from "../src/internal/timeout.js"
+import { fiberClassOf, forksPurely, startsFibers } from "../src/internal/timeout.js"
 
 class Boom {
   readonly _tag = "Boom"
@@ -796,20 +797,20 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
   )
 
   it.effect(
-    "an attempt's fiber is made by its caller's own fiber class, which makes and starts fibers as Effect 3's does",
+    "an attempt's fiber is made by Effect's own fiber class, which makes and starts fibers as runFork does",
     () =>
       Effect.withFiberRuntime((caller) => {
+        expect(startsFibers(caller.constructor)).toBe(true)
         expect(fiberClassOf(caller)).toBe(caller.constructor)
         return Effect.void
       })
   )
 
-  it.live(
-    "a fiber class of another shape is not used (the attempt starts through Runtime.runFork), and calls go on",
+  it.effect(
+    "a fiber class of another shape (a later Effect's) fails the check that lets the attempt skip runFork",
     () =>
-      Effect.gen(function* () {
-        // what a later Effect's fiber class might be: other parameters, no start, a start that runs
-        // nothing, a constructor that throws
+      Effect.sync(() => {
+        // other parameters, no start, a start that runs nothing, a constructor that throws
         class TwoParameters {
           constructor(_id: unknown, _refs: unknown) {}
           start() {}
@@ -831,15 +832,46 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
           start() {}
         }
         for (const Class of [TwoParameters, NoStart, StartsNothing, Throws]) {
-          const caller = { constructor: Class } as unknown as Fiber.RuntimeFiber<unknown, unknown>
-          expect(fiberClassOf(caller)).toBeUndefined()
-          // asked again, the answer is remembered
-          expect(fiberClassOf(caller)).toBeUndefined()
+          expect(startsFibers(Class)).toBe(false)
+          expect(
+            fiberClassOf({ constructor: Class } as unknown as Fiber.RuntimeFiber<unknown, unknown>)
+          ).toBeUndefined()
         }
-        const echo: Endpoint<string, string> = (request) => Effect.sync(() => request)
-        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([echo])), { max: 3, timeout: "1 minute" })
-        expect(yield* call("x")).toBe("x")
       })
+  )
+
+  it.live("a caller on another copy of Effect (its CommonJS build) has its attempt started by runFork, as before", () =>
+    Effect.gen(function* () {
+      const cjs = createRequire(import.meta.url)("effect") as typeof import("effect")
+      expect(cjs.Effect).not.toBe(Effect)
+      // a supervisor of that copy, told of the fibers it runs (not of this copy's fibers, whose
+      // supervisor is a ref of this copy's)
+      const resumed = new Set<unknown>()
+      class Resumed extends cjs.Supervisor.AbstractSupervisor<void> {
+        get value() {
+          return cjs.Effect.void
+        }
+        override onResume(fiber: Fiber.RuntimeFiber<unknown, unknown>) {
+          resumed.add(fiber)
+        }
+      }
+      const attempts: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+      // an attempt that suspends, so that it is resumed
+      const later: Endpoint<string, string> = (request) =>
+        Effect.withFiberRuntime((attempt) => {
+          attempts.push(attempt)
+          return Effect.promise(() => Promise.resolve(request))
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([later])), { max: 3, timeout: "1 minute" })
+      const answer = yield* Effect.promise(() => cjs.Effect.runPromise(cjs.Effect.supervised(call("x"), new Resumed())))
+      expect(answer).toBe("x")
+      expect(attempts.length).toBe(1)
+      // made by this copy, as runFork made it: no fiber of the other copy's class, half told of by its supervisor
+      expect(attempts[0]!.constructor).toBe(
+        yield* Effect.withFiberRuntime((fiber) => Effect.succeed(fiber.constructor))
+      )
+      expect(resumed.has(attempts[0])).toBe(false)
+    })
   )
 
   it.live("an attempt's fiber is its caller's: Fiber.roots does not list it, as it lists no fiber of Effect.fork", () =>

@@ -181,38 +181,46 @@ interface StartableFiber<A, E> extends Fiber.RuntimeFiber<A, E> {
   readonly start: (effect: Effect.Effect<A, E, never>) => void
 }
 
-/** The class last checked by {@link fiberClassOf}, and whether it passed. */
-let checkedClass: unknown = undefined
-let checkedClassWorks = false
-
 /**
- * The caller's own fiber class, when it makes and starts a fiber as
- * `Runtime.runFork` does underneath: Effect 3's `FiberRuntime`, made from an id,
- * a set of refs and runtime flags, and run at once by `start`. Checked once per
- * class by starting a fiber that succeeds at once, as the child would be: a class
- * of another shape (a later Effect) is not used, and `Runtime.runFork` starts
- * the child as before.
+ * Whether `candidate` makes and starts a fiber as `Runtime.runFork` does underneath
+ * (Effect 3's `FiberRuntime`): a class of three parameters (an id, a set of refs,
+ * runtime flags) with a `start` that runs an effect at once, checked by starting a
+ * fiber that succeeds at once, as the child would be.
  */
-export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): FiberClass | undefined => {
-  const candidate: unknown = parent.constructor
-  if (candidate === checkedClass) return checkedClassWorks ? (candidate as FiberClass) : undefined
-  checkedClass = candidate
-  checkedClassWorks = false
-  if (typeof candidate !== "function" || candidate.length !== 3) return undefined
+export const startsFibers = (candidate: unknown): candidate is FiberClass => {
+  if (typeof candidate !== "function" || candidate.length !== 3) return false
   const prototype: unknown = candidate.prototype
-  if (typeof prototype !== "object" || prototype === null || !("start" in prototype)) return undefined
-  if (typeof prototype.start !== "function") return undefined
+  if (typeof prototype !== "object" || prototype === null || !("start" in prototype)) return false
+  if (typeof prototype.start !== "function") return false
   try {
     const id = FiberId.unsafeMake()
     const answer = {}
     const probe = new (candidate as FiberClass)(id, FiberRefs.empty(), childFlags)
     probe.start(Effect.succeed(answer))
     const exit = probe.unsafePoll()
-    checkedClassWorks = probe.id() === id && exit !== null && Exit.isSuccess(exit) && exit.value === answer
+    return probe.id() === id && exit !== null && Exit.isSuccess(exit) && exit.value === answer
   } catch {
-    checkedClassWorks = false
+    return false
   }
-  return checkedClassWorks ? (candidate as FiberClass) : undefined
+}
+
+/** This copy of Effect's fiber class, when it passes {@link startsFibers}; read on first use. */
+let ownFiberClass: FiberClass | null | undefined = undefined
+
+/**
+ * The class to make the child of `parent` with: this copy of Effect's own fiber
+ * class, when the caller's fiber is one of it and the class passes
+ * {@link startsFibers}. A caller on another copy (the CommonJS build beside the ESM
+ * one, whose supervisor and runtime flags are refs of their own that this copy
+ * does not read) or a class of another shape (a later Effect) gets `undefined`:
+ * its child starts through `Runtime.runFork`, as before.
+ */
+export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): FiberClass | undefined => {
+  if (ownFiberClass === undefined) {
+    const own = Effect.runSync(Effect.withFiberRuntime((fiber) => Effect.succeed(fiber.constructor)))
+    ownFiberClass = startsFibers(own) ? own : null
+  }
+  return ownFiberClass !== null && parent.constructor === ownFiberClass ? ownFiberClass : undefined
 }
 
 /**
@@ -227,9 +235,9 @@ export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): Fibe
  * it). A child started by `runFork` from one runtime per caller context took
  * 1355-1495 ns in a probe, 540-597 ns made this way; a retried call's overhead went
  * from 1554-3528 to 1066-2667 ns (eleven runs of one process timing both, interleaved).
- * A caller under a supervisor (told of every fiber started), a fiber class
- * that does not pass {@link fiberClassOf}'s check, and refs of another copy of Effect
- * take `Runtime.runFork`.
+ * A caller under a supervisor (told of every fiber started), a caller on another
+ * copy of Effect, and a fiber class that does not pass {@link startsFibers} take
+ * `Runtime.runFork`.
  */
 const forkChild = <A, E, R>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
