@@ -9,6 +9,7 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Differ from "effect/Differ"
 import * as Duration from "effect/Duration"
+import type * as EffectPackage from "effect"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -842,7 +843,7 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
 
   it.live("a caller on another copy of Effect (its CommonJS build) has its attempt started by runFork, as before", () =>
     Effect.gen(function* () {
-      const cjs = createRequire(import.meta.url)("effect") as typeof import("effect")
+      const cjs = createRequire(import.meta.url)("effect") as typeof EffectPackage
       expect(cjs.Effect).not.toBe(Effect)
       // a supervisor of that copy, told of the fibers it runs (not of this copy's fibers, whose
       // supervisor is a ref of this copy's)
