@@ -42,7 +42,17 @@ const childFlags = RuntimeFlags.make(RuntimeFlags.Interruption, RuntimeFlags.Coo
  * the copy loaded first, which need not be this one's `liveServices`.
  */
 let liveClock: Clock.Clock | undefined = undefined
-const isLive = (clock: Clock.Clock): boolean => clock === (liveClock ??= Effect.runSync(Effect.clock))
+const isLive = (clock: Clock.Clock): boolean => clock === (liveClock ??= runAside(Effect.clock))
+
+/**
+ * `effect` run at once in a fiber of a runtime with no services of its own and the
+ * child's flags: without the runtime metrics of `Effect.runSync`'s default runtime,
+ * so that reading what this module needs once counts no fiber in Effect's metrics.
+ */
+const runAside = <A>(effect: Effect.Effect<A>): A =>
+  Runtime.runSync(Runtime.make({ context: Context.empty(), runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() }))(
+    effect
+  )
 
 /** Start the child at once, in the caller's turn. */
 const immediately: Runtime.RunForkOptions = { immediate: true }
@@ -217,7 +227,7 @@ let ownFiberClass: FiberClass | null | undefined = undefined
  */
 export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): FiberClass | undefined => {
   if (ownFiberClass === undefined) {
-    const own = Effect.runSync(Effect.withFiberRuntime((fiber) => Effect.succeed(fiber.constructor)))
+    const own = runAside(Effect.withFiberRuntime((fiber) => Effect.succeed(fiber.constructor)))
     ownFiberClass = startsFibers(own) ? own : null
   }
   return ownFiberClass !== null && parent.constructor === ownFiberClass ? ownFiberClass : undefined
