@@ -237,14 +237,14 @@ export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): Fibe
  * `self` started at once in a child fiber of the caller `parent` (whose runtime flags
  * are `flags`), with the caller's refs and context.
  *
- * The child is made by the caller's own fiber class and started, as `Runtime.runFork`
- * makes and starts a fiber underneath, without what `runFork` adds that an attempt
+ * The child is made by this copy of Effect's fiber class (the caller's own) and
+ * started, as `Runtime.runFork` makes and starts a fiber underneath, without what `runFork` adds that an attempt
  * has no use for: a map of the (empty) runtime's refs that `childRefs` replaces, and
  * the global scope's set of root fibers with its observer (an attempt is its
  * caller's, as a fiber forked with `Effect.fork` is: `Fiber.roots` does not list
  * it). A child started by `runFork` from one runtime per caller context took
  * 1355-1495 ns in a probe, 540-597 ns made this way; a retried call's overhead went
- * from 1554-3528 to 1066-2667 ns (eleven runs of one process timing both, interleaved).
+ * from 1554-3528 to 1066-2667 ns (fourteen runs of one process timing both, interleaved).
  * A caller under a supervisor (told of every fiber started), a caller on another
  * copy of Effect, and a fiber class that does not pass {@link startsFibers} take
  * `Runtime.runFork`.
