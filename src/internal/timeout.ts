@@ -102,11 +102,10 @@ let callerContext: Context.Context<never> | undefined = undefined
 let childRuntime: Runtime.Runtime<never> | undefined = undefined
 let forgetting = false
 
+/** (`refsMode` and `callerSupervised` are read again with the next caller's refs.) */
 const forget = (): void => {
   forgetting = false
   callerRefs = callerFlags = callerContext = childRuntime = undefined
-  refsMode = "first"
-  callerSupervised = false
 }
 
 /** The fiber's refs as they are: immutable, so their identity says when they changed. */
@@ -238,16 +237,16 @@ export const fiberClassOf = (parent: Fiber.RuntimeFiber<unknown, unknown>): Fibe
  * are `flags`), with the caller's refs and context.
  *
  * The child is made by this copy of Effect's fiber class (the caller's own) and
- * started, as `Runtime.runFork` makes and starts a fiber underneath, without what `runFork` adds that an attempt
- * has no use for: a map of the (empty) runtime's refs that `childRefs` replaces, and
- * the global scope's set of root fibers with its observer (an attempt is its
- * caller's, as a fiber forked with `Effect.fork` is: `Fiber.roots` does not list
- * it). A child started by `runFork` from one runtime per caller context took
- * 1355-1495 ns in a probe, 540-597 ns made this way; a retried call's overhead went
- * from 1554-3528 to 1066-2667 ns (fourteen runs of one process timing both, interleaved).
- * A caller under a supervisor (told of every fiber started), a caller on another
- * copy of Effect, and a fiber class that does not pass {@link startsFibers} take
- * `Runtime.runFork`.
+ * started, as `Runtime.runFork` makes and starts a fiber underneath, without what
+ * `runFork` adds that an attempt has no use for: a map of the (empty) runtime's refs
+ * that `childRefs` replaces, and the global scope's set of root fibers with its
+ * observer (an attempt is its caller's, as a fiber forked with `Effect.fork` is:
+ * `Fiber.roots` does not list it). A child started by `runFork` from one runtime per
+ * caller context took 1355-1495 ns in a probe, 540-597 ns made this way; a retried
+ * call's overhead went from 1554-3528 to 1066-2667 ns (fourteen runs of one process
+ * timing both, interleaved). A caller under a supervisor (told of every fiber
+ * started), a caller on another copy of Effect, and a fiber class that does not pass
+ * {@link startsFibers} take `Runtime.runFork`.
  */
 const forkChild = <A, E, R>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
