@@ -18,6 +18,8 @@ import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { identity } from "effect/Function"
 import * as HashMap from "effect/HashMap"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
@@ -554,6 +556,155 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
         expect(finalized).toEqual(["a", "b"])
         expect(armed.size).toBe(0)
       }).pipe(Effect.scoped)
+  )
+
+  /** Answers `effect` after a turn of the event loop: an attempt that runs it suspends first. */
+  const afterATurn = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+    Effect.zipRight(
+      Effect.async<void>((resume) => {
+        const handle = setImmediate(() => resume(Effect.void))
+        return Effect.sync(() => clearImmediate(handle))
+      }),
+      effect
+    )
+
+  it.effect(
+    "a first attempt that fails after suspending: the next ones run under the same deadline, not a new one",
+    () =>
+      Effect.gen(function* () {
+        const secondStarted = yield* Deferred.make<void>()
+        const attempts = yield* Ref.make(0)
+        // the first attempt fails 60 ms in; the second hangs
+        const endpoint: Endpoint<string, string, Boom> = () =>
+          Effect.flatMap(
+            Ref.updateAndGet(attempts, (n) => n + 1),
+            (n) =>
+              n === 1
+                ? Effect.zipRight(Effect.sleep("60 millis"), Effect.fail(new Boom(1)))
+                : Effect.zipRight(Deferred.succeed(secondStarted, undefined), Effect.never)
+          )
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "100 millis"
+        })
+        const fiber = yield* Effect.fork(Effect.flip(call("x")))
+        yield* TestClock.adjust("60 millis")
+        yield* Deferred.await(secondStarted)
+        yield* TestClock.adjust("39 millis")
+        expect(yield* Fiber.poll(fiber)).toEqual(Option.none())
+        // 100 ms after the call began (a timer armed anew for the second attempt would wait until 160)
+        yield* TestClock.adjust("1 millis")
+        const error = yield* Fiber.join(fiber)
+        expect(error.timedOut).toBe(true)
+        expect(error.attempts).toBe(2)
+        expect(error.inFlight).toBe(true)
+        expect(error.errors).toEqual([new Boom(1)])
+        expect(yield* Ref.get(attempts)).toBe(2)
+      })
+  )
+
+  it.live(
+    "attempts after one that failed after suspending run with the caller's services and refs, and the call answers",
+    () =>
+      Effect.gen(function* () {
+        const depth = yield* FiberRef.make(0, { fork: (n) => n + 100 })
+        let calls = 0
+        const endpoint: Endpoint<string, string, Boom> = (request) =>
+          Effect.gen(function* () {
+            const n = ++calls
+            const region = Option.getOrElse(yield* Effect.serviceOption(Region), () => "-")
+            const seen = yield* FiberRef.get(depth)
+            return yield* afterATurn(
+              n === 1 ? Effect.fail(new Boom(n)) : Effect.succeed(`${request} ${region} ${seen}`)
+            )
+          })
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        // each attempt's fiber, the further one too, gets its own fork of the caller's refs
+        expect(yield* Effect.provideService(Effect.locally(call("x"), depth, 1), Region, "eu")).toBe("x eu 101")
+        expect(calls).toBe(2)
+        // and a first attempt that fails at once is followed the same way
+        calls = 1
+        const atOnce: Endpoint<string, string, Boom> = (request) =>
+          ++calls === 2
+            ? Effect.fail(new Boom(2))
+            : Effect.map(Effect.serviceOption(Region), (region) => `${request} ${Option.getOrElse(region, () => "-")}`)
+        const again = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([atOnce])), { max: 3, timeout: "1 minute" })
+        expect(yield* Effect.provideService(again("y"), Region, "us")).toBe("y us")
+      }).pipe(Effect.scoped)
+  )
+
+  it.live(
+    "a caller interrupted while an attempt after one that failed runs: that attempt is interrupted, its finalizers run first",
+    () =>
+      Effect.gen(function* () {
+        const finalized: Array<number> = []
+        const secondStarted = yield* Deferred.make<void>()
+        let calls = 0
+        const endpoint: Endpoint<string, string, Boom> = () => {
+          const n = ++calls
+          return n === 1
+            ? afterATurn(Effect.fail(new Boom(n)))
+            : Effect.zipRight(Deferred.succeed(secondStarted, undefined), Effect.never).pipe(
+                Effect.onInterrupt(() =>
+                  Effect.zipRight(
+                    Effect.repeatN(Effect.yieldNow(), 5),
+                    Effect.sync(() => finalized.push(n))
+                  )
+                )
+              )
+        }
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        const caller = yield* Effect.fork(call("x"))
+        yield* Deferred.await(secondStarted)
+        expect(Exit.isInterrupted(yield* Fiber.interrupt(caller))).toBe(true)
+        expect(finalized).toEqual([2])
+        expect(calls).toBe(2)
+      })
+  )
+
+  it.live(
+    "failed attempts and failed calls are not logged as unhandled errors, at any level; a forked fiber's are",
+    () =>
+      Effect.gen(function* () {
+        const messages: Array<string> = []
+        const logger = Logger.make(({ message }) => {
+          messages.push(String(message))
+        })
+        const unhandled = () => messages.filter((message) => message.includes("unhandled"))
+        let calls = 0
+        const failingTwice: Endpoint<string, string, Boom> = (request) => {
+          const n = ++calls
+          const answer = n % 3 === 0 ? Effect.succeed(`ok ${request}`) : Effect.fail(new Boom(n))
+          return n > 3 ? afterATurn(answer) : answer
+        }
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([failingTwice])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        const failing = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([failingTwice])), {
+          max: 2,
+          timeout: "1 minute"
+        })
+        yield* Effect.gen(function* () {
+          // attempts failing at once, then after a turn; then calls failing either way
+          expect(yield* call("a")).toBe("ok a")
+          expect(yield* call("b")).toBe("ok b")
+          calls = 0
+          expect((yield* Effect.flip(failing("c"))).attempts).toBe(2)
+          calls = 3
+          expect((yield* Effect.flip(failing("d"))).attempts).toBe(2)
+          expect(unhandled()).toEqual([])
+          // the logger sees a fiber's unhandled error: the same failure in a forked fiber, awaited
+          yield* Fiber.await(yield* Effect.fork(Effect.fail(new Boom(0))))
+        }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)), Logger.withMinimumLogLevel(LogLevel.All))
+        expect(unhandled()).toEqual(["Fiber terminated with an unhandled error"])
+      })
   )
 
   /** Counts the fibers started under it (a timed call's attempt, and its timer when that is a fiber). */

@@ -16,6 +16,7 @@
  *
  * @internal
  */
+import type * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
@@ -26,6 +27,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
+import * as Option from "effect/Option"
 import type * as FiberStatus from "effect/FiberStatus"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
@@ -83,6 +85,8 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
  * whose refs are not this one's) goes through `Runtime.make` with the caller's
  * context, as before.
  *
+ * Children get the set {@link quiet}: with no level to log an unhandled error at.
+ *
  * The set kept is the last caller's, and so is the runtime made from its context
  * when a child starts through `Runtime.runFork` (the context a supervisor's
  * `onStart` is given), until the event loop's next turn: what a caller's refs
@@ -91,6 +95,8 @@ const immediately: Runtime.RunForkOptions = { immediate: true }
 let callerRefs: FiberRefs.FiberRefs | undefined = undefined
 /** The runtime flags `callerRefs` holds (the caller's, when it was read). */
 let callerFlags: RuntimeFlags.RuntimeFlags | undefined = undefined
+/** `callerRefs` {@link quiet}, as the children get them; made for the first child. */
+let quietRefs: FiberRefs.FiberRefs | undefined = undefined
 /**
  * How children get `callerRefs`: not known before the first child (every ref forks as a
  * function of its value), the set itself, each a fork of it, or through `Runtime.make`.
@@ -105,8 +111,26 @@ let forgetting = false
 /** (`refsMode` and `callerSupervised` are read again with the next caller's refs.) */
 const forget = (): void => {
   forgetting = false
-  callerRefs = callerFlags = callerContext = childRuntime = undefined
+  callerRefs = callerFlags = quietRefs = callerContext = childRuntime = undefined
 }
+
+/**
+ * `refs` with no level to log an unhandled error at (Effect's
+ * `unhandledErrorLogLevel`, `Debug` unless set): a fiber that ends failed logs
+ * "Fiber terminated with an unhandled error" at that level, and an attempt's
+ * failure is its caller's to take (a further attempt, or the call's error), as
+ * with `Effect.timeout`, whose fibers never fail. Running the attempt under
+ * `Effect.exit`, as `Effect.timeout` does, would be a step more in every child.
+ * The fibers an attempt forks inherit it, as they inherit the rest of its refs.
+ */
+const quiet = (refs: FiberRefs.FiberRefs): FiberRefs.FiberRefs =>
+  Option.isNone(FiberRefs.getOrDefault(refs, FiberRef.unhandledErrorLogLevel))
+    ? refs
+    : FiberRefs.updateAs(refs, {
+        fiberId: FiberId.none,
+        fiberRef: FiberRef.unhandledErrorLogLevel,
+        value: Option.none()
+      })
 
 /** The fiber's refs as they are: immutable, so their identity says when they changed. */
 const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRefs => {
@@ -165,7 +189,7 @@ const unchanged = (forked: FiberRefs.FiberRefs, refs: FiberRefs.FiberRefs): bool
 
 /** The child's refs (given its id), in place of those `Runtime.runFork` made from the (empty) runtime's. */
 const childRefs = (_: FiberRefs.FiberRefs, childId: FiberId.Runtime): FiberRefs.FiberRefs => {
-  const refs = callerRefs!
+  const refs = (quietRefs ??= quiet(callerRefs!))
   if (refsMode === "shared") return refs
   const forked = FiberRefs.forkAs(refs, childId)
   if (refsMode === "first") refsMode = unchanged(forked, refs) ? "shared" : "forked"
@@ -215,7 +239,6 @@ export const startsFibers = (candidate: unknown): candidate is FiberClass => {
 
 /** This copy of Effect's fiber class, when it passes {@link startsFibers}; read on first use. */
 let ownFiberClass: FiberClass | null | undefined = undefined
-
 /**
  * The class to make the child of `parent` with: this copy of Effect's own fiber
  * class, when the caller's fiber is one of it and the class passes
@@ -262,6 +285,7 @@ const forkChild = <A, E, R>(
       if (flagsIn(refs) !== flags) refs = parent.getFiberRefs()
       callerRefs = refs
       callerFlags = flagsIn(refs)
+      quietRefs = undefined
       refsMode = modeOf(refs)
       callerSupervised = supervisedBy(refs)
     }
@@ -275,7 +299,7 @@ const forkChild = <A, E, R>(
     }
   }
   if (refsMode === "foreign") {
-    const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: refs })
+    const runtime = Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: (quietRefs ??= quiet(refs)) })
     return Runtime.runFork(runtime as Runtime.Runtime<R>, self, immediately)
   }
   if (!callerSupervised) {
@@ -292,24 +316,83 @@ const forkChild = <A, E, R>(
 }
 
 /**
- * `self` under a timeout, for a caller already in `Effect.withFiberRuntime`:
- * the effect to run in the caller's fiber `parent` (its `status`) in place of `self`. The effect
- * is started, and its timer armed, before this returns: a caller interrupted
- * before it waits for the effect (while it yields to other fibers) leaves the
- * effect to be interrupted at the deadline, not running on unwatched.
+ * `self` started at once in a further child of a caller that waits (its first
+ * child failed), as {@link forkChild} starts one, from what was read of the
+ * caller when it began to wait: its refs (`refs`, synced with its runtime
+ * flags), its context, and whether its fiber is of this copy of Effect's class.
  */
-export const timeoutFailIn = <A, E, R, E2, C>(
+const spawn = <A, E>(
+  refs: FiberRefs.FiberRefs,
+  context: Context.Context<never>,
+  own: boolean,
+  self: Effect.Effect<A, E>
+): Fiber.RuntimeFiber<A, E> => {
+  const last = refs === callerRefs
+  const base = last ? (quietRefs ??= quiet(refs)) : quiet(refs)
+  if (modeOf(refs) === "foreign") {
+    return Runtime.runFork(Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: base }), self, immediately)
+  }
+  // the set itself when its forks are known to change nothing (the last caller's, shared), else a fork
+  const shared = last && refsMode === "shared"
+  if (own && !supervisedBy(refs)) {
+    const childId = FiberId.unsafeMake()
+    const child = new ownFiberClass!(childId, shared ? base : FiberRefs.forkAs(base, childId), childFlags)
+    child.start(self as Effect.Effect<unknown, unknown>)
+    return child as Fiber.RuntimeFiber<A, E>
+  }
+  return Runtime.runFork(Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() }), self, {
+    immediate: true,
+    updateRefs: (_, childId) => (shared ? base : FiberRefs.forkAs(base, childId))
+  })
+}
+
+/**
+ * `self`, and when it fails `recover(cause)`, under one timeout, for a caller
+ * already in `Effect.withFiberRuntime`: the effect to run in the caller's fiber
+ * `parent` (its `status`) in place of `self`.
+ *
+ * `self` runs in a child fiber by itself, with no frame around it to catch its
+ * failure (a further step of Effect's run loop in every child); when it fails,
+ * `recover` runs in a further child, under the same timer: at once when `self`
+ * failed at once, else as soon as it failed (the caller still waits). Its failure
+ * is the call's.
+ *
+ * The effect is started, and its timer armed, before this returns: a caller
+ * interrupted before it waits for the effect (while it yields to other fibers)
+ * leaves the effect to be interrupted at the deadline, not running on unwatched.
+ */
+export const timeoutFailIn = <A, E, R, E2, E3, C>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
   status: FiberStatus.Running,
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
   onTimeout: (context: C) => E2,
-  context: C
-): Effect.Effect<A, E | E2> => {
-  const child = forkChild(parent, status.runtimeFlags, self)
-  const done = child.unsafePoll()
-  if (done !== null) return done
-  const deadline = new Deadline(parent.id(), child, () => onTimeout(context))
+  context: C,
+  recover: (cause: Cause.Cause<E>, context: C) => Effect.Effect<A, E3>
+): Effect.Effect<A, E2 | E3> => {
+  const flags = status.runtimeFlags
+  let child: Fiber.RuntimeFiber<A, E | E3> = forkChild(parent, flags, self)
+  let done = child.unsafePoll()
+  let recovered = false
+  if (done !== null && done._tag === "Failure") {
+    recovered = true
+    child = forkChild(parent, flags, recover(done.cause as Cause.Cause<E>, context))
+    done = child.unsafePoll()
+  }
+  // (a failure of `self` is never the call's: it was recovered, or is recovered from once the caller waits)
+  if (done !== null) return done as Exit.Exit<A, E3>
+  const deadline = new Deadline<A, E | E3, E2>(parent.id(), child, () => onTimeout(context))
+  if (!recovered) {
+    // what `spawn` starts the further child from, read now: the deadline does not hold the caller
+    let refs = refsOf(parent)
+    if (flagsIn(refs) !== flags) refs = parent.getFiberRefs()
+    deadline.recoverWith(
+      (cause) => recover(cause as Cause.Cause<E>, context),
+      refs,
+      parent.currentContext,
+      fiberClassOf(parent) !== undefined
+    )
+  }
   const live = isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))
   deadline.arm(
     duration,
@@ -317,7 +400,7 @@ export const timeoutFailIn = <A, E, R, E2, C>(
       ? undefined
       : Runtime.make({ context: parent.currentContext, runtimeFlags: childFlags, fiberRefs: parent.getFiberRefs() })
   )
-  return Effect.async<A, E | E2>((resume) => deadline.wait(resume))
+  return Effect.async<A, E | E3 | E2>((resume) => deadline.wait(resume)) as Effect.Effect<A, E2 | E3>
 }
 
 /**
@@ -330,7 +413,9 @@ export const timeoutFailIn = <A, E, R, E2, C>(
  *
  * The call is over when the child is: with the child's exit, or, when the
  * timer fired first (the child interrupted then), with the timeout's error;
- * either way only once the child's finalizers have run. The caller's
+ * either way only once the child's finalizers have run. A first child that
+ * fails (in time, its caller waiting) is followed by the one that recovers
+ * from its failure, which the deadline then watches under the same timer. The caller's
  * interruption interrupts the child and waits for it the same way. The child
  * is watched through its own observer, never through `Fiber.await`, whose
  * observer would hold the caller.
@@ -358,6 +443,11 @@ class Deadline<A, E, E2> {
   private waiter: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
   /** The caller's interruption, waiting for the child to be over. */
   private stopped: (() => void) | undefined = undefined
+  /** What the next child runs when this one fails, and what it is started from ({@link spawn}); used once. */
+  private recover: ((cause: Cause.Cause<E>) => Effect.Effect<A, E>) | undefined = undefined
+  private refs: FiberRefs.FiberRefs | undefined = undefined
+  private context: Context.Context<never> | undefined = undefined
+  private own = false
 
   constructor(
     /** The caller's id: the interruptions it makes are the caller's. */
@@ -385,6 +475,23 @@ class Deadline<A, E, E2> {
     }
   }
 
+  /**
+   * When the child fails before the time is up and the caller is not interrupted,
+   * the call goes on: `recover(cause)` runs in a further child (started as
+   * {@link spawn} starts one, from the caller's `refs` and `context`), under the same timer.
+   */
+  recoverWith(
+    recover: (cause: Cause.Cause<E>) => Effect.Effect<A, E>,
+    refs: FiberRefs.FiberRefs,
+    context: Context.Context<never>,
+    own: boolean
+  ): void {
+    this.recover = recover
+    this.refs = refs
+    this.context = context
+    this.own = own
+  }
+
   /** The caller waits for the outcome; the canceler is for its interruption meanwhile. */
   wait(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
     if (this.outcome !== undefined) {
@@ -395,8 +502,22 @@ class Deadline<A, E, E2> {
     return Effect.suspend(() => this.interrupted())
   }
 
-  /** The child is over: the call's outcome is known, and the deadline holds nothing more. */
+  /**
+   * The child is over: the call's outcome is known, and the deadline holds nothing
+   * more; or the child failed, and the call goes on in the next one.
+   */
   done(exit: Exit.Exit<A, E>): void {
+    const recover = this.recover
+    if (recover !== undefined) {
+      const { context, refs } = this
+      this.recover = this.refs = this.context = undefined
+      if (exit._tag === "Failure" && this.timedOut === undefined && this.stopped === undefined) {
+        const child = spawn(refs!, context!, this.own, recover(exit.cause))
+        this.child = child
+        child.addObserver((exit) => this.done(exit))
+        return
+      }
+    }
     this.stopTimer()
     const outcome = this.timedOut === undefined ? exit : Effect.fail(this.timedOut.error)
     this.outcome = outcome
