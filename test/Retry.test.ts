@@ -668,6 +668,93 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
       })
   )
 
+  it.live("a fiber ref an attempt set is seen by the next ones, as in one fiber, with a timeout or without", () =>
+    Effect.gen(function* () {
+      const counter = yield* FiberRef.make(0)
+      for (const timeout of [Duration.infinity, Duration.minutes(1)]) {
+        for (const suspend of [false, true]) {
+          let calls = 0
+          const endpoint: Endpoint<string, string, Boom> = (request) =>
+            Effect.gen(function* () {
+              const n = ++calls
+              if (n === 1) {
+                yield* FiberRef.set(counter, 42)
+                return yield* suspend ? afterATurn(Effect.fail(new Boom(n))) : Effect.fail(new Boom(n))
+              }
+              return `${request} ${yield* FiberRef.get(counter)}`
+            })
+          const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 3, timeout })
+          expect(yield* call("x")).toBe("x 42")
+          // without a timeout the attempts run in the caller's fiber, with one in fibers of their own
+          expect(yield* FiberRef.get(counter)).toBe(Duration.isFinite(timeout) ? 0 : 42)
+          yield* FiberRef.set(counter, 0)
+        }
+      }
+    }).pipe(Effect.scoped)
+  )
+
+  it.live(
+    "a caller interrupted just as its first attempt fails (while it yields to other fibers): no further attempt starts",
+    () =>
+      Effect.gen(function* () {
+        let calls = 0
+        const asked = yield* Deferred.make<void>()
+        let failFirst: (() => void) | undefined = undefined
+        const endpoint: Endpoint<string, string, Boom> = () => {
+          const n = ++calls
+          return n === 1
+            ? Effect.async<string, Boom>((resume) => {
+                failFirst = () => resume(Effect.fail(new Boom(n)))
+                Deferred.unsafeDone(asked, Exit.void)
+              })
+            : Effect.zipRight(Effect.sleep("300 millis"), Effect.fail(new Boom(n)))
+        }
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        const scheduler = new YieldingOnce()
+        const window = { caller: undefined as unknown, armed: false, commits: 0, hit: false }
+        // the caller's interruption runs the canceler of its wait: `Effect.suspend`'s step, then
+        // `Effect.async`'s, which registers; between the two the first attempt fails and the caller yields
+        class Window extends Supervisor.AbstractSupervisor<void> {
+          get value() {
+            return Effect.void
+          }
+          override onEffect(
+            fiber: Fiber.RuntimeFiber<unknown, unknown>,
+            effect: Effect.Effect<unknown, unknown, unknown>
+          ) {
+            const op = (effect as unknown as { readonly _op?: unknown })._op
+            if (window.armed && fiber === window.caller && op === "Commit" && ++window.commits === 2) {
+              window.armed = false
+              window.hit = true
+              failFirst!()
+              scheduler.yieldHere = (yielding) => yielding === window.caller
+            }
+          }
+        }
+        const caller = yield* Effect.fork(
+          Effect.withFiberRuntime((fiber) => {
+            window.caller = fiber
+            return Effect.void
+          }).pipe(
+            Effect.zipRight(call("x")),
+            Effect.supervised(new Window()),
+            Effect.withRuntimeFlagsPatch(RuntimeFlagsPatch.enable(RuntimeFlags.OpSupervision)),
+            Effect.withScheduler(scheduler)
+          )
+        )
+        yield* Deferred.await(asked)
+        window.armed = true
+        const exit = yield* Fiber.interrupt(caller)
+        expect(window.hit).toBe(true)
+        expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)).toBe(true)
+        // before, the second and third attempts ran (300 ms each, with no timer left) before the interruption was over
+        expect(calls).toBe(1)
+      })
+  )
+
   it.live(
     "failed attempts and failed calls are not logged as unhandled errors, at any level; a forked fiber's are",
     () =>

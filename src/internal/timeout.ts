@@ -316,34 +316,26 @@ const forkChild = <A, E, R>(
 }
 
 /**
- * `self` started at once in a further child of a caller that waits (its first
- * child failed), as {@link forkChild} starts one, from what was read of the
- * caller when it began to wait: its refs (`refs`, synced with its runtime
- * flags), its context, and whether its fiber is of this copy of Effect's class.
+ * `self` started at once in a further child of the caller, after its child `prev`
+ * failed: with `prev`'s refs as they ended, taken over as they are (not forked), so
+ * that what one attempt set (a fiber ref) the next one sees, as when every attempt
+ * ran in one fiber. Made as {@link forkChild} makes a child: by this copy's fiber
+ * class when `prev` is one of it and no supervisor is to be told, else through
+ * `Runtime.runFork`.
  */
-const spawn = <A, E>(
-  refs: FiberRefs.FiberRefs,
-  context: Context.Context<never>,
-  own: boolean,
+const spawnAfter = <A, E>(
+  prev: Fiber.RuntimeFiber<unknown, unknown>,
   self: Effect.Effect<A, E>
 ): Fiber.RuntimeFiber<A, E> => {
-  const last = refs === callerRefs
-  const base = last ? (quietRefs ??= quiet(refs)) : quiet(refs)
-  if (modeOf(refs) === "foreign") {
-    return Runtime.runFork(Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: base }), self, immediately)
-  }
-  // the set itself when its forks are known to change nothing (the last caller's, shared), else a fork
-  const shared = last && refsMode === "shared"
-  if (own && !supervisedBy(refs)) {
-    const childId = FiberId.unsafeMake()
-    const child = new ownFiberClass!(childId, shared ? base : FiberRefs.forkAs(base, childId), childFlags)
+  const refs = prev.getFiberRefs()
+  const FiberClass = supervisedBy(refs) ? undefined : fiberClassOf(prev)
+  if (FiberClass !== undefined) {
+    const child = new FiberClass(FiberId.unsafeMake(), refs, childFlags)
     child.start(self as Effect.Effect<unknown, unknown>)
     return child as Fiber.RuntimeFiber<A, E>
   }
-  return Runtime.runFork(Runtime.make({ context, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() }), self, {
-    immediate: true,
-    updateRefs: (_, childId) => (shared ? base : FiberRefs.forkAs(base, childId))
-  })
+  const runtime = Runtime.make({ context: prev.currentContext, runtimeFlags: childFlags, fiberRefs: FiberRefs.empty() })
+  return Runtime.runFork(runtime, self, { immediate: true, updateRefs: () => refs })
 }
 
 /**
@@ -376,23 +368,13 @@ export const timeoutFailIn = <A, E, R, E2, E3, C>(
   let recovered = false
   if (done !== null && done._tag === "Failure") {
     recovered = true
-    child = forkChild(parent, flags, recover(done.cause as Cause.Cause<E>, context))
+    child = spawnAfter(child, recover(done.cause as Cause.Cause<E>, context))
     done = child.unsafePoll()
   }
   // (a failure of `self` is never the call's: it was recovered, or is recovered from once the caller waits)
   if (done !== null) return done as Exit.Exit<A, E3>
   const deadline = new Deadline<A, E | E3, E2>(parent.id(), child, () => onTimeout(context))
-  if (!recovered) {
-    // what `spawn` starts the further child from, read now: the deadline does not hold the caller
-    let refs = refsOf(parent)
-    if (flagsIn(refs) !== flags) refs = parent.getFiberRefs()
-    deadline.recoverWith(
-      (cause) => recover(cause as Cause.Cause<E>, context),
-      refs,
-      parent.currentContext,
-      fiberClassOf(parent) !== undefined
-    )
-  }
+  if (!recovered) deadline.recover = (cause) => recover(cause as Cause.Cause<E>, context)
   const live = isLive(Context.get(parent.getFiberRef(DefaultServices.currentServices), Clock.Clock))
   deadline.arm(
     duration,
@@ -443,11 +425,12 @@ class Deadline<A, E, E2> {
   private waiter: ((effect: Effect.Effect<A, E | E2>) => void) | undefined = undefined
   /** The caller's interruption, waiting for the child to be over. */
   private stopped: (() => void) | undefined = undefined
-  /** What the next child runs when this one fails, and what it is started from ({@link spawn}); used once. */
-  private recover: ((cause: Cause.Cause<E>) => Effect.Effect<A, E>) | undefined = undefined
-  private refs: FiberRefs.FiberRefs | undefined = undefined
-  private context: Context.Context<never> | undefined = undefined
-  private own = false
+  /**
+   * What runs when the child fails before the time is up and the caller is not
+   * interrupted: the call goes on in a further child ({@link spawnAfter}), under the
+   * same timer. Used once (the further child runs every later attempt).
+   */
+  recover: ((cause: Cause.Cause<E>) => Effect.Effect<A, E>) | undefined = undefined
 
   constructor(
     /** The caller's id: the interruptions it makes are the caller's. */
@@ -475,23 +458,6 @@ class Deadline<A, E, E2> {
     }
   }
 
-  /**
-   * When the child fails before the time is up and the caller is not interrupted,
-   * the call goes on: `recover(cause)` runs in a further child (started as
-   * {@link spawn} starts one, from the caller's `refs` and `context`), under the same timer.
-   */
-  recoverWith(
-    recover: (cause: Cause.Cause<E>) => Effect.Effect<A, E>,
-    refs: FiberRefs.FiberRefs,
-    context: Context.Context<never>,
-    own: boolean
-  ): void {
-    this.recover = recover
-    this.refs = refs
-    this.context = context
-    this.own = own
-  }
-
   /** The caller waits for the outcome; the canceler is for its interruption meanwhile. */
   wait(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
     if (this.outcome !== undefined) {
@@ -509,10 +475,9 @@ class Deadline<A, E, E2> {
   done(exit: Exit.Exit<A, E>): void {
     const recover = this.recover
     if (recover !== undefined) {
-      const { context, refs } = this
-      this.recover = this.refs = this.context = undefined
+      this.recover = undefined
       if (exit._tag === "Failure" && this.timedOut === undefined && this.stopped === undefined) {
-        const child = spawn(refs!, context!, this.own, recover(exit.cause))
+        const child = spawnAfter(this.child!, recover(exit.cause))
         this.child = child
         child.addObserver((exit) => this.done(exit))
         return
@@ -545,11 +510,13 @@ class Deadline<A, E, E2> {
     this.waiter = undefined
     if (this.outcome !== undefined) return Effect.void
     this.stopTimer()
-    const child = this.child!
+    // no further child once the caller is interrupted: its child's failure may come before
+    // `stopped` is set below (the caller may yield to other fibers in between)
+    this.recover = undefined
     return Effect.async<void>((resume) => {
       if (this.outcome !== undefined) return resume(Effect.void)
       this.stopped = () => resume(Effect.void)
-      child.unsafeInterruptAsFork(this.callerId)
+      this.child!.unsafeInterruptAsFork(this.callerId)
     })
   }
 
