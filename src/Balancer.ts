@@ -13,6 +13,7 @@ import * as Schema from "effect/Schema"
 import { SingleShotGen, YieldWrap } from "effect/Utils"
 import type { Endpoint } from "./Endpoint.js"
 import type { EtcdError } from "./EtcdError.js"
+import { Answered } from "./internal/answered.js"
 import * as internal from "./internal/subscriber.js"
 import type { EndpointSet, Subscriber } from "./Subscriber.js"
 
@@ -158,15 +159,6 @@ export const roundRobin: {
  */
 const PickExit: unique symbol = Symbol.for("effect-sd-etcd/Balancer/pickExit")
 
-/** What `yield*` of a successful round-robin pick delegates to: an iterator done on its first step. */
-class Picked<A> {
-  readonly done = true
-  constructor(readonly value: A) {}
-  next(): IteratorReturnResult<A> {
-    return this
-  }
-}
-
 /**
  * Round robin over a set read synchronously (our own Subscriber's current set, or
  * a fixed array): an effect of its own (`Effectable.Class`), so a pick is one
@@ -206,7 +198,7 @@ class RoundRobin<Req, Res, E> extends Effectable.Class<Endpoint<Req, Res, E>, No
 
   override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<Endpoint<Req, Res, E>, NoEndpoints | EtcdError>> {
     const exit = this[PickExit]()
-    return exit._tag === "Success" ? new Picked(exit.value) : new SingleShotGen(new YieldWrap(exit))
+    return exit._tag === "Success" ? new Answered(exit.value) : new SingleShotGen(new YieldWrap(exit))
   }
 
   [PickExit](): Exit.Exit<Endpoint<Req, Res, E>, NoEndpoints | EtcdError> {

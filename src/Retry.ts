@@ -13,12 +13,17 @@
 import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Effectable from "effect/Effectable"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import type * as RuntimeFlags from "effect/RuntimeFlags"
+import { SingleShotGen, YieldWrap } from "effect/Utils"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Endpoint } from "./Endpoint.js"
 import { InvalidOptions } from "./EtcdError.js"
+import { Answered } from "./internal/answered.js"
 import { timeoutFailIn } from "./internal/timeout.js"
 import { decodeDuration, withinTimerLimit } from "./internal/timerLimit.js"
 import { inNextTurn } from "./internal/nextTurn.js"
@@ -373,6 +378,8 @@ const make = <Req, Res, E, BE, E2>(
         }
   const isDone = (attempt: Effect.Effect<Res, E | BE>): attempt is Exit.Success<Res, never> =>
     Exit.isExit(attempt) && attempt._tag === "Success"
+  const isAnswer = (call: Effect.Effect<Res, Failure<E | BE, E2>>): call is Exit.Success<Res, never> =>
+    Exit.isExit(call) && call._tag === "Success"
 
   // Without a timeout, after a failed first attempt, `retrying` goes on (in the caller's
   // fiber; with a timeout, see `retryAfter`). `catchAllCause` puts a frame that a
@@ -406,14 +413,48 @@ const make = <Req, Res, E, BE, E2>(
   // failure, for the cause the attempt failed with.
   const retryAfter = (cause: Cause.Cause<E | BE>, attempts: Attempts<Req, E | BE>) =>
     Effect.catchAll(Effect.failCause(cause), (error) => retrying(attempts.request, attempts, error, attempts.since))
-  return (request) =>
-    Effect.withFiberRuntime((parent, status) => {
-      const attempt = firstAttempt(request)
-      if (isDone(attempt)) return attempt
-      armLoopTurn()
-      const attempts = new Attempts<Req, E | BE>(request, loopTurns.epoch)
-      return timeoutFailIn(parent, status, attempt, duration, timedOut, attempts, retryAfter)
-    })
+  const run = (
+    parent: Fiber.RuntimeFiber<unknown, unknown>,
+    flags: RuntimeFlags.RuntimeFlags,
+    request: Req
+  ): Effect.Effect<Res, Failure<E | BE, E2>> => {
+    const attempt = firstAttempt(request)
+    if (isDone(attempt)) return attempt
+    armLoopTurn()
+    const attempts = new Attempts<Req, E | BE>(request, loopTurns.epoch)
+    return timeoutFailIn(parent, flags, attempt, duration, timedOut, attempts, retryAfter)
+  }
+  // A timed call is an effect of its own, as the round robin is. Run as an effect (`flatMap`,
+  // `Effect.exit`, ...), it is one step of the run loop, `Commit`, whose `commit()` starts the call
+  // in the fiber running it, as `Effect.withFiberRuntime` did in its one step. Yielded in
+  // `Effect.gen`, its iterator starts the call when the generator reaches it (when the fiber would
+  // run it), and a call answered at once (an endpoint that answers without suspending, through its
+  // attempt's fiber or without one) hands its answer back without suspending the generator: no
+  // step of the run loop at all, where it took two (the call's and its answer's) and the
+  // generator's suspension. Neither way is a point where the fiber checks for its interruption
+  // before the call starts. The fiber is Effect's current one (`Fiber.getCurrentFiber`), and its
+  // runtime flags those it holds in `currentRuntimeFlags`, as Effect 3's `FiberRuntime` does (a
+  // fiber without them goes through `Effect.withFiberRuntime`).
+  class TimedCall extends Effectable.Class<Res, Failure<E | BE, E2>> {
+    constructor(readonly request: Req) {
+      super()
+    }
+
+    commit(): Effect.Effect<Res, Failure<E | BE, E2>> {
+      const current = Fiber.getCurrentFiber()
+      if (current._tag === "Some") {
+        const flags = (current.value as { readonly currentRuntimeFlags?: unknown }).currentRuntimeFlags
+        if (typeof flags === "number") return run(current.value, flags as RuntimeFlags.RuntimeFlags, this.request)
+      }
+      return Effect.withFiberRuntime((parent, status) => run(parent, status.runtimeFlags, this.request))
+    }
+
+    override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<Res, Failure<E | BE, E2>>> {
+      const effect = this.commit()
+      return isAnswer(effect) ? new Answered(effect.value) : new SingleShotGen(new YieldWrap(effect))
+    }
+  }
+  return (request) => new TimedCall(request)
 }
 
 /**

@@ -756,6 +756,40 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
   )
 
   it.live(
+    "a timed call is started when it runs, each time it runs, alike yielded in Effect.gen or run as an effect, and inside another's attempt",
+    () =>
+      Effect.gen(function* () {
+        for (const suspend of [false, true]) {
+          let calls = 0
+          // answers "ok n" to its even calls, fails its odd ones
+          const endpoint: Endpoint<string, string, Boom> = (request) => {
+            const n = ++calls
+            const answer = n % 2 === 0 ? Effect.succeed(`${request} ${n}`) : Effect.fail(new Boom(n))
+            return suspend ? afterATurn(answer) : answer
+          }
+          const once = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+            max: 1,
+            timeout: "1 minute"
+          })
+          const call = once("x")
+          expect(calls).toBe(0)
+          expect((yield* Effect.flip(call)).errors).toEqual([new Boom(1)])
+          expect(yield* call).toBe("x 2")
+          expect(yield* Effect.exit(call)).toEqual(Exit.fail(expect.objectContaining({ errors: [new Boom(3)] })))
+          expect(yield* Effect.flatMap(call, (answer) => Effect.succeed(`${answer}!`))).toBe("x 4!")
+          expect(calls).toBe(4)
+          // a timed call made by an endpoint, in its attempt's fiber
+          const outer = yield* Retry.retry(
+            Balancer.roundRobin(Effect.succeed([(request: string) => once(`${request} in`)])),
+            { max: 3, timeout: "1 minute" }
+          )
+          expect(yield* outer("y")).toBe("y in 6")
+          expect(calls).toBe(6)
+        }
+      })
+  )
+
+  it.live(
     "failed attempts and failed calls are not logged as unhandled errors, at any level; a forked fiber's are",
     () =>
       Effect.gen(function* () {

@@ -28,7 +28,6 @@ import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
-import type * as FiberStatus from "effect/FiberStatus"
 import * as Runtime from "effect/Runtime"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as Supervisor from "effect/Supervisor"
@@ -340,8 +339,8 @@ const spawnAfter = <A, E>(
 
 /**
  * `self`, and when it fails `recover(cause)`, under one timeout, for a caller
- * already in `Effect.withFiberRuntime`: the effect to run in the caller's fiber
- * `parent` (its `status`) in place of `self`.
+ * running in its fiber `parent` (with the runtime flags `flags`), as in
+ * `Effect.withFiberRuntime`: the effect for the caller to run in place of `self`.
  *
  * `self` runs in a child fiber by itself, with no frame around it to catch its
  * failure (a further step of Effect's run loop in every child); when it fails,
@@ -355,14 +354,13 @@ const spawnAfter = <A, E>(
  */
 export const timeoutFailIn = <A, E, R, E2, E3, C>(
   parent: Fiber.RuntimeFiber<unknown, unknown>,
-  status: FiberStatus.Running,
+  flags: RuntimeFlags.RuntimeFlags,
   self: Effect.Effect<A, E, R>,
   duration: Duration.Duration,
   onTimeout: (context: C) => E2,
   context: C,
   recover: (cause: Cause.Cause<E>, context: C) => Effect.Effect<A, E3>
 ): Effect.Effect<A, E2 | E3> => {
-  const flags = status.runtimeFlags
   let child: Fiber.RuntimeFiber<A, E | E3> = forkChild(parent, flags, self)
   let done = child.unsafePoll()
   let recovered = false
