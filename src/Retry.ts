@@ -294,6 +294,37 @@ const nextLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
   })
 })
 
+/** What a timed call reads of the fiber running it, where Effect 3's `FiberRuntime` keeps it. */
+interface Running extends Fiber.RuntimeFiber<unknown, unknown> {
+  readonly currentRuntimeFlags: RuntimeFlags.RuntimeFlags
+  currentOpCount: number
+  readonly _queue: { readonly length: number }
+}
+
+/** The fiber running the code that calls this, when it is one that keeps what {@link Running} reads. */
+const runningFiber = (): Running | undefined => {
+  const current = Fiber.getCurrentFiber()
+  if (current._tag === "None") return undefined
+  const fiber = current.value as unknown as Partial<Running>
+  return typeof fiber.currentRuntimeFlags === "number" &&
+    typeof fiber.currentOpCount === "number" &&
+    typeof fiber._queue === "object" &&
+    fiber._queue !== null
+    ? (fiber as Running)
+    : undefined
+}
+
+/**
+ * Counts `steps` of the run loop that `fiber` went on without (an answer handed
+ * back to its generator at once), as the run loop counts its own, and answers
+ * whether its scheduler says it must yield now: then the answer goes through
+ * the run loop, which yields.
+ */
+const stepsTaken = (fiber: Running, steps: number): boolean => {
+  fiber.currentOpCount += steps
+  return fiber.currentScheduler.shouldYield(fiber) !== false
+}
+
 const make = <Req, Res, E, BE, E2>(
   balancer: Effect.Effect<Endpoint<Req, Res, E>, BE>,
   timeout: Option.Option<Duration.Duration>,
@@ -429,29 +460,41 @@ const make = <Req, Res, E, BE, E2>(
   // in the fiber running it, as `Effect.withFiberRuntime` did in its one step. Yielded in
   // `Effect.gen`, its iterator starts the call when the generator reaches it (when the fiber would
   // run it), and a call answered at once (an endpoint that answers without suspending, through its
-  // attempt's fiber or without one) hands its answer back without suspending the generator: no
-  // step of the run loop at all, where it took two (the call's and its answer's) and the
-  // generator's suspension. Neither way is a point where the fiber checks for its interruption
-  // before the call starts. The fiber is Effect's current one (`Fiber.getCurrentFiber`), and its
-  // runtime flags those it holds in `currentRuntimeFlags`, as Effect 3's `FiberRuntime` does (a
-  // fiber without them goes through `Effect.withFiberRuntime`).
+  // attempt's fiber or without one) hands its answer back without suspending the generator, where
+  // it took two steps of the run loop (the call's and its answer's) and the generator's suspension.
+  // Those two steps are still counted on the fiber (`stepsTaken`): when its scheduler says it is
+  // time to yield to other fibers, the answer goes through the run loop, which yields there and
+  // takes the interruptions that came meanwhile, so that a loop of such calls still gives other
+  // fibers their turns and can be interrupted. A fiber with messages waiting (its interruption,
+  // sent by the code it runs) runs the call as a step of the run loop, which takes them first. An
+  // endpoint that throws is a defect, as in the run loop. The fiber is Effect's current one
+  // (`Fiber.getCurrentFiber`); its runtime flags, its op count and its messages are those Effect 3's
+  // `FiberRuntime` keeps in `currentRuntimeFlags`, `currentOpCount` and `_queue` (a fiber without
+  // them runs every call through the run loop, in `Effect.withFiberRuntime`).
   class TimedCall extends Effectable.Class<Res, Failure<E | BE, E2>> {
     constructor(readonly request: Req) {
       super()
     }
 
     commit(): Effect.Effect<Res, Failure<E | BE, E2>> {
-      const current = Fiber.getCurrentFiber()
-      if (current._tag === "Some") {
-        const flags = (current.value as { readonly currentRuntimeFlags?: unknown }).currentRuntimeFlags
-        if (typeof flags === "number") return run(current.value, flags as RuntimeFlags.RuntimeFlags, this.request)
-      }
+      const fiber = runningFiber()
+      if (fiber !== undefined) return run(fiber, fiber.currentRuntimeFlags, this.request)
       return Effect.withFiberRuntime((parent, status) => run(parent, status.runtimeFlags, this.request))
     }
 
     override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<Res, Failure<E | BE, E2>>> {
-      const effect = this.commit()
-      return isAnswer(effect) ? new Answered(effect.value) : new SingleShotGen(new YieldWrap(effect))
+      const fiber = runningFiber()
+      if (fiber === undefined || fiber._queue.length > 0) return new SingleShotGen(new YieldWrap(this))
+      let call: Effect.Effect<Res, Failure<E | BE, E2>>
+      try {
+        call = run(fiber, fiber.currentRuntimeFlags, this.request)
+      } catch (defect) {
+        return new SingleShotGen(new YieldWrap(Exit.die(defect)))
+      }
+      if (!isAnswer(call)) return new SingleShotGen(new YieldWrap(call))
+      if (!stepsTaken(fiber, 2)) return new Answered(call.value)
+      const answer = call.value
+      return new SingleShotGen(new YieldWrap(Effect.sync(() => answer)))
     }
   }
   return (request) => new TimedCall(request)

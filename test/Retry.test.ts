@@ -15,6 +15,7 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Context from "effect/Context"
 import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import { identity } from "effect/Function"
 import * as HashMap from "effect/HashMap"
@@ -787,6 +788,131 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
           expect(calls).toBe(6)
         }
       })
+  )
+
+  it.live("a loop of timed calls answered at once still gives other fibers their turns, and can be interrupted", () =>
+    Effect.gen(function* () {
+      const atOnce: Endpoint<string, string> = (request) => Effect.succeed(request)
+      const synchronous: Endpoint<string, string> = (request) => Effect.sync(() => request)
+      for (const endpoint of [atOnce, synchronous]) {
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        let turns = 0
+        const other = yield* Effect.fork(
+          Effect.forever(
+            Effect.zipRight(
+              Effect.yieldNow(),
+              Effect.sync(() => turns++)
+            )
+          )
+        )
+        yield* Effect.yieldNow()
+        const before = turns
+        for (let i = 0; i < 20_000; i++) yield* call("x")
+        // (the calls of the loop yield to other fibers as often as two steps of the run loop each would)
+        expect(turns - before).toBeGreaterThanOrEqual(5)
+        yield* Fiber.interrupt(other)
+        let calls = 0
+        const loop = yield* Effect.fork(
+          Effect.gen(function* () {
+            while (calls < 5_000_000) {
+              yield* call("x")
+              calls++
+            }
+          })
+        )
+        yield* Effect.yieldNow()
+        expect(Exit.isInterrupted(yield* Fiber.interrupt(loop))).toBe(true)
+        expect(calls).toBeLessThan(5_000_000)
+      }
+    })
+  )
+
+  it.live(
+    "an endpoint that throws is a defect of the call, yielded in Effect.gen (its try/catch does not take it) or run as an effect",
+    () =>
+      Effect.gen(function* () {
+        const throwing: Endpoint<string, string> = () => {
+          throw new Error("thrown by the endpoint")
+        }
+        const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([throwing])), {
+          max: 3,
+          timeout: "1 minute"
+        })
+        let caught = false
+        const yielded = yield* Effect.exit(
+          Effect.gen(function* () {
+            try {
+              return yield* call("x")
+            } catch {
+              caught = true
+              return "caught"
+            }
+          })
+        )
+        const run = yield* Effect.exit(call("x"))
+        for (const exit of [yielded, run]) {
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+          expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toMatchObject({ message: "thrown by the endpoint" })
+        }
+        expect(caught).toBe(false)
+      })
+  )
+
+  it.live("a caller whose interruption is already on its way when it reaches a timed call does not start it", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const endpoint: Endpoint<string, string> = () => {
+        calls++
+        return Effect.never
+      }
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 3, timeout: "1 minute" })
+      const exit = yield* Fiber.await(
+        yield* Effect.fork(
+          Effect.gen(function* () {
+            const me = yield* Effect.withFiberRuntime<Fiber.RuntimeFiber<unknown, unknown>>((fiber) =>
+              Effect.succeed(fiber)
+            )
+            yield* Effect.sync(() => me.unsafeInterruptAsFork(FiberId.none))
+            return yield* call("x")
+          })
+        )
+      )
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      expect(calls).toBe(0)
+    })
+  )
+
+  it.live("a caller interrupted before it waits, whose first attempt then fails, makes no further attempt", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const first: { fiber?: Fiber.RuntimeFiber<unknown, unknown> } = {}
+      const endpoint: Endpoint<string, string, Boom> = () =>
+        Effect.withFiberRuntime((fiber) => {
+          const n = ++calls
+          if (n === 1) first.fiber = fiber
+          return afterATurn(Effect.fail(new Boom(n)))
+        })
+      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 5, timeout: "1 minute" })
+      const scheduler = new YieldingOnce()
+      let yielded = false
+      // the caller yields to other fibers right after starting its attempt, before it waits
+      scheduler.yieldHere = (fiber) => {
+        if (first.fiber === undefined || fiber === first.fiber) return false
+        yielded = true
+        return true
+      }
+      const caller = Effect.runFork(Effect.withScheduler(call("x"), scheduler))
+      yield* Effect.yieldNow()
+      expect(yielded).toBe(true)
+      expect(Exit.isInterrupted(yield* Fiber.interrupt(caller))).toBe(true)
+      // the first attempt fails after a turn: before, the next ones then ran until the deadline
+      expect(Exit.isFailure(yield* Fiber.await(first.fiber!))).toBe(true)
+      yield* afterATurn(Effect.void)
+      expect(calls).toBe(1)
+    })
   )
 
   it.live(
