@@ -885,36 +885,6 @@ describe("Retry's timed calls whose attempts suspend: the timer, the attempt's f
     })
   )
 
-  it.live("a caller interrupted before it waits, whose first attempt then fails, makes no further attempt", () =>
-    Effect.gen(function* () {
-      let calls = 0
-      const first: { fiber?: Fiber.RuntimeFiber<unknown, unknown> } = {}
-      const endpoint: Endpoint<string, string, Boom> = () =>
-        Effect.withFiberRuntime((fiber) => {
-          const n = ++calls
-          if (n === 1) first.fiber = fiber
-          return afterATurn(Effect.fail(new Boom(n)))
-        })
-      const call = yield* Retry.retry(Balancer.roundRobin(Effect.succeed([endpoint])), { max: 5, timeout: "1 minute" })
-      const scheduler = new YieldingOnce()
-      let yielded = false
-      // the caller yields to other fibers right after starting its attempt, before it waits
-      scheduler.yieldHere = (fiber) => {
-        if (first.fiber === undefined || fiber === first.fiber) return false
-        yielded = true
-        return true
-      }
-      const caller = Effect.runFork(Effect.withScheduler(call("x"), scheduler))
-      yield* Effect.yieldNow()
-      expect(yielded).toBe(true)
-      expect(Exit.isInterrupted(yield* Fiber.interrupt(caller))).toBe(true)
-      // the first attempt fails after a turn: before, the next ones then ran until the deadline
-      expect(Exit.isFailure(yield* Fiber.await(first.fiber!))).toBe(true)
-      yield* afterATurn(Effect.void)
-      expect(calls).toBe(1)
-    })
-  )
-
   it.live(
     "failed attempts and failed calls are not logged as unhandled errors, at any level; a forked fiber's are",
     () =>

@@ -456,23 +456,8 @@ class Deadline<A, E, E2> {
     }
   }
 
-  /**
-   * The child's failure, when it came before the caller waited (the caller yielded
-   * to other fibers in between, or was interrupted there): what follows it starts
-   * when the caller waits, and never when it does not.
-   */
-  private failed: Exit.Exit<A, E> | undefined = undefined
-
   /** The caller waits for the outcome; the canceler is for its interruption meanwhile. */
   wait(resume: (effect: Effect.Effect<A, E | E2>) => void): Effect.Effect<void> | undefined {
-    const failed = this.failed
-    if (failed !== undefined) {
-      this.failed = undefined
-      this.waiter = resume
-      // the further child starts now (or the time is up); either may answer at once
-      this.done(failed)
-      return this.outcome !== undefined ? undefined : Effect.suspend(() => this.interrupted())
-    }
     if (this.outcome !== undefined) {
       resume(this.outcome)
       return undefined
@@ -488,10 +473,6 @@ class Deadline<A, E, E2> {
   done(exit: Exit.Exit<A, E>): void {
     const recover = this.recover
     if (recover !== undefined && exit._tag === "Failure" && this.timedOut === undefined && this.stopped === undefined) {
-      if (this.waiter === undefined) {
-        this.failed = exit
-        return
-      }
       this.recover = undefined
       const child = spawnAfter(this.child!, recover(exit.cause))
       this.child = child
