@@ -394,7 +394,7 @@ export const timeoutFailIn = <A, E, R, E2, E3, C>(
  * The call is over when the child is: with the child's exit, or, when the
  * timer fired first (the child interrupted then), with the timeout's error;
  * either way only once the child's finalizers have run. A first child that
- * fails (in time, its caller waiting) is followed by the one that recovers
+ * fails (in time, its caller not interrupted) is followed by the one that recovers
  * from its failure, which the deadline then watches under the same timer. The caller's
  * interruption interrupts the child and waits for it the same way. The child
  * is watched through its own observer, never through `Fiber.await`, whose
