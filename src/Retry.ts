@@ -294,6 +294,10 @@ const nextLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
   })
 })
 
+/** Whether `effect` is already over, with a success: an attempt or a call answered at once. */
+const isDone = <A, E>(effect: Effect.Effect<A, E>): effect is Exit.Success<A, never> =>
+  Exit.isExit(effect) && effect._tag === "Success"
+
 /** What a timed call reads of the fiber running it, where Effect 3's `FiberRuntime` keeps it. */
 interface Running extends Fiber.RuntimeFiber<unknown, unknown> {
   readonly currentRuntimeFlags: RuntimeFlags.RuntimeFlags
@@ -407,10 +411,6 @@ const make = <Req, Res, E, BE, E2>(
           const picked = pickExit()
           return picked._tag === "Success" ? picked.value(request) : Exit.failCause(picked.cause)
         }
-  const isDone = (attempt: Effect.Effect<Res, E | BE>): attempt is Exit.Success<Res, never> =>
-    Exit.isExit(attempt) && attempt._tag === "Success"
-  const isAnswer = (call: Effect.Effect<Res, Failure<E | BE, E2>>): call is Exit.Success<Res, never> =>
-    Exit.isExit(call) && call._tag === "Success"
 
   // Without a timeout, after a failed first attempt, `retrying` goes on (in the caller's
   // fiber; with a timeout, see `retryAfter`). `catchAllCause` puts a frame that a
@@ -491,7 +491,7 @@ const make = <Req, Res, E, BE, E2>(
       } catch (defect) {
         return new SingleShotGen(new YieldWrap(Exit.die(defect)))
       }
-      if (!isAnswer(call)) return new SingleShotGen(new YieldWrap(call))
+      if (!isDone(call)) return new SingleShotGen(new YieldWrap(call))
       if (!stepsTaken(fiber, 2)) return new Answered(call.value)
       const answer = call.value
       return new SingleShotGen(new YieldWrap(Effect.sync(() => answer)))
